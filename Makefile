@@ -1,0 +1,31 @@
+# Two entry points: `make demo` and `make test`. Each creates .venv by itself
+# on a fresh machine and is a no-op for set-up once that is done.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.datl-installed
+DEMO   ?= demo
+
+.PHONY: demo test setup clean
+
+setup: $(STAMP)
+
+# Re-run set-up only when the dependency list changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch and torchvision first and together: pip takes this pair from local disk.
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[test]'
+	# animal-mnist declares tensorflow, which datl never imports: its data only.
+	$(BIN)/python -m pip install -q --no-deps animal-mnist==0.4
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/datl demo-data --out $(DEMO)/data
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO)

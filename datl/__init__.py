@@ -1,0 +1,1 @@
+"""datl: the batch runner (`datl run`) and the manifest and demo-data commands."""

@@ -1,0 +1,1 @@
+"""Domain-adaptation losses for finetune, one method per file."""

@@ -1,0 +1,23 @@
+"""The manifest contract (DESIGN.md): Parquet schema and metadata, validation,
+streamed and atomic IO, ``ImageDataset``, and the bundled demo data."""
+from .errors import ManifestError, UserError
+from .images import load_image, probe_images
+from .io import Manifest, atomic_output, file_sha256, open_manifest, require_file, write_manifest, write_table
+from .schema import LABEL, ManifestMeta, check_schema
+
+__all__ = [
+    "BadImageLog", "Batch", "ImageDataset", "LABEL", "Manifest", "ManifestError", "ManifestMeta", "Sample",
+    "UserError", "atomic_output", "check_schema", "collate_skip_bad", "file_sha256", "load_image",
+    "open_manifest", "probe_images", "require_file", "write_manifest", "write_table",
+]
+
+_TORCH_NAMES = {"BadImageLog", "Batch", "ImageDataset", "Sample", "collate_skip_bad"}
+
+
+def __getattr__(name: str):
+    """The torch-backed dataset is imported on first use, so CLIs that need no torch start fast."""
+    if name in _TORCH_NAMES:
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module 'manifests' has no attribute {name!r}")

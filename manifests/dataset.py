@@ -1,0 +1,114 @@
+"""``ImageDataset``: a manifest's images as tensors, with unreadable images counted, not fatal.
+
+A user's 100M-image run must not die on image 37M: a corrupt or missing file
+yields a sample with ``image=None`` and its reason; :func:`collate_skip_bad` drops
+it from the batch and hands the reason to the training loop, which counts and
+reports it (:class:`BadImageLog`). Paths and labels are held as Arrow/NumPy
+arrays, never as millions of Python objects.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from .images import DECODE_ERRORS, load_image
+from .io import Manifest, open_manifest
+from .schema import LABEL
+
+
+
+class Sample(NamedTuple):
+    image: Any  # a tensor (after the transform) or None when unreadable
+    label: int  # -1 when unlabeled
+    index: int
+    error: str | None
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor | None  # None when every image of the batch was unreadable
+    labels: torch.Tensor
+    index: torch.Tensor
+    bad: tuple[str, ...]  # "path: reason" for each unreadable image dropped from this batch
+
+
+def _default_transform(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images of a manifest, decoded with PIL, converted to ``mode``, then ``transform``.
+
+    mode: 'L' for 1-channel models, 'RGB' for 3-channel ones: a model trained on grey
+    28x28 images reads RGB or other sizes by conversion (the transform resizes).
+    """
+
+    def __init__(self, manifest: Manifest | str | os.PathLike, transform: Callable | None = None,
+                 mode: str = "RGB"):
+        self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
+        cols = ["path"] + ([LABEL] if self.manifest.has_labels else [])
+        table = self.manifest.read(cols)
+        self._paths = table.column("path").combine_chunks()
+        if self.manifest.has_labels:
+            self.labels = table.column(LABEL).combine_chunks().fill_null(-1).to_numpy().astype(np.int64)
+        else:
+            self.labels = np.full(table.num_rows, -1, dtype=np.int64)
+        self._folder = str(self.manifest.folder)
+        self.transform = transform or _default_transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, i: int) -> str:
+        p = self._paths[i].as_py()
+        return p if os.path.isabs(p) else os.path.join(self._folder, p)
+
+    def __getitem__(self, i: int) -> Sample:
+        i = int(i)
+        label = int(self.labels[i])
+        path = self.path(i)
+        try:
+            img = load_image(path, self.mode)
+        except DECODE_ERRORS as e:
+            return Sample(None, label, i, f"{path}: {type(e).__name__}: {e}")
+        return Sample(self.transform(img), label, i, None)
+
+
+def collate_skip_bad(samples: Sequence[Sample]) -> Batch:
+    good = [s for s in samples if s.error is None]
+    bad = tuple(s.error for s in samples if s.error is not None)
+    images = torch.stack([s.image for s in good]) if good else None
+    return Batch(images,
+                 torch.tensor([s.label for s in good], dtype=torch.long),
+                 torch.tensor([s.index for s in good], dtype=torch.long),
+                 bad)
+
+
+class BadImageLog:
+    """Counts unreadable images over a run and keeps the first few reasons to show."""
+
+    def __init__(self, keep: int = 5):
+        self.count = 0
+        self.examples: list[str] = []
+        self.keep = keep
+
+    def add(self, bad: Sequence[str]) -> None:
+        self.count += len(bad)
+        room = self.keep - len(self.examples)
+        if room > 0:
+            self.examples.extend(bad[:room])
+
+    def summary(self) -> str | None:
+        if not self.count:
+            return None
+        return (f"{self.count} unreadable image(s) skipped (first: {self.examples[0]}); "
+                "run `datl manifest validate` on the manifest to list them")

@@ -1,0 +1,213 @@
+"""Reading and writing manifests: only the columns asked for, in record batches,
+written atomically (temporary file in the same folder, then rename)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ManifestError, UserError
+from .schema import LABEL, META_KEY, ManifestMeta, check_schema
+
+DEFAULT_BATCH = 65_536
+
+
+class Manifest:
+    """An opened manifest: schema, ``datl`` metadata and streamed access to its rows.
+
+    Nothing but the Parquet footer is read on open; rows are read on demand,
+    column by column, batch by batch.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ManifestError(self.path, "does not exist", "check the path, or create it with `datl manifest build`")
+        if self.path.is_dir():
+            raise ManifestError(self.path, "is a folder, not a manifest file",
+                                "pass a .parquet file (make one with `datl manifest build FOLDER --out M.parquet`)")
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except (pa.ArrowException, OSError) as e:
+            raise ManifestError(self.path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
+                                "regenerate it, or check it is a manifest and not another file") from None
+        self.schema: pa.Schema = self._file.schema_arrow
+        self.meta: ManifestMeta | None = ManifestMeta.from_schema(self.schema, self.path)
+        check_schema(self.schema, self.meta, self.path)
+
+    # -- facts -----------------------------------------------------------------
+    @property
+    def folder(self) -> Path:
+        return self.path.resolve().parent
+
+    @property
+    def num_rows(self) -> int:
+        return self._file.metadata.num_rows
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+    @property
+    def has_labels(self) -> bool:
+        return LABEL in self.schema.names
+
+    @property
+    def classes(self) -> list[str] | None:
+        return None if self.meta is None else self.meta.classes
+
+    def require_labels(self) -> list[str]:
+        """Classes of a labeled manifest, or a one-line error naming the file."""
+        if not self.has_labels or not self.classes:
+            raise ManifestError(self.path, "has no labels (no 'label' column with class names)",
+                                "pass a labeled manifest (class sub-folders with `datl manifest build`)")
+        return list(self.classes)
+
+    # -- rows ------------------------------------------------------------------
+    def iter_batches(self, columns: Iterable[str] | None = None,
+                     batch_size: int = DEFAULT_BATCH) -> Iterator[pa.RecordBatch]:
+        cols = None if columns is None else list(columns)
+        if cols is not None:
+            missing = [c for c in cols if c not in self.schema.names]
+            if missing:
+                raise ManifestError(self.path, f"has no column {', '.join(map(repr, missing))}",
+                                    "pass a manifest that has it")
+        yield from self._file.iter_batches(batch_size=batch_size, columns=cols)
+
+    def read(self, columns: Iterable[str] | None = None) -> pa.Table:
+        cols = None if columns is None else list(columns)
+        batches = list(self.iter_batches(cols))
+        schema = self.schema if cols is None else pa.schema([self.schema.field(c) for c in cols],
+                                                            metadata=self.schema.metadata)
+        return pa.Table.from_batches(batches, schema=schema)
+
+    def resolve(self, path: str) -> str:
+        """An image path as stored (absolute, or relative to the manifest's folder) -> absolute."""
+        return path if os.path.isabs(path) else os.path.join(self.folder, path)
+
+    def label_counts(self, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, int]:
+        """Per-class row counts in one streamed pass, and the number of null labels.
+
+        Raises ManifestError for a label outside 0..K-1.
+        """
+        classes = self.require_labels()
+        k = len(classes)
+        counts = np.zeros(k, dtype=np.int64)
+        n_null = 0
+        for batch in self.iter_batches([LABEL], batch_size):
+            col = batch.column(0)
+            n_null += col.null_count
+            vals = col.drop_null().to_numpy(zero_copy_only=False)
+            if vals.size == 0:
+                continue
+            lo, hi = int(vals.min()), int(vals.max())
+            if lo < 0 or hi >= k:
+                bad = lo if lo < 0 else hi
+                raise ManifestError(self.path, f"label {bad} is out of range for its {k} classes (0..{k - 1})",
+                                    "fix the labels or the class list in the datl metadata")
+            counts += np.bincount(vals, minlength=k)
+        return counts, n_null
+
+
+def open_manifest(path: str | os.PathLike) -> Manifest:
+    return Manifest(path)
+
+
+# -- writing -----------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the destination folder; rename it into place on success.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and
+    the destination is left as it was: an interrupted stage never leaves a partial file.
+    """
+    dest = Path(path)
+    if dest.parent and not dest.parent.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
+        if tmp.exists():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _with_meta(schema: pa.Schema, meta: ManifestMeta) -> pa.Schema:
+    md = dict(schema.metadata or {})
+    md.pop(b"pandas", None)  # pandas' index bookkeeping is not part of the contract
+    md[META_KEY] = meta.to_json()
+    fields = [pa.field(f.name, pa.int32(), nullable=True) if f.name == LABEL else f for f in schema]
+    return pa.schema(fields, metadata=md)
+
+
+def write_manifest(path: str | os.PathLike, data: pa.Table | Iterable[pa.RecordBatch], meta: ManifestMeta,
+                   schema: pa.Schema | None = None) -> Path:
+    """Write a manifest atomically; its schema is checked against the contract first."""
+    return write_table(path, data, meta, schema, check=True)
+
+
+def write_table(path: str | os.PathLike, data: pa.Table | Iterable[pa.RecordBatch], meta: ManifestMeta,
+                schema: pa.Schema | None = None, check: bool = False) -> Path:
+    """Write any stage table (a manifest, prior.parquet, ...) atomically with ``datl`` metadata.
+
+    ``data`` is a Table or an iterable of RecordBatches (streamed: constant memory).
+    The label column, if any, is stored as int32.
+    """
+    path = Path(path)
+    if isinstance(data, pa.Table):
+        schema = schema or data.schema
+        batches: Iterable[pa.RecordBatch] = data.to_batches(max_chunksize=DEFAULT_BATCH * 4)
+    else:
+        it = iter(data)
+        first = next(it, None)
+        if schema is None:
+            if first is None:
+                raise ValueError("write_manifest: no batches and no schema")
+            schema = first.schema
+        batches = it if first is None else _chain(first, it)
+    if check:
+        check_schema(schema, meta, path)
+    out_schema = _with_meta(schema, meta)
+    with atomic_output(path) as tmp:
+        with pq.ParquetWriter(tmp, out_schema, compression="zstd") as writer:
+            wrote = False
+            for b in batches:
+                if b.num_rows == 0:
+                    continue
+                writer.write_table(pa.Table.from_batches([b]).cast(out_schema))
+                wrote = True
+            if not wrote:
+                writer.write_table(out_schema.empty_table())
+    return path
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
+    """A path that must exist, or a one-line UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(p, f"{what} does not exist", fix)
+    return p

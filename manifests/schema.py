@@ -1,0 +1,101 @@
+"""The manifest contract (DESIGN.md) as code: required columns and the ``datl`` metadata.
+
+| column | type            | meaning                                          |
+| id     | string          | stable id, unique except in with-replacement samples |
+| path   | string          | image file, absolute or relative to the manifest's folder |
+| label  | int32, nullable | index into ``classes``; null = unlabeled         |
+
+Any other column is carried through by every stage. The Parquet schema metadata
+key ``datl`` holds JSON: classes, stage, params, inputs, version, created.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import ManifestError
+
+META_KEY = b"datl"
+REQUIRED = ("id", "path")
+LABEL = "label"
+FORMAT_VERSION = 1
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("datl")
+    except Exception:  # not installed (running from a source tree)
+        return "0+unknown"
+
+
+def _now() -> str:
+    """ISO time; honours SOURCE_DATE_EPOCH so builds can be byte-reproducible."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = (
+        _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+        if epoch
+        else _dt.datetime.now(_dt.timezone.utc)
+    )
+    return t.replace(microsecond=0).isoformat()
+
+
+@dataclass
+class ManifestMeta:
+    """The JSON stored under the ``datl`` schema-metadata key."""
+
+    classes: list[str] | None = None
+    stage: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    version: str = field(default_factory=_package_version)
+    created: str = field(default_factory=_now)
+    format: int = FORMAT_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, default=str).encode()
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema, where: object) -> "ManifestMeta | None":
+        raw = (schema.metadata or {}).get(META_KEY)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError as e:
+            raise ManifestError(where, f"its 'datl' metadata is not valid JSON ({e})",
+                                "rewrite the file with datl") from None
+        if not isinstance(data, dict):
+            raise ManifestError(where, "its 'datl' metadata is not a JSON object",
+                                "rewrite the file with datl")
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
+
+
+def check_schema(schema: pa.Schema, meta: ManifestMeta | None, where: object) -> None:
+    """Raise ManifestError (one line) unless ``schema`` meets the manifest contract."""
+    names = schema.names
+    for col in REQUIRED:
+        if col not in names:
+            raise ManifestError(where, f"missing required column '{col}' (has: {', '.join(names) or 'none'})",
+                                "a manifest needs string columns 'id' and 'path'; build one with `datl manifest build`")
+        if not (pa.types.is_string(schema.field(col).type) or pa.types.is_large_string(schema.field(col).type)):
+            raise ManifestError(where, f"column '{col}' has type {schema.field(col).type}, expected string",
+                                f"cast '{col}' to string")
+    if LABEL in names:
+        t = schema.field(LABEL).type
+        if not pa.types.is_integer(t):
+            raise ManifestError(where, f"column 'label' has type {t}, expected int32",
+                                "store class indices (0..K-1) in 'label' and the class names in the datl metadata")
+        if meta is None or meta.classes is None:
+            raise ManifestError(where, "has a 'label' column but no class names in its 'datl' metadata",
+                                "write it with datl (manifests.write_manifest or `datl manifest build`)")
+    if meta is not None and meta.classes is not None:
+        if len(set(meta.classes)) != len(meta.classes):
+            raise ManifestError(where, "its class names are not unique", "give every class a distinct name")
