@@ -1,16 +1,41 @@
-"""`finetune`: Fine-tune a checkpoint on the labeled target (not built yet)."""
+"""`finetune`: move a pretrained backbone to the target's classes and evaluate it."""
 from __future__ import annotations
+
+import json
 
 import click
 
-from manifests.cli import not_built, run_cli
+from manifests.cli import run_cli
+from pretrain.cli import CONTEXT, training_options
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True,
-                                 "allow_extra_args": True})
-def cli() -> None:
-    """Fine-tune a checkpoint on the labeled target (not built yet)."""
-    not_built("finetune", "pretrain and finetune")
+@click.command(context_settings=CONTEXT)
+@click.option("--checkpoint", "-c", help="Run folder of `pretrain` whose backbone to fine-tune.")
+@click.option("--model", help="timm architecture trained from random init instead of --checkpoint.")
+@click.option("--train", "manifest", required=True, help="Labeled target manifest to train on.")
+@click.option("--test", required=True, help="Labeled target manifest to evaluate on (same classes).")
+@click.option("--out", "-o", required=True, help="Run folder to write.")
+@click.option("--lr", default=0.01, show_default=True, help="Peak learning rate of the new head.")
+@click.option("--backbone-lr-mult", default=1.0, show_default=True,
+              help="Backbone learning rate = lr x this (e.g. 0.1 for a gentler fine-tune).")
+@click.option("--adapt", default="none", show_default=True, help="Domain-adaptation loss: none.")
+@click.option("--image-size", type=int, help="Override the checkpoint's image size.")
+@click.option("--in-chans", type=int, help="Input channels with --model (default: from the images).")
+@training_options
+def cli(**kw) -> None:
+    """Fine-tune a checkpoint (or a random init) on TRAIN, evaluate on TEST.
+
+    A new head replaces the checkpoint's; target images are converted to the
+    checkpoint's channels and size. Writes the run folder (as `pretrain` does) plus
+    OUT/metrics.json (test_accuracy, per_class_accuracy, n_test, params) and
+    OUT/predictions.parquet (id, label, pred). The model evaluated is the last one:
+    nothing is selected on test labels.
+    """
+    from .train import METRICS_JSON, FinetuneConfig, run
+
+    out = run(FinetuneConfig(**kw))
+    acc = json.loads((out / METRICS_JSON).read_text())["test_accuracy"]
+    click.echo(f"wrote {out}: test_accuracy {acc:.4f}")
 
 
 def main() -> None:

@@ -1,0 +1,72 @@
+"""Distributed set-up: the same command runs alone or under ``torchrun --nproc_per_node N``.
+
+torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; we then use DistributedDataParallel with
+nccl on CUDA and gloo on CPU. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from manifests import UserError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def resolve_device(pref: str) -> str:
+    if pref not in ("auto", "cpu", "cuda"):
+        raise UserError("--device", f"'{pref}' is not one of auto, cpu, cuda", "pass --device auto|cpu|cuda")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device", "cuda was asked for but no CUDA device is available",
+                        "use --device auto or cpu on this machine")
+    return "cuda" if pref == "auto" and torch.cuda.is_available() else ("cpu" if pref == "auto" else pref)
+
+
+def setup(device_pref: str = "auto") -> Dist:
+    kind = resolve_device(device_pref)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, device)
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def mean_across(d: Dist, value: float) -> float:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return float(t.item()) / d.world
+
+
+def cleanup(d: Dist) -> None:
+    if d.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
