@@ -1,40 +1,201 @@
-"""`curate`: estimate P_t(y), weight, dedup and sample the source (stages not built yet)."""
+"""`curate`: estimate P_t(y), weight the source classes, dedup against the target, sample."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
+from manifests import ManifestMeta, UserError, file_sha256, open_manifest, write_table
 from manifests.cli import not_built, run_cli
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "ignore_unknown_options": True, "allow_extra_args": True}
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _hashes(**paths) -> dict[str, str]:
+    return {k: file_sha256(v) for k, v in paths.items() if v is not None and Path(v).is_file()}
+
+
+@click.group(context_settings=CONTEXT)
 def cli() -> None:
-    """Curate a target-matched pretraining set (Ngiam et al. 2018)."""
+    """Curate a target-matched pretraining set (Ngiam et al. 2018).
+
+    \b
+    curate estimate  P_t(y) over the source classes, from a classifier run on the unlabeled target
+    curate weight    w(y) = P_t(y) / P_s(y) per source class, with a plot
+    curate dedup     source images that are near-duplicates of target images
+    curate sample    the pretraining set, drawn by weight
+    """
 
 
-@cli.command(context_settings=CONTEXT)
-def estimate() -> None:
-    """Estimate P_t(y) over the source classes on the unlabeled target (not built yet)."""
-    not_built("curate estimate", "curate estimate | weight | sample")
+@cli.command()
+@click.option("--model", help="Source classifier: a RUN_DIR of `pretrain`, or timm:ARCH with --weights.")
+@click.option("--weights", help="Local state dict for --model timm:ARCH.")
+@click.option("--target", help="Unlabeled target manifest.")
+@click.option("--out", "-o", required=True, help="prior.parquet to write (label, class_name, p_target).")
+@click.option("--method", type=click.Choice(["mean", "em", "bbse", "em-bcts"]), default="mean", show_default=True,
+              help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.")
+@click.option("--temperature", default=2.0, show_default=True,
+              help="Smoothing: mean divides each image's logits by T; other methods flatten the result to P^(1/T).")
+@click.option("--calibration", help="Held-out labeled source manifest (needed by bbse and em-bcts).")
+@click.option("--source", help="Source manifest: P_s(y) from its label counts (default: the checkpoint's prior).")
+@click.option("--save-predictions", help="Also write per-image logits here, to re-estimate without the model.")
+@click.option("--predictions", help="Re-estimate from a --save-predictions file instead of running the model.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader workers.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def estimate(model, weights, target, out, method, temperature, calibration, source, save_predictions, predictions,
+             batch_size, workers, device, quiet) -> None:
+    """Estimate P_t(y) over the SOURCE classes on the unlabeled target. Rank-sharded under torchrun."""
+    import numpy as np
+    import pyarrow as pa
+
+    from pretrain import dist
+
+    from . import estimate as est
+
+    if temperature <= 0:
+        raise UserError("--temperature", f"{temperature} is not positive", "pass T > 0 (1 = no smoothing)")
+    if method in est.NEEDS_CALIBRATION and not (calibration or predictions):
+        raise UserError(f"--method {method}", "needs held-out labeled source images",
+                        "pass --calibration HELDOUT_SOURCE.parquet")
+    d = dist.setup(device)
+    try:
+        if predictions:
+            classes, parts = est.read_predictions(predictions)
+            target_logits = parts["target"][0]
+            cal_logits, cal_labels = parts["calibration"]
+            prior = None
+        else:
+            if not model or not target:
+                raise UserError("curate estimate", "needs --model and --target (or --predictions FILE)",
+                                "pass the source classifier and the unlabeled target manifest")
+            from pretrain.models import load_model
+
+            from .infer import run_model
+
+            tm = open_manifest(target)
+            if tm.num_rows == 0:
+                raise UserError(target, "is empty", "pass a target manifest with images")
+            lm = load_model(model, weights)
+            classes, prior = lm.config.classes, lm.config.class_prior
+            rows, target_logits, bad = run_model(lm, tm, d, "logits", batch_size, workers, not quiet)
+            if d.main and len(rows) == 0:
+                raise UserError(target, f"has no readable image ({bad.summary()})",
+                                "check it with `datl manifest validate`")
+            cal_logits = cal_labels = None
+            parts = {"target": (tm.read(["id"]).column("id").take(pa.array(rows)).to_pylist(), target_logits,
+                                [None] * len(rows))}
+            if calibration:
+                cm = open_manifest(calibration)
+                from .weight import check_same_classes
+
+                check_same_classes(classes, cm.require_labels(), "the model", calibration)
+                crow, cal_logits, _ = run_model(lm, cm, d, "logits", batch_size, workers, not quiet)
+                t = cm.read(["id", "label"])
+                cal_labels = t.column("label").to_numpy(zero_copy_only=False)[crow]
+                parts["calibration"] = (t.column("id").take(pa.array(crow)).to_pylist(), cal_logits,
+                                        cal_labels.tolist())
+            if save_predictions and d.main:
+                est.write_predictions(save_predictions, classes, parts, {"model": model})
+        if not d.main:
+            return
+        p_source = np.asarray(prior) if prior else None
+        if source:
+            sm = open_manifest(source)
+            from .weight import check_same_classes
+
+            check_same_classes(classes, sm.require_labels(), "the model", source)
+            counts, _ = sm.label_counts()
+            p_source = counts / counts.sum()
+        p, facts = est.estimate(method, target_logits, p_source, temperature, cal_logits, cal_labels)
+        table = pa.table({"label": pa.array(np.arange(len(classes), dtype=np.int32)),
+                          "class_name": pa.array(classes, pa.string()), "p_target": pa.array(p, pa.float64())})
+        params = {"method": method, "temperature": temperature, "model": model, "n_target": len(target_logits),
+                  **facts}
+        write_table(out, table, ManifestMeta(classes=classes, stage="estimate", params=params,
+                                             inputs=_hashes(target=target, calibration=calibration, source=source,
+                                                            predictions=predictions)))
+        top = np.argsort(-p)[:10]
+        click.echo(f"wrote {out}: P_t(y) over {len(classes):,} source classes by {method} (T={temperature}); top:")
+        for i in top:
+            click.echo(f"  {classes[i]:<24} {p[i]:.4f}")
+    finally:
+        dist.cleanup(d)
 
 
-@cli.command(context_settings=CONTEXT)
-def weight() -> None:
-    """Importance weights P_t(y) / P_s(y) per source class (not built yet)."""
-    not_built("curate weight", "curate estimate | weight | sample")
+@cli.command()
+@click.option("--source", required=True, help="Labeled source manifest.")
+@click.option("--prior", required=True, help="prior.parquet from `curate estimate`.")
+@click.option("--out", "-o", required=True, help="weights.parquet to write.")
+@click.option("--plot", help="PNG of the weights to write (default: next to --out).")
+@click.option("--no-plot", is_flag=True, help="Skip the plot.")
+@click.option("--exclude", help="duplicates.parquet from `curate dedup`: count excluded images per class.")
+def weight(source, prior, out, plot, no_plot, exclude) -> None:
+    """Importance weight w(y) = P_t(y) / P_s(y) per source class, and a plot to inspect.
+
+    Columns: label, class_name, n_source, p_source, p_target, weight (+ n_excluded
+    with --exclude). Classes with target mass but no source image are dropped and
+    P_t renormalised over the rest.
+    """
+    from .weight import compute_weights, plot_weights, read_excluded_ids, read_prior
+
+    sm = open_manifest(source)
+    classes, p_target = read_prior(prior)
+    result = compute_weights(sm, classes, p_target, read_excluded_ids(exclude))
+    meta = ManifestMeta(classes=sm.classes, stage="weight", params={"exclude": exclude},
+                        inputs=_hashes(source=source, prior=prior, exclude=exclude))
+    write_table(out, result.table, meta)
+    if result.dropped:
+        shown = ", ".join(result.dropped[:5]) + (" ..." if len(result.dropped) > 5 else "")
+        click.echo(f"warning: {len(result.dropped)} class(es) have target mass but no source image; "
+                   f"dropped and P_t renormalised: {shown}", err=True)
+    t = result.table
+    msg = f"wrote {out}: {t.num_rows:,} classes"
+    if "n_excluded" in t.column_names:
+        msg += f", {sum(t.column('n_excluded').to_pylist()):,} source images excluded as duplicates"
+    click.echo(msg)
+    if not no_plot:
+        plot = plot or str(Path(out).with_suffix(".png"))
+        plot_weights(t, plot, title=f"{Path(source).name}: importance weights from {Path(prior).name}")
+        click.echo(f"plot: {plot}")
 
 
-@cli.command(context_settings=CONTEXT)
+@cli.command()
+@click.option("--source", required=True, help="Labeled source manifest.")
+@click.option("--weights", "weights_path", required=True, help="weights.parquet from `curate weight`.")
+@click.option("--size", required=True, type=int, help="Number of draws N.")
+@click.option("--out", "-o", required=True, help="Sample manifest to write.")
+@click.option("--replacement/--no-replacement", default=True, show_default=True,
+              help="With: class counts ~ Multinomial(N, P_t), the paper's. Without: N distinct rows ('elastic').")
+@click.option("--exclude", help="duplicates.parquet from `curate dedup`: never draw these ids.")
+@click.option("--seed", default=0, show_default=True)
+def sample(source, weights_path, size, out, replacement, exclude, seed) -> None:
+    """Sample the pretraining set by weight into a manifest (source columns + weight + draw)."""
+    from .sample import run_sample
+    from .weight import check_same_classes, read_excluded_ids, read_weights
+
+    sm = open_manifest(source)
+    classes, wt = read_weights(weights_path)
+    check_same_classes(sm.require_labels(), classes, source, weights_path)
+    plan, batches, schema = run_sample(sm, classes, wt, size, replacement, read_excluded_ids(exclude), seed)
+    meta = ManifestMeta(classes=classes, stage="sample",
+                        params={"size": size, "replacement": replacement, "seed": seed, "exclude": exclude},
+                        inputs=_hashes(source=source, weights=weights_path, exclude=exclude))
+    from manifests import write_manifest
+
+    write_manifest(out, batches, meta, schema=schema)
+    import numpy as np
+
+    n_unique = int((np.diff(plan.rows) != 0).sum()) + 1 if len(plan.rows) else 0  # rows are sorted
+    click.echo(f"wrote {out}: {len(plan.rows):,} draws, {n_unique:,} distinct, from {plan.eligible:,} eligible source images"
+               + (f" ({plan.excluded:,} excluded)" if exclude else ""))
+
+
+@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
 def dedup() -> None:
     """Find source images that are near-duplicates of target images (not built yet)."""
     not_built("curate dedup", "curate dedup")
-
-
-@cli.command(context_settings=CONTEXT)
-def sample() -> None:
-    """Sample the pretraining set by weight (not built yet)."""
-    not_built("curate sample", "curate estimate | weight | sample")
 
 
 def main() -> None:

@@ -1,0 +1,186 @@
+"""``curate estimate``: P_t(y) over the SOURCE classes, from a source classifier run on
+the unlabeled target.
+
+Estimators (``--method``):
+
+- ``mean`` (the paper, Ngiam et al. 2018): P_t(y) = (1/n) sum_i softmax(z_i / T)(y).
+  Biased toward the source prior: a classifier's posteriors carry the prior it was
+  trained under.
+- ``em`` (Saerens, Latinne & Decaestecker 2002, maximum likelihood by EM): starting
+  from p = p_s, repeat q_i(y) ∝ softmax(z_i)(y) p(y)/p_s(y);  p(y) = (1/n) sum_i q_i(y).
+  Its first step is exactly ``mean`` at T = 1.
+- ``bbse`` (Lipton, Wang & Smola 2018, black-box shift estimation): C[i, j] =
+  P(ŷ = i, y = j) on held-out labeled source (``--calibration``), mu[i] = P(ŷ = i) on
+  the target; solve C w = mu by least squares, clip w at 0, P_t ∝ w * p_cal.
+- ``em-bcts`` (Alexandari, Kundaje & Shrikumar 2020): bias-corrected temperature
+  scaling, softmax(z / T + b) with T and the per-class b fitted by NLL on
+  ``--calibration``, then EM on the calibrated posteriors (with p_s the calibration
+  set's label frequencies, the prior those posteriors now carry).
+
+``--temperature T`` smooths the result. For ``mean`` it is the paper's: each image's
+logits are divided by T before the softmax. For the other methods, which need
+calibrated posteriors, it applies to the final estimate instead: P_t ∝ P_t^(1/T),
+the same flattening as if log P_t were the logits. T = 1 leaves the estimate as is.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from manifests import UserError
+
+METHODS = ("mean", "em", "bbse", "em-bcts")
+NEEDS_CALIBRATION = ("bbse", "em-bcts")
+
+
+def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def normalise(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
+    s = p.sum()
+    return p / s if s > 0 else np.full_like(p, 1.0 / len(p))
+
+
+def smooth(p: np.ndarray, temperature: float) -> np.ndarray:
+    """P ∝ P^(1/T): flattens toward uniform for T > 1 (zeros stay zero)."""
+    if temperature == 1.0:
+        return normalise(p)
+    with np.errstate(divide="ignore"):
+        logp = np.log(normalise(p))
+    return normalise(np.exp((logp - logp.max()) / temperature))
+
+
+def estimate_mean(logits: np.ndarray, temperature: float = 2.0, chunk: int = 65_536) -> np.ndarray:
+    total = np.zeros(logits.shape[1])
+    for i in range(0, len(logits), chunk):
+        total += softmax(logits[i:i + chunk], temperature).sum(axis=0)
+    return normalise(total)
+
+
+def estimate_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9,
+                steps: int | None = None) -> np.ndarray:
+    """Saerens et al. 2002. ``probs``: posteriors under ``p_source`` (rows sum to 1)."""
+    p_s = normalise(p_source)
+    ok = p_s > 0
+    p = p_s.copy()
+    for _ in range(steps or max_iter):
+        ratio = np.where(ok, p / np.where(ok, p_s, 1.0), 0.0)
+        q = probs * ratio
+        q /= np.clip(q.sum(axis=1, keepdims=True), 1e-300, None)
+        new = q.mean(axis=0)
+        if steps is None and np.abs(new - p).sum() < tol:
+            return normalise(new)
+        p = new
+    return normalise(p)
+
+
+def estimate_bbse(target_pred: np.ndarray, cal_pred: np.ndarray, cal_labels: np.ndarray, k: int) -> np.ndarray:
+    """Lipton et al. 2018 with hard predictions; least squares for a singular C."""
+    n = len(cal_labels)
+    conf = np.zeros((k, k))
+    np.add.at(conf, (cal_pred, cal_labels), 1.0 / n)
+    mu = np.bincount(target_pred, minlength=k) / max(len(target_pred), 1)
+    w, *_ = np.linalg.lstsq(conf, mu, rcond=None)
+    w = np.clip(w, 0.0, None)
+    p_cal = conf.sum(axis=0)
+    return normalise(w * p_cal)
+
+
+def fit_bcts(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, np.ndarray]:
+    """Bias-corrected temperature scaling: (T, b) minimising NLL of softmax(z / T + b)."""
+    z = torch.tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    log_inv_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(z.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_inv_t, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z * log_inv_t.exp() + b, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(1.0 / log_inv_t.exp().item()), b.detach().numpy()
+
+
+def apply_bcts(logits: np.ndarray, t: float, b: np.ndarray) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=np.float64) / t + b)
+
+
+def estimate(method: str, target_logits: np.ndarray, p_source: np.ndarray | None, temperature: float,
+             cal_logits: np.ndarray | None = None, cal_labels: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """P_t(y) by ``method``; returns (p, facts worth recording: iterations, fitted T, ...)."""
+    if method not in METHODS:
+        raise UserError("--method", f"unknown method '{method}'", f"pass one of {', '.join(METHODS)}")
+    k = target_logits.shape[1]
+    if method == "mean":
+        return estimate_mean(target_logits, temperature), {}
+    if method == "em":
+        if p_source is None:
+            raise UserError("--method em", "needs the source prior",
+                            "pass --source SOURCE.parquet, or a checkpoint that recorded its class prior")
+        return smooth(estimate_em(softmax(target_logits), p_source), temperature), {}
+    if cal_logits is None or cal_labels is None or len(cal_labels) == 0:
+        raise UserError(f"--method {method}", "needs held-out labeled source images",
+                        "pass --calibration HELDOUT_SOURCE.parquet (labeled with the source classes)")
+    if method == "bbse":
+        p = estimate_bbse(target_logits.argmax(1), cal_logits.argmax(1), cal_labels, k)
+        return smooth(p, temperature), {}
+    t, b = fit_bcts(cal_logits, cal_labels)
+    p_cal = np.bincount(cal_labels, minlength=k) / len(cal_labels)
+    p = estimate_em(apply_bcts(target_logits, t, b), p_cal)
+    return smooth(p, temperature), {"bcts_temperature": t}
+
+
+# -- the stage ------------------------------------------------------------------------------
+PREDICTION_SETS = ("target", "calibration")
+
+
+def write_predictions(path, classes: list[str], parts: dict, meta_params: dict) -> None:
+    """Per-image logits, so a user can re-estimate (`--predictions`) without re-running the model."""
+    import pyarrow as pa
+
+    from manifests import ManifestMeta, write_table
+
+    tables = []
+    for name, (ids, logits, labels) in parts.items():
+        k = logits.shape[1]
+        flat = pa.array(logits.astype(np.float32).reshape(-1))
+        tables.append(pa.table({
+            "id": pa.array(ids, pa.string()),
+            "set": pa.array([name] * len(ids), pa.string()),
+            "label": pa.array(labels, pa.int32()),
+            "logits": pa.FixedSizeListArray.from_arrays(flat, k),
+        }))
+    write_table(path, pa.concat_tables(tables), ManifestMeta(classes=classes, stage="estimate-predictions",
+                                                             params=meta_params))
+
+
+def read_predictions(path) -> tuple[list[str], dict]:
+    """classes and {set: (logits, labels)} from a --save-predictions file."""
+    from pathlib import Path
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from manifests import ManifestMeta
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(path, "does not exist", "write it with `curate estimate --save-predictions`")
+    t = pq.read_table(path)
+    meta = ManifestMeta.from_schema(t.schema, path)
+    if meta is None or not meta.classes or "logits" not in t.column_names:
+        raise UserError(path, "is not a predictions file", "write it with `curate estimate --save-predictions`")
+    out = {}
+    for name in PREDICTION_SETS:
+        sub = t.filter(pc.equal(t.column("set"), name))
+        logits = sub.column("logits").combine_chunks().flatten().to_numpy().reshape(sub.num_rows, len(meta.classes))
+        out[name] = (logits, sub.column("label").fill_null(-1).to_numpy())
+    return list(meta.classes), out

@@ -1,0 +1,69 @@
+"""Running a model over a manifest: batched, streamed, any device, rank-sharded under torchrun.
+
+Shared by ``curate estimate`` (logits) and ``curate dedup`` (pooled features). Each
+rank runs rows ``rank::world``; rank 0 gathers them back in manifest order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from manifests import BadImageLog, ImageDataset, Manifest, collate_skip_bad
+from pretrain import dist
+from pretrain.data import build_transform, image_mode
+from pretrain.models import LoadedModel
+
+
+@torch.no_grad()
+def run_model(lm: LoadedModel, manifest: Manifest, d: dist.Dist, what: str = "logits", batch_size: int = 256,
+              workers: int = 0, progress: bool = True, desc: str = "") -> tuple[np.ndarray, np.ndarray, BadImageLog]:
+    """(row indices, float32 outputs, unreadable-image log) for every readable row; full on rank 0.
+
+    what: 'logits' (the classifier's) or 'features' (pooled pre-logits).
+    """
+    cfg = lm.config
+    tf = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
+    ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans))
+    mine = Subset(ds, range(d.rank, len(ds), d.world))
+    model = lm.model.to(d.device).eval()
+    if d.cuda:
+        model.to(memory_format=torch.channels_last)
+    fn = lm.logits if what == "logits" else lm.features
+    idx, outs, bad = [], [], BadImageLog()
+    loader = DataLoader(mine, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
+                        pin_memory=d.cuda)
+    for batch in tqdm(loader, desc=desc or f"{what} {manifest.path.name}", unit="batch",
+                      disable=not (progress and d.main), leave=False):
+        bad.add(batch.bad)
+        if batch.images is None:
+            continue
+        x = batch.images.to(d.device, non_blocking=True)
+        if d.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.cuda):
+            y = fn(x)
+        outs.append(y.float().cpu().numpy())
+        idx.append(batch.index.numpy())
+    dim = cfg.num_classes if what == "logits" else cfg.num_features
+    rows = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
+    vals = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, dim), dtype=np.float32)
+    if d.world > 1:
+        rows, vals, bad = _gather(d, rows, vals, bad)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], vals[order], bad
+
+
+def _gather(d: dist.Dist, rows: np.ndarray, vals: np.ndarray, bad: BadImageLog):
+    parts = [None] * d.world if d.main else None
+    tdist.gather_object((rows, vals, bad.count, bad.examples), parts, dst=0)
+    if not d.main:
+        return rows, vals, bad
+    merged = BadImageLog()
+    for _, _, n, ex in parts:
+        merged.count += n
+        merged.add([])
+        merged.examples.extend(ex[: merged.keep - len(merged.examples)])
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), merged)

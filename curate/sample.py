@@ -1,0 +1,141 @@
+"""``curate sample``: draw the pretraining set by importance weight, vectorised.
+
+- with replacement (the paper's "same distribution matcher"): class counts
+  ~ Multinomial(N, P_t restricted to classes that still have images), then uniform
+  draws within each class; one output row per draw.
+- without replacement ("elastic"): N distinct rows, each row's chance proportional to
+  its class weight, by Efraimidis-Spirakis keys: key_i = log(u_i) / w_i, keep the N
+  largest (equivalent to u_i^(1/w_i)).
+
+Two streamed passes over the source: labels (and ids for --exclude) to choose rows,
+then every column to copy the chosen rows out. Rows come out in source order;
+``draw`` numbers them 0..N-1, and ``weight`` is the row's class weight.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from manifests import Manifest, UserError
+
+BATCH = 262_144
+
+
+@dataclass
+class Plan:
+    rows: np.ndarray  # sorted source row numbers, repeated for repeated draws
+    eligible: int  # rows that could be drawn (after exclusion, weight > 0)
+    excluded: int  # rows dropped by --exclude
+
+
+def read_labels(source: Manifest, exclude: pa.Array | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels int32 with -1 for null, keep mask, excluded count) in one streamed pass."""
+    cols = ["label"] + (["id"] if exclude is not None else [])
+    n = source.num_rows
+    labels = np.empty(n, dtype=np.int32)
+    keep = np.ones(n, dtype=bool)
+    pos = 0
+    for b in source.iter_batches(cols, batch_size=BATCH):
+        m = b.num_rows
+        labels[pos:pos + m] = b.column(0).fill_null(-1).to_numpy()
+        if exclude is not None:
+            keep[pos:pos + m] = ~pc.is_in(b.column(1), value_set=exclude).to_numpy(zero_copy_only=False)
+        pos += m
+    keep &= labels >= 0
+    excluded = 0 if exclude is None else int(n - keep.sum() - (labels < 0).sum())
+    return labels, keep, excluded
+
+
+def plan_with_replacement(labels: np.ndarray, keep: np.ndarray, p_target: np.ndarray, size: int,
+                          rng: np.random.Generator) -> Plan:
+    k = len(p_target)
+    if keep.all():
+        rows, lab = None, labels
+    else:
+        rows = np.flatnonzero(keep)
+        lab = labels[rows]
+    sizes = np.bincount(lab, minlength=k)
+    p = np.where(sizes > 0, p_target, 0.0)
+    if p.sum() <= 0:
+        raise UserError("--weights", "no class with target mass has any source image left",
+                        "check the prior, or exclude fewer images")
+    counts = rng.multinomial(size, p / p.sum())
+    order = argsort_labels(lab, k)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    cls = np.repeat(np.arange(k), counts)
+    offset = starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)
+    picked = order[offset]
+    picked = np.sort(picked if rows is None else rows[picked])
+    eligible = int(sizes[p > 0].sum())
+    return Plan(picked, eligible, 0)
+
+
+def argsort_labels(lab: np.ndarray, k: int) -> np.ndarray:
+    """Stable argsort of class labels: as uint16 when they fit, where NumPy radix-sorts (4x faster)."""
+    if k <= np.iinfo(np.uint16).max + 1:
+        return np.argsort(lab.astype(np.uint16), kind="stable")
+    return np.argsort(lab, kind="stable")
+
+
+def plan_without_replacement(labels: np.ndarray, keep: np.ndarray, weight: np.ndarray, size: int,
+                             rng: np.random.Generator, where: object) -> Plan:
+    rows = np.flatnonzero(keep)
+    w = weight[labels[rows]]
+    pos = w > 0
+    rows, w = rows[pos], w[pos]
+    if size > len(rows):
+        raise UserError(where, f"--size {size:,} is more than the {len(rows):,} eligible source images "
+                               "(weight > 0, not excluded)", f"pass --size {len(rows):,} or less, or --replacement")
+    keys = np.log(rng.random(len(rows))) / w
+    top = np.argpartition(-keys, size - 1)[:size] if size < len(rows) else np.arange(len(rows))
+    return Plan(np.sort(rows[top]), len(rows), 0)
+
+
+def take_rows(source: Manifest, rows: np.ndarray, weight: np.ndarray, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Stream the source once; yield the planned rows (repeats included) with weight and draw."""
+    start = 0
+    draw = 0
+    for b in source.iter_batches(batch_size=BATCH):
+        lo, hi = np.searchsorted(rows, [start, start + b.num_rows])
+        if hi > lo:
+            local = pa.array(rows[lo:hi] - start)
+            t = pa.Table.from_batches([b]).take(local)
+            t = t.drop_columns([c for c in ("weight", "draw") if c in t.column_names])
+            lab = t.column("label").fill_null(0).to_numpy()
+            t = t.append_column("weight", pa.array(weight[lab], pa.float64()))
+            t = t.append_column("draw", pa.array(np.arange(draw, draw + len(local), dtype=np.int64)))
+            draw += len(local)
+            yield from t.cast(schema).to_batches()
+        start += b.num_rows
+
+
+def output_schema(source: Manifest) -> pa.Schema:
+    fields = [f for f in source.schema if f.name not in ("weight", "draw")]
+    return pa.schema(fields + [pa.field("weight", pa.float64()), pa.field("draw", pa.int64())])
+
+
+def run_sample(source: Manifest, classes: list[str], weights: pa.Table, size: int, replacement: bool,
+               exclude: pa.Array | None, seed: int) -> tuple[Plan, Iterator[pa.RecordBatch], pa.Schema]:
+    """Choose the rows (pass 1) and return the stream that copies them out (pass 2)."""
+    if size <= 0:
+        raise UserError("--size", f"{size} is not positive", "pass the number of images to draw, e.g. --size 100000")
+    k = len(classes)
+    p_target = np.zeros(k)
+    weight = np.zeros(k)
+    lab = weights.column("label").to_numpy()
+    p_target[lab] = weights.column("p_target").to_numpy()
+    weight[lab] = weights.column("weight").to_numpy()
+    labels, keep, excluded = read_labels(source, exclude)
+    rng = np.random.default_rng(seed)
+    if replacement:
+        plan = plan_with_replacement(labels, keep, p_target, size, rng)
+    else:
+        plan = plan_without_replacement(labels, keep, weight, size, rng, source.path)
+    plan.excluded = excluded
+    del labels, keep
+    schema = output_schema(source)
+    return plan, take_rows(source, plan.rows, weight, schema), schema

@@ -1,0 +1,193 @@
+"""``curate weight``: importance weight w(y) = P_t(y) / P_s(y) per source class, and its plot.
+
+P_s(y) comes from the source manifest's label counts in one streamed pass (bounded
+memory at any size). Classes that P_t gives mass but that have no source image
+cannot be sampled: they are reported, dropped and P_t is renormalised over the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from manifests import Manifest, ManifestError, ManifestMeta, UserError, atomic_output, write_table
+
+PRIOR_COLUMNS = ("label", "class_name", "p_target")
+
+
+@dataclass
+class WeightResult:
+    table: pa.Table
+    dropped: list[str] = field(default_factory=list)  # p_target > 0 but no source images
+
+
+def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(classes, p_target) from a prior.parquet written by `curate estimate`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(path, "does not exist", "write it with `curate estimate`")
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
+                        "write it with `curate estimate`") from None
+    meta = ManifestMeta.from_schema(t.schema, path)
+    missing = [c for c in PRIOR_COLUMNS if c not in t.column_names]
+    if missing or meta is None or not meta.classes:
+        raise UserError(path, f"is not a prior (missing {', '.join(missing) or 'class metadata'})",
+                        "write it with `curate estimate`")
+    k = len(meta.classes)
+    p = np.zeros(k)
+    labels = t.column("label").to_numpy()
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= k:
+        raise UserError(path, "has labels outside its classes", "rewrite it with `curate estimate`")
+    p[labels] = t.column("p_target").to_numpy()
+    return list(meta.classes), p
+
+
+def check_same_classes(a: list[str], b: list[str], a_where: object, b_where: object) -> None:
+    if a != b:
+        diff = next((f"class {i}: '{x}' vs '{y}'" for i, (x, y) in enumerate(zip(a, b)) if x != y),
+                    f"{len(a)} vs {len(b)} classes")
+        raise UserError(b_where, f"its classes differ from {a_where}'s ({diff})",
+                        f"estimate the prior with a model trained on {a_where}'s classes")
+
+
+def read_excluded_ids(path: str | Path | None) -> pa.Array | None:
+    """The source ids listed in a duplicates.parquet (`curate dedup`) or any table with an `id` column."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        raise UserError(path, "does not exist", "write it with `curate dedup`, or drop --exclude")
+    try:
+        ids = pq.read_table(path, columns=["id"]).column("id")
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise UserError(path, f"has no readable 'id' column ({str(e).splitlines()[0]})",
+                        "pass the duplicates.parquet written by `curate dedup`") from None
+    return pc.unique(ids.combine_chunks())
+
+
+def excluded_counts(source: Manifest, ids: pa.Array, k: int) -> np.ndarray:
+    """Per-class count of source rows whose id is in ``ids`` (one streamed pass)."""
+    out = np.zeros(k, dtype=np.int64)
+    for b in source.iter_batches(["id", "label"], batch_size=262_144):
+        hit = pc.is_in(b.column(0), value_set=ids)
+        lab = pc.filter(b.column(1), hit).drop_null().to_numpy(zero_copy_only=False)
+        out += np.bincount(lab, minlength=k)
+    return out
+
+
+def compute_weights(source: Manifest, prior_classes: list[str], p_target: np.ndarray,
+                    exclude: pa.Array | None = None) -> WeightResult:
+    classes = source.require_labels()
+    check_same_classes(classes, prior_classes, source.path, "the prior")
+    n_source, _ = source.label_counts(batch_size=262_144)
+    p_source = n_source / max(n_source.sum(), 1)
+    unreachable = (p_target > 0) & (n_source == 0)
+    p_t = np.where(unreachable, 0.0, p_target)
+    if p_t.sum() <= 0:
+        raise UserError(source.path, "has no images in any class the target prior gives mass to",
+                        "check that the prior was estimated for this source")
+    p_t = p_t / p_t.sum()
+    weight = np.divide(p_t, p_source, out=np.zeros_like(p_t), where=p_source > 0)
+    cols = {
+        "label": pa.array(np.arange(len(classes), dtype=np.int32)),
+        "class_name": pa.array(classes, pa.string()),
+        "n_source": pa.array(n_source, pa.int64()),
+        "p_source": pa.array(p_source, pa.float64()),
+        "p_target": pa.array(p_t, pa.float64()),
+        "weight": pa.array(weight, pa.float64()),
+    }
+    if exclude is not None:
+        cols["n_excluded"] = pa.array(excluded_counts(source, exclude, len(classes)), pa.int64())
+    return WeightResult(pa.table(cols), [c for c, u in zip(classes, unreachable) if u])
+
+
+def read_weights(path: str | Path) -> tuple[list[str], pa.Table]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(path, "does not exist", "write it with `curate weight`")
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
+                        "write it with `curate weight`") from None
+    meta = ManifestMeta.from_schema(t.schema, path)
+    need = ("label", "p_target", "weight")
+    if meta is None or not meta.classes or any(c not in t.column_names for c in need):
+        raise ManifestError(path, "is not a weights table (label, p_target, weight and class metadata)",
+                            "write it with `curate weight`")
+    return list(meta.classes), t.sort_by("label")
+
+
+def write_weights(path: str | Path, result: WeightResult, meta: ManifestMeta) -> None:
+    write_table(path, result.table, meta)
+
+
+# -- the plot ---------------------------------------------------------------------------
+def plot_weights(table: pa.Table, path: str | Path, top: int = 40, title: str = "") -> None:
+    """Three panels: top classes by weight (named, with counts); cumulative share of P_t over
+    ranked classes; P_t against P_s on log axes (weight = distance above the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = table.column("class_name").to_pylist()
+    w = table.column("weight").to_numpy()
+    pt = table.column("p_target").to_numpy()
+    ps = table.column("p_source").to_numpy()
+    n = table.column("n_source").to_numpy()
+    k = len(names)
+    fig = plt.figure(figsize=(15, 10), constrained_layout=True)
+    gs = fig.add_gridspec(2, 2, width_ratios=[1.1, 1])
+    ax = fig.add_subplot(gs[:, 0])
+    order = np.argsort(-w, kind="stable")[: min(top, k)]
+    ypos = np.arange(len(order))[::-1]
+    ax.barh(ypos, w[order], color="#3b75af")
+    ax.set_yticks(ypos, [f"{names[i]}  (n={n[i]:,})" for i in order], fontsize=8)
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("importance weight  P_t(y) / P_s(y)   (dashed: 1 = as in the source)")
+    ax.set_title(f"top {len(order)} of {k:,} source classes by weight")
+    for y, i in zip(ypos, order):
+        ax.text(w[i], y, f" {w[i]:.2f}", va="center", fontsize=7)
+
+    ax2 = fig.add_subplot(gs[0, 1])
+    ranked = np.sort(pt)[::-1]
+    cum = np.cumsum(ranked)
+    ax2.plot(np.arange(1, k + 1), cum, color="#c44e52")
+    for share in (0.5, 0.9, 0.99):
+        j = int(np.searchsorted(cum, share)) + 1
+        ax2.axhline(share, color="grey", lw=0.5, ls=":")
+        ax2.annotate(f"{share:.0%} of P_t in {j:,} classes", (j, share), textcoords="offset points",
+                     xytext=(8, -12), fontsize=8)
+    ax2.set_xscale("log" if k > 50 else "linear")
+    ax2.set_xlabel("source classes ranked by P_t(y)")
+    ax2.set_ylabel("cumulative share of P_t")
+    ax2.set_ylim(0, 1.02)
+    ax2.set_title("how concentrated the target is over source classes")
+
+    ax3 = fig.add_subplot(gs[1, 1])
+    floor = 1e-6
+    xs, ys = np.maximum(ps, floor), np.maximum(pt, floor)
+    sc = ax3.scatter(xs, ys, c=np.log10(np.maximum(w, 1e-3)), cmap="coolwarm", s=14, vmin=-2, vmax=2)
+    lo, hi = min(xs.min(), ys.min()), max(xs.max(), ys.max())
+    ax3.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+    ax3.set_xscale("log")
+    ax3.set_yscale("log")
+    ax3.set_xlabel("P_s(y)  (source label frequency)")
+    ax3.set_ylabel(f"P_t(y)  (estimated; < {floor:g} drawn at {floor:g})")
+    ax3.set_title("P_t vs P_s per class (dashed: weight 1)")
+    for i in np.argsort(-w)[:5]:
+        ax3.annotate(names[i], (xs[i], ys[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig.colorbar(sc, ax=ax3, label="log10 weight")
+    if title:
+        fig.suptitle(title)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

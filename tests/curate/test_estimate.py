@@ -1,0 +1,90 @@
+"""Estimators of P_t(y) under a known Dirichlet label shift, with exact Bayes posteriors.
+
+World: 6 classes, 3-D Gaussian class conditionals N(mu_y, I); source prior p_s ~
+Dirichlet(5); target prior p_t ~ Dirichlet(1). Logits are the exact log posterior
+under p_s (a calibrated classifier), or 3x that plus a per-class bias (an
+over-confident, biased one). 4,000 target and 4,000 held-out source points, 5 seeds.
+Measured L1 errors (mean over the seeds): mean 0.31, em 0.05, bbse 0.07; uncalibrated
+em 0.25, em-bcts on the same logits 0.06. Each assertion leaves a 2x margin.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate.estimate import estimate, estimate_em, estimate_mean, fit_bcts, smooth, softmax
+from manifests import UserError
+
+SEEDS = range(5)
+
+
+def world(seed, k=6, d=3, n_t=4000, n_c=4000):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(0, 1.6, (k, d))
+    p_s = rng.dirichlet(np.full(k, 5.0))
+    p_t = rng.dirichlet(np.ones(k))
+
+    def draw(p, n):
+        y = rng.choice(k, n, p=p)
+        x = mu[y] + rng.normal(size=(n, d))
+        return -0.5 * ((x[:, None, :] - mu[None]) ** 2).sum(-1) + np.log(p_s), y
+
+    zt, _ = draw(p_t, n_t)
+    zc, yc = draw(p_s, n_c)
+    return p_s, p_t, zt, zc, yc
+
+
+def l1(a, b):
+    return float(np.abs(a - b).sum())
+
+
+@pytest.fixture(scope="module")
+def errors():
+    out = {k: [] for k in ("mean", "em", "bbse", "em_uncal", "em_bcts_uncal")}
+    bias = np.linspace(-1, 1, 6)
+    for s in SEEDS:
+        p_s, p_t, zt, zc, yc = world(s)
+        out["mean"].append(l1(estimate("mean", zt, p_s, 1.0)[0], p_t))
+        out["em"].append(l1(estimate("em", zt, p_s, 1.0)[0], p_t))
+        out["bbse"].append(l1(estimate("bbse", zt, p_s, 1.0, zc, yc)[0], p_t))
+        out["em_uncal"].append(l1(estimate("em", 3 * zt + bias, p_s, 1.0)[0], p_t))
+        out["em_bcts_uncal"].append(l1(estimate("em-bcts", 3 * zt + bias, p_s, 1.0, 3 * zc + bias, yc)[0], p_t))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def test_em_and_bbse_recover_the_true_prior_far_better_than_mean(errors):
+    assert errors["mean"] > 0.15  # the shift is real: mean is pulled toward p_s
+    assert errors["em"] < 0.5 * errors["mean"]
+    assert errors["bbse"] < 0.5 * errors["mean"]
+
+
+def test_calibration_repairs_an_overconfident_classifier(errors):
+    assert errors["em_bcts_uncal"] < 0.5 * errors["em_uncal"]
+
+
+def test_em_first_step_is_mean():
+    p_s, _, zt, _, _ = world(0)
+    assert np.allclose(estimate_em(softmax(zt), p_s, steps=1), estimate_mean(zt, temperature=1.0))
+
+
+def test_bcts_recovers_a_known_temperature():
+    p_s, _, _, zc, yc = world(1)
+    t, b = fit_bcts(zc / 2.5, yc)  # logits shrunk by 2.5: the fit should undo it
+    assert t == pytest.approx(1 / 2.5, rel=0.1)
+
+
+def test_temperature_flattens():
+    p = np.array([0.7, 0.2, 0.1, 0.0])
+    s = smooth(p, 2.0)
+    assert np.allclose(s, np.sqrt(p) / np.sqrt(p).sum()) and s[3] == 0
+    z = np.log(np.array([[0.9, 0.1]]))
+    assert estimate_mean(z, 2.0)[0] == pytest.approx(0.75)  # softmax(log p / 2) = sqrt(p) normalised
+
+
+def test_methods_that_need_calibration_say_so():
+    _, _, zt, _, _ = world(0)
+    for m in ("bbse", "em-bcts"):
+        with pytest.raises(UserError, match="--calibration"):
+            estimate(m, zt, None, 1.0)
+    with pytest.raises(UserError, match="source prior"):
+        estimate("em", zt, None, 1.0)
