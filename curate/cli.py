@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from manifests import ManifestMeta, UserError, file_sha256, open_manifest, write_table
-from manifests.cli import not_built, run_cli
+from manifests.cli import run_cli
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -192,10 +192,93 @@ def sample(source, weights_path, size, out, replacement, exclude, seed) -> None:
                + (f" ({plan.excluded:,} excluded)" if exclude else ""))
 
 
-@cli.command(context_settings={**CONTEXT, "ignore_unknown_options": True, "allow_extra_args": True})
-def dedup() -> None:
-    """Find source images that are near-duplicates of target images (not built yet)."""
-    not_built("curate dedup", "curate dedup")
+@cli.command()
+@click.option("--source", required=True, help="Source manifest.")
+@click.option("--target", required=True, help="Target manifest (every image of the target domain).")
+@click.option("--model", required=True, help="Feature extractor: a RUN_DIR, or timm:ARCH with --weights.")
+@click.option("--weights", help="Local state dict for --model timm:ARCH.")
+@click.option("--out", "-o", required=True, help="duplicates.parquet to write (id, target_id, similarity, exact).")
+@click.option("--threshold", type=float, default=None,
+              help="Cosine similarity at or above which a source image is a near copy [default: 0.90].")
+@click.option("--index", "index_kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
+              help="FAISS index over the target: flat (exact) below 50k images with auto, ivf above.")
+@click.option("--cache", "cache_dir", help="Folder for cached embeddings [default: OUT's folder/embeddings].")
+@click.option("--calibrate", is_flag=True,
+              help="Also plant edited copies of target images and print recall / false positives per threshold.")
+@click.option("--plant", default=500, show_default=True, help="How many copies --calibrate plants.")
+@click.option("--image-size", type=int, help="Feature extractor input size (timm: models; default 224).")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir, calibrate, plant, image_size,
+          batch_size, workers, device, quiet) -> None:
+    """Find source images that are copies or near copies of target images.
+
+    Byte-identical files are always caught (content hash). Near copies: cosine
+    similarity of the model's pooled features, target indexed with FAISS, source
+    streamed through it. Embeddings are cached, so a new --threshold is instant.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from pretrain import dist
+    from pretrain.models import load_model
+
+    from . import dedup as dd
+
+    threshold = dd.DEFAULT_THRESHOLD if threshold is None else threshold
+    if not 0.0 < threshold <= 1.0:
+        raise UserError("--threshold", f"{threshold} is outside (0, 1]", "pass a cosine similarity such as 0.9")
+    sm, tm = open_manifest(source), open_manifest(target)
+    lm = load_model(model, weights, image_size=image_size)
+    fp = dd.model_fingerprint(model, weights)
+    cache = Path(cache_dir) if cache_dir else Path(out).resolve().parent / "embeddings"
+    d = dist.setup(device)
+    try:
+        temb = dd.embed(lm, tm, d, cache, fp, batch_size, workers, not quiet)
+        semb = dd.embed(lm, sm, d, cache, fp, batch_size, workers, not quiet)
+        planted_emb = None
+        if calibrate:
+            import tempfile
+
+            tmpdir = Path(tempfile.mkdtemp(prefix="datl-plant-"))
+            pm = open_manifest(dd.plant_copies(tm, tmpdir, plant))
+            planted_emb = dd.embed(lm, pm, d, None, fp, batch_size, workers, not quiet)
+        if not d.main:
+            return
+        if len(temb.rows) == 0:
+            raise UserError(target, "has no readable image", "check it with `datl manifest validate`")
+        if temb.rebuilt or semb.rebuilt:
+            click.echo("note: cached embeddings from another model were rebuilt, not mixed", err=True)
+        index, desc = dd.build_index(temb.vecs, index_kind)
+        rows, trows, sims, exact = dd.find_duplicates(semb, temb, index, threshold)
+        sid = sm.read(["id"]).column("id")
+        tid = tm.read(["id"]).column("id")
+        table = pa.table({"id": sid.take(pa.array(rows)), "target_id": tid.take(pa.array(trows)),
+                          "similarity": pa.array(sims, pa.float32()), "exact": pa.array(exact)})
+        write_table(out, table, ManifestMeta(stage="dedup", params={
+            "threshold": threshold, "index": desc, "model": model},
+            inputs=_hashes(source=source, target=target)))
+        click.echo(f"wrote {out}: {len(rows):,} of {sm.num_rows:,} source images duplicate a target image "
+                   f"({int(exact.sum()):,} byte-identical, {int((~exact).sum()):,} at similarity >= {threshold}); "
+                   f"index: {desc}")
+        if planted_emb is not None:
+            planted_sims, _ = dd.best_match(index, planted_emb.vecs)
+            exact_rows = set(rows[exact].tolist())
+            ordinary_mask = np.array([r not in exact_rows for r in semb.rows])
+            ordinary, _ = dd.best_match(index, semb.vecs[ordinary_mask])
+            click.echo(f"calibration: {len(planted_sims):,} planted edited copies "
+                       f"({', '.join(dd.AUGMENTATIONS)}) vs {len(ordinary):,} ordinary source images")
+            click.echo("  threshold  recall(planted)  false-positive rate(ordinary)")
+            for t, rec, fpr in dd.calibration_table(planted_sims, ordinary):
+                mark = "  <- current" if abs(t - threshold) < 1e-9 else ""
+                click.echo(f"  {t:9.2f}  {rec:15.4f}  {fpr:29.4%}{mark}")
+            png = Path(out).with_suffix(".calibration.png")
+            dd.plot_calibration(planted_sims, ordinary, threshold, png)
+            click.echo(f"histogram: {png}")
+    finally:
+        dist.cleanup(d)
 
 
 def main() -> None:

@@ -4,8 +4,8 @@
   ~ Multinomial(N, P_t restricted to classes that still have images), then uniform
   draws within each class; one output row per draw.
 - without replacement ("elastic"): N distinct rows, each row's chance proportional to
-  its class weight, by Efraimidis-Spirakis keys: key_i = log(u_i) / w_i, keep the N
-  largest (equivalent to u_i^(1/w_i)).
+  its class weight, by Efraimidis-Spirakis keys u_i^(1/w_i), computed as the equivalent
+  exponential race: keep the N smallest E_i / w_i with E_i ~ Exp(1).
 
 Two streamed passes over the source: labels (and ids for --exclude) to choose rows,
 then every column to copy the chosen rows out. Rows come out in source order;
@@ -83,16 +83,22 @@ def argsort_labels(lab: np.ndarray, k: int) -> np.ndarray:
 
 def plan_without_replacement(labels: np.ndarray, keep: np.ndarray, weight: np.ndarray, size: int,
                              rng: np.random.Generator, where: object) -> Plan:
-    rows = np.flatnonzero(keep)
-    w = weight[labels[rows]]
-    pos = w > 0
-    rows, w = rows[pos], w[pos]
-    if size > len(rows):
-        raise UserError(where, f"--size {size:,} is more than the {len(rows):,} eligible source images "
-                               "(weight > 0, not excluded)", f"pass --size {len(rows):,} or less, or --replacement")
-    keys = np.log(rng.random(len(rows))) / w
-    top = np.argpartition(-keys, size - 1)[:size] if size < len(rows) else np.arange(len(rows))
-    return Plan(np.sort(rows[top]), len(rows), 0)
+    w_row = weight.astype(np.float32)[labels]
+    ok = keep & (w_row > 0)
+    rows = None if ok.all() else np.flatnonzero(ok)
+    if rows is not None:
+        w_row = w_row[rows]
+    n = len(w_row)
+    if size > n:
+        raise UserError(where, f"--size {size:,} is more than the {n:,} eligible source images "
+                               "(weight > 0, not excluded)", f"pass --size {n:,} or less, or --replacement")
+    # Efraimidis-Spirakis as an exponential race: E_i = Exp(1) / w_i = -log(u_i) / w_i; the N
+    # smallest are the N largest keys u_i^(1/w_i).
+    keys = rng.standard_exponential(n, dtype=np.float32)
+    keys /= w_row
+    del w_row
+    top = np.argpartition(keys, size - 1)[:size] if size < n else np.arange(n)
+    return Plan(np.sort(top if rows is None else rows[top]), n, 0)
 
 
 def take_rows(source: Manifest, rows: np.ndarray, weight: np.ndarray, schema: pa.Schema) -> Iterator[pa.RecordBatch]:

@@ -95,5 +95,5 @@ def test_validate_ok_and_each_failure(tmp_path):
 
 
 def test_unbuilt_stages_say_so(tmp_path):
-    for cmd in (["curate", "dedup"], ["datl", "run"]):
+    for cmd in (["datl", "run"],):
         assert_user_error(cli(*cmd), "not built yet")

@@ -1,0 +1,112 @@
+"""curate dedup: exact copies whatever the model, cached embeddings, flat vs IVF, bad input."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import assert_user_error, cli
+
+from curate.dedup import build_index, ivf_params
+from manifests import Manifest, ManifestMeta, write_manifest
+from pretrain.models import ModelConfig, create, save_run
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    """A deliberately useless model: random init, never trained."""
+    import torch
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("rand") / "run"
+    m = create("test_resnet", 3, 1)
+    save_run(out, m, ModelConfig(arch="test_resnet", classes=["a", "b", "c"], image_size=[28, 28], in_chans=1,
+                                 mean=[0.5], std=[0.5], num_features=m.num_features))
+    return out
+
+
+@pytest.fixture()
+def planted_source(demo_small, tmp_path):
+    """The demo source plus 5 byte-identical copies of target images under new names."""
+    src, tgt = Manifest(demo_small / "source.parquet"), Manifest(demo_small / "target_unlabeled.parquet")
+    t = tgt.read()
+    s = src.read()
+    copies = []
+    for i in range(5):
+        dst = tmp_path / f"copy{i}.png"
+        shutil.copyfile(tgt.resolve(t.column("path")[i * 7].as_py()), dst)
+        copies.append((f"copy{i}", str(dst), t.column("id")[i * 7].as_py()))
+    abs_paths = [src.resolve(p) for p in s.column("path").to_pylist()]
+    table = pa.table({"id": s.column("id").to_pylist() + [c[0] for c in copies],
+                      "path": abs_paths + [c[1] for c in copies],
+                      "label": pa.array(s.column("label").to_pylist() + [0] * 5, pa.int32())})
+    return write_manifest(tmp_path / "source.parquet", table, ManifestMeta(classes=src.classes)), copies
+
+
+def test_exact_copies_found_with_a_useless_model_and_cache_reused(random_model, planted_source, demo_small, tmp_path):
+    src, copies = planted_source
+    target = demo_small / "target_unlabeled.parquet"
+    out = tmp_path / "dups.parquet"
+    res = cli("curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(random_model),
+              "--out", str(out), "--threshold", "1.0", "-q")
+    assert res.returncode == 0, res.stderr
+    t = pq.read_table(out)
+    exact = t.filter(t.column("exact"))
+    assert sorted(zip(exact.column("id").to_pylist(), exact.column("target_id").to_pylist())) == \
+        sorted((c[0], c[2]) for c in copies)
+    assert all(s == 1.0 for s in exact.column("similarity").to_pylist())
+    caches = sorted((tmp_path / "embeddings").glob("*.npz"))
+    assert len(caches) == 2
+    mtimes = [p.stat().st_mtime_ns for p in caches]
+    res = cli("curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(random_model),
+              "--out", str(tmp_path / "d2.parquet"), "--threshold", "0.5", "-q")
+    assert res.returncode == 0, res.stderr
+    assert [p.stat().st_mtime_ns for p in caches] == mtimes  # not re-embedded
+    assert pq.read_table(tmp_path / "d2.parquet").num_rows >= t.num_rows  # lower threshold, more found
+
+
+def test_a_changed_model_gets_its_own_embeddings(random_model, demo_small, tmp_path):
+    import torch
+
+    src, target = demo_small / "target_train.parquet", demo_small / "target_unlabeled.parquet"
+    run = tmp_path / "run"
+    shutil.copytree(random_model, run)
+    args = ["curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(run), "-q",
+            "--cache", str(tmp_path / "cache")]
+    assert cli(*args, "--out", str(tmp_path / "a.parquet")).returncode == 0
+    torch.manual_seed(1)
+    m = create("test_efficientnet", 3, 1)  # other arch, other feature size, same folder
+    save_run(run, m, ModelConfig(arch="test_efficientnet", classes=["a", "b", "c"], image_size=[28, 28],
+                                 in_chans=1, mean=[0.5], std=[0.5], num_features=m.num_features))
+    assert cli(*args, "--out", str(tmp_path / "b.parquet")).returncode == 0
+    dims = sorted(np.load(p)["vecs"].shape[1] for p in (tmp_path / "cache").glob("target_unlabeled.*.npz"))
+    assert dims == sorted([96, m.num_features])
+
+
+def test_ivf_matches_flat_on_planted_near_copies():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(50, 32))
+    target = centers[rng.integers(0, 50, 20_000)] + 0.5 * rng.normal(size=(20_000, 32))
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    copies = target[:500] + 0.02 * rng.normal(size=(500, 32))
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    flat, _ = build_index(target, "flat")
+    ivf, desc = build_index(target, "ivf")
+    assert desc.startswith("ivf") and ivf_params(20_000) == (512, 8)
+    _, pf = flat.search(copies.astype(np.float32), 1)
+    _, pi = ivf.search(copies.astype(np.float32), 1)
+    assert (pf[:, 0] == np.arange(500)).mean() == 1.0
+    assert (pi[:, 0] == np.arange(500)).mean() >= 0.99
+
+
+def test_bad_input(random_model, demo_small, tmp_path):
+    src, target = demo_small / "source.parquet", demo_small / "target_unlabeled.parquet"
+    base = ["curate", "dedup", "--source", str(src), "--model", str(random_model), "--out", str(tmp_path / "d.parquet")]
+    for t in ("0", "1.5", "-0.2"):
+        assert_user_error(cli(*base, "--target", str(target), "--threshold", t), "--threshold", "outside (0, 1]")
+    unreadable = write_manifest(tmp_path / "bad.parquet", pa.table({"id": ["x"], "path": ["nope.png"]}),
+                                ManifestMeta())
+    assert_user_error(cli(*base, "--target", str(unreadable), "-q"), "bad.parquet", "no readable image")
+    assert not (tmp_path / "d.parquet").exists()
