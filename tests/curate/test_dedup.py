@@ -94,7 +94,7 @@ def test_ivf_matches_flat_on_planted_near_copies():
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
     flat, _ = build_index(target, "flat")
     ivf, desc = build_index(target, "ivf")
-    assert desc.startswith("ivf") and ivf_params(20_000) == (512, 8)
+    assert desc.startswith("ivf") and ivf_params(20_000) == (512, 2)
     _, pf = flat.search(copies.astype(np.float32), 1)
     _, pi = ivf.search(copies.astype(np.float32), 1)
     assert (pf[:, 0] == np.arange(500)).mean() == 1.0
