@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from manifests import Manifest, ManifestError, ManifestMeta, UserError, atomic_output, write_table
+from manifests import Manifest, ManifestError, ManifestMeta, UserError, atomic_output
 
 PRIOR_COLUMNS = ("label", "class_name", "p_target")
 
@@ -25,28 +25,33 @@ class WeightResult:
     dropped: list[str] = field(default_factory=list)  # p_target > 0 but no source images
 
 
-def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
-    """(classes, p_target) from a prior.parquet written by `curate estimate`."""
+def read_stage_table(path: str | Path, columns: tuple[str, ...], what: str, writer: str) -> tuple[list[str], pa.Table]:
+    """(classes, table) of a stage output with ``columns`` and class metadata, or a one-line error."""
     path = Path(path)
     if not path.exists():
-        raise UserError(path, "does not exist", "write it with `curate estimate`")
+        raise UserError(path, "does not exist", f"write it with `{writer}`")
     try:
         t = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
-                        "write it with `curate estimate`") from None
+                        f"write it with `{writer}`") from None
     meta = ManifestMeta.from_schema(t.schema, path)
-    missing = [c for c in PRIOR_COLUMNS if c not in t.column_names]
+    missing = [c for c in columns if c not in t.column_names]
     if missing or meta is None or not meta.classes:
-        raise UserError(path, f"is not a prior (missing {', '.join(missing) or 'class metadata'})",
-                        "write it with `curate estimate`")
-    k = len(meta.classes)
-    p = np.zeros(k)
+        raise ManifestError(path, f"is not {what} (missing {', '.join(missing) or 'class metadata'})",
+                            f"write it with `{writer}`")
     labels = t.column("label").to_numpy()
-    if labels.min(initial=0) < 0 or labels.max(initial=0) >= k:
-        raise UserError(path, "has labels outside its classes", "rewrite it with `curate estimate`")
-    p[labels] = t.column("p_target").to_numpy()
-    return list(meta.classes), p
+    if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(meta.classes):
+        raise ManifestError(path, "has labels outside its classes", f"rewrite it with `{writer}`")
+    return list(meta.classes), t.sort_by("label")
+
+
+def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(classes, p_target) from a prior.parquet written by `curate estimate`."""
+    classes, t = read_stage_table(path, PRIOR_COLUMNS, "a prior", "curate estimate")
+    p = np.zeros(len(classes))
+    p[t.column("label").to_numpy()] = t.column("p_target").to_numpy()
+    return classes, p
 
 
 def check_same_classes(a: list[str], b: list[str], a_where: object, b_where: object) -> None:
@@ -109,24 +114,8 @@ def compute_weights(source: Manifest, prior_classes: list[str], p_target: np.nda
 
 
 def read_weights(path: str | Path) -> tuple[list[str], pa.Table]:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(path, "does not exist", "write it with `curate weight`")
-    try:
-        t = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
-                        "write it with `curate weight`") from None
-    meta = ManifestMeta.from_schema(t.schema, path)
-    need = ("label", "p_target", "weight")
-    if meta is None or not meta.classes or any(c not in t.column_names for c in need):
-        raise ManifestError(path, "is not a weights table (label, p_target, weight and class metadata)",
-                            "write it with `curate weight`")
-    return list(meta.classes), t.sort_by("label")
-
-
-def write_weights(path: str | Path, result: WeightResult, meta: ManifestMeta) -> None:
-    write_table(path, result.table, meta)
+    """(classes, table sorted by label) from a weights.parquet written by `curate weight`."""
+    return read_stage_table(path, ("label", "p_target", "weight"), "a weights table", "curate weight")
 
 
 # -- the plot ---------------------------------------------------------------------------

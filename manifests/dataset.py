@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .images import DECODE_ERRORS, load_image
 from .io import Manifest, open_manifest
