@@ -265,8 +265,7 @@ def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir,
                    f"index: {desc}")
         if planted_emb is not None:
             planted_sims, _ = dd.best_match(index, planted_emb.vecs)
-            exact_rows = set(rows[exact].tolist())
-            ordinary_mask = np.array([r not in exact_rows for r in semb.rows])
+            ordinary_mask = ~np.isin(semb.rows, rows[exact])
             ordinary, _ = dd.best_match(index, semb.vecs[ordinary_mask])
             click.echo(f"calibration: {len(planted_sims):,} planted edited copies "
                        f"({', '.join(dd.AUGMENTATIONS)}) vs {len(ordinary):,} ordinary source images")

@@ -175,19 +175,20 @@ def best_match(index, queries: np.ndarray, chunk: int = 65_536) -> tuple[np.ndar
 
 def find_duplicates(src: Embeddings, tgt: Embeddings, index, threshold: float):
     """(source rows, target rows, similarity, exact) of every duplicate, each source row once."""
-    found: dict[int, tuple[int, float, bool]] = {}
-    tgt_by_hash = {h: int(r) for r, h in enumerate(tgt.hashes) if h}
-    for r, h in enumerate(src.hashes):
-        if h and h in tgt_by_hash:
-            found[r] = (tgt_by_hash[h], 1.0, True)
+    exact = np.isin(src.hashes, tgt.hashes) & (src.hashes != b"")  # b"": unreadable file
+    ex_rows = np.flatnonzero(exact)
+    first_target = {}
+    for r, h in enumerate(tgt.hashes):  # the target is the small side
+        first_target.setdefault(h, r)
+    ex_t = np.array([first_target[h] for h in src.hashes[ex_rows]], dtype=np.int64)
     sims, pos = best_match(index, src.vecs)
-    hit = sims >= threshold
-    for r, t, s in zip(src.rows[hit], tgt.rows[pos[hit]], sims[hit]):
-        if int(r) not in found:
-            found[int(r)] = (int(t), float(min(s, 1.0)), False)
-    rows = np.array(sorted(found), dtype=np.int64)
-    return (rows, np.array([found[r][0] for r in rows], dtype=np.int64),
-            np.array([found[r][1] for r in rows], dtype=np.float32), np.array([found[r][2] for r in rows], bool))
+    near = (sims >= threshold) & ~exact[src.rows]
+    nr, nt, ns = src.rows[near], tgt.rows[pos[near]], np.minimum(sims[near], 1.0)
+    rows = np.concatenate([ex_rows, nr]).astype(np.int64)
+    order = np.argsort(rows, kind="stable")
+    return (rows[order], np.concatenate([ex_t, nt]).astype(np.int64)[order],
+            np.concatenate([np.ones(len(ex_rows), np.float32), ns.astype(np.float32)])[order],
+            np.concatenate([np.ones(len(ex_rows), bool), np.zeros(len(nr), bool)])[order])
 
 
 # -- calibration: planted augmented copies ----------------------------------------------------

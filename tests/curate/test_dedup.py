@@ -75,7 +75,12 @@ def test_a_changed_model_gets_its_own_embeddings(random_model, demo_small, tmp_p
     shutil.copytree(random_model, run)
     args = ["curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(run), "-q",
             "--cache", str(tmp_path / "cache")]
-    assert cli(*args, "--out", str(tmp_path / "a.parquet")).returncode == 0
+    res = cli(*args, "--out", str(tmp_path / "a.parquet"), "--calibrate", "--plant", "14")
+    assert res.returncode == 0, res.stderr
+    table = [line.split() for line in res.stdout.splitlines() if line.strip().startswith("0.")]
+    recalls = [float(r[1]) for r in table]
+    assert len(table) == 10 and recalls == sorted(recalls, reverse=True)  # recall falls as the threshold rises
+    assert (tmp_path / "a.calibration.png").stat().st_size > 10_000
     torch.manual_seed(1)
     m = create("test_efficientnet", 3, 1)  # other arch, other feature size, same folder
     save_run(run, m, ModelConfig(arch="test_efficientnet", classes=["a", "b", "c"], image_size=[28, 28],
