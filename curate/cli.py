@@ -253,9 +253,10 @@ def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir,
             click.echo("note: cached embeddings from another model were rebuilt, not mixed", err=True)
         index, desc = dd.build_index(temb.vecs, index_kind)
         rows, trows, sims, exact = dd.find_duplicates(semb, temb, index, threshold)
-        sid = sm.read(["id"]).column("id")
-        tid = tm.read(["id"]).column("id")
-        table = pa.table({"id": sid.take(pa.array(rows)), "target_id": tid.take(pa.array(trows)),
+        sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
+        tid = tm.read(["id"]).column("id")  # the target is the small side
+        table = pa.table({"id": sid.column("id") if sid is not None else pa.array([], pa.string()),
+                          "target_id": tid.take(pa.array(trows)),
                           "similarity": pa.array(sims, pa.float32()), "exact": pa.array(exact)})
         write_table(out, table, ManifestMeta(stage="dedup", params={
             "threshold": threshold, "index": desc, "model": model},

@@ -113,10 +113,10 @@ def embed(lm, manifest: Manifest, d, cache_dir: Path | None, fingerprint: str, b
 
     dim = lm.config.num_features
     path = cache_path(cache_dir, manifest, fingerprint, lm.config.image_size) if cache_dir else None
-    if path is not None and d.main:
+    if path is not None:  # every rank decides alike, or the others would wait in gather for ever
         cached = load_cache(path, dim, fingerprint)
         if cached is not None:
-            return cached
+            return cached if d.main else None
     stale = path is not None and path.exists()  # same key, other model inside: rebuild, never mix
     rows, feats, _ = run_model(lm, manifest, d, "features", batch_size, workers, progress)
     if not d.main:

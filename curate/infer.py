@@ -64,6 +64,5 @@ def _gather(d: dist.Dist, rows: np.ndarray, vals: np.ndarray, bad: BadImageLog):
     merged = BadImageLog()
     for _, _, n, ex in parts:
         merged.count += n
-        merged.add([])
         merged.examples.extend(ex[: merged.keep - len(merged.examples)])
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), merged)

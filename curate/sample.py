@@ -103,20 +103,14 @@ def plan_without_replacement(labels: np.ndarray, keep: np.ndarray, weight: np.nd
 
 def take_rows(source: Manifest, rows: np.ndarray, weight: np.ndarray, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """Stream the source once; yield the planned rows (repeats included) with weight and draw."""
-    start = 0
     draw = 0
-    for b in source.iter_batches(batch_size=BATCH):
-        lo, hi = np.searchsorted(rows, [start, start + b.num_rows])
-        if hi > lo:
-            local = pa.array(rows[lo:hi] - start)
-            t = pa.Table.from_batches([b]).take(local)
-            t = t.drop_columns([c for c in ("weight", "draw") if c in t.column_names])
-            lab = t.column("label").fill_null(0).to_numpy()
-            t = t.append_column("weight", pa.array(weight[lab], pa.float64()))
-            t = t.append_column("draw", pa.array(np.arange(draw, draw + len(local), dtype=np.int64)))
-            draw += len(local)
-            yield from t.cast(schema).to_batches()
-        start += b.num_rows
+    for t in source.iter_take(rows, batch_size=BATCH):
+        t = t.drop_columns([c for c in ("weight", "draw") if c in t.column_names])
+        lab = t.column("label").fill_null(0).to_numpy()
+        t = t.append_column("weight", pa.array(weight[lab], pa.float64()))
+        t = t.append_column("draw", pa.array(np.arange(draw, draw + t.num_rows, dtype=np.int64)))
+        draw += t.num_rows
+        yield from t.cast(schema).to_batches()
 
 
 def output_schema(source: Manifest) -> pa.Schema:

@@ -43,8 +43,7 @@ def run(cfg: FinetuneConfig) -> Path:
                             "evaluate on a test set labeled with the same classes, in the same order")
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
-        head = set(model.get_classifier().parameters()) if hasattr(model, "get_classifier") else set()
-        head_ids = {id(p) for p in head}
+        head_ids = {id(p) for p in model.get_classifier().parameters()}
         mult = {n: 1.0 if id(p) in head_ids else cfg.backbone_lr_mult for n, p in model.named_parameters()}
         groups = decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
         out = fit(model, model_cfg, train, cfg, d, groups, hook)

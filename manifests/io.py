@@ -88,6 +88,16 @@ class Manifest:
                                                             metadata=self.schema.metadata)
         return pa.Table.from_batches(batches, schema=schema)
 
+    def iter_take(self, rows: np.ndarray, columns: Iterable[str] | None = None,
+                  batch_size: int = DEFAULT_BATCH) -> Iterator[pa.Table]:
+        """The rows numbered ``rows`` (sorted; repeats give repeated rows), in one streamed pass."""
+        start = 0
+        for b in self.iter_batches(columns, batch_size):
+            lo, hi = np.searchsorted(rows, [start, start + b.num_rows])
+            if hi > lo:
+                yield pa.Table.from_batches([b]).take(pa.array(rows[lo:hi] - start))
+            start += b.num_rows
+
     def resolve(self, path: str) -> str:
         """An image path as stored (absolute, or relative to the manifest's folder) -> absolute."""
         return path if os.path.isabs(path) else os.path.join(self.folder, path)

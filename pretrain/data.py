@@ -80,11 +80,10 @@ class ShardedEpochSampler(Sampler):
 
 
 def make_loader(manifest: Manifest, transform: Callable, mode: str, batch_size: int, workers: int,
-                rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0, start_batch: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """One epoch's loader for this rank, skipping ``start_batch`` batches (for resume)."""
+                rank: int, world: int, seed: int, shuffle: bool, pin_memory: bool = False) -> DataLoader:
+    """This rank's loader; the caller sets ``loader.sampler.epoch`` and ``.start`` (rows to skip, for resume)."""
     ds = SeededAugment(ImageDataset(manifest, transform=transform, mode=mode), seed)
-    sampler = ShardedEpochSampler(len(ds), rank, world, seed, shuffle, epoch, start_batch * batch_size)
+    sampler = ShardedEpochSampler(len(ds), rank, world, seed, shuffle)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_skip_bad, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers else None)

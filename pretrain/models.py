@@ -166,7 +166,8 @@ def _rename_by_position(model: nn.Module, own: dict[str, torch.Tensor], foreign:
     return {a: foreign[b] for a, b in zip(mk, fk)}
 
 
-def load_foreign_weights(model: nn.Module, path: str | os.PathLike, keep_head: bool) -> None:
+def load_foreign_weights(model: nn.Module, path: str | os.PathLike, keep_head: bool,
+                         state: dict[str, torch.Tensor] | None = None) -> None:
     """Load a local state dict into a timm model, by name or else by layer order.
 
     The classifier is loaded only with ``keep_head`` and matching shapes; a first conv
@@ -174,7 +175,7 @@ def load_foreign_weights(model: nn.Module, path: str | os.PathLike, keep_head: b
     """
     from timm.models import adapt_input_conv
 
-    foreign = read_state_dict(path)
+    foreign = dict(state) if state is not None else read_state_dict(path)  # ``state``: already read from path
     own = model.state_dict()
     if sum(k in own for k in foreign) < len(own) // 2:
         foreign = _rename_by_position(model, own, foreign, path)
@@ -239,7 +240,7 @@ def load_model(spec: str, weights: str | os.PathLike | None = None, classes: lis
         num_classes = len(classes) if classes else _guess_num_classes(state)
         chans = in_chans or 3
         model = create(arch, num_classes, chans)
-        load_foreign_weights(model, weights, keep_head=True)
+        load_foreign_weights(model, weights, keep_head=True, state=state)
         mean, std = default_norm(chans)
         size = image_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
         cfg = ModelConfig(arch=arch, classes=classes or [f"class_{i}" for i in range(num_classes)],

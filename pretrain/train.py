@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -53,7 +53,6 @@ class TrainConfig:
     resume: bool = False
     stop_after_steps: int | None = None
     quiet: bool = False
-    extra: dict = field(default_factory=dict)  # stage-specific params recorded in config.json
 
 
 # Hook for finetune's domain-adaptation losses: (model, images, labels, progress in [0, 1]) -> extra loss.
@@ -134,10 +133,9 @@ def decay_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: Call
 
 def params_of(cfg: TrainConfig) -> dict:
     p = asdict(cfg)
-    extra = p.pop("extra")
     for k in ("quiet", "resume", "stop_after_steps", "workers", "log_every", "save_every"):
         p.pop(k)
-    return {**p, **extra}
+    return p
 
 
 def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
