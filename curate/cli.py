@@ -197,11 +197,16 @@ def sample(source, weights_path, size, out, replacement, exclude, seed) -> None:
 @click.option("--target", required=True, help="Target manifest (every image of the target domain).")
 @click.option("--model", required=True, help="Feature extractor: a RUN_DIR, or timm:ARCH with --weights.")
 @click.option("--weights", help="Local state dict for --model timm:ARCH.")
-@click.option("--out", "-o", required=True, help="duplicates.parquet to write (id, target_id, similarity, exact).")
+@click.option("--out", "-o", required=True,
+              help="duplicates.parquet to write (id, target_id, similarity, match, exact).")
 @click.option("--threshold", type=float, default=None,
-              help="Cosine similarity at or above which a source image is a near copy [default: 0.90].")
+              help="Model-feature cosine similarity at or above which a source image is a near copy "
+                   "[default: 0.96].")
+@click.option("--pixel-threshold", type=float, default=None,
+              help="Pixel-descriptor cosine similarity at or above which a source image is a near copy "
+                   "[default: 0.96]; 1 keeps only pixel-perfect copies.")
 @click.option("--index", "index_kind", type=click.Choice(["auto", "flat", "ivf"]), default="auto", show_default=True,
-              help="FAISS index over the target: flat (exact) below 50k images with auto, ivf above.")
+              help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.")
 @click.option("--cache", "cache_dir", help="Folder for cached embeddings [default: OUT's folder/embeddings].")
 @click.option("--calibrate", is_flag=True,
               help="Also plant edited copies of target images and print recall / false positives per threshold.")
@@ -211,13 +216,14 @@ def sample(source, weights_path, size, out, replacement, exclude, seed) -> None:
 @click.option("--workers", default=2, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
-def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir, calibrate, plant, image_size,
-          batch_size, workers, device, quiet) -> None:
+def dedup(source, target, model, weights, out, threshold, pixel_threshold, index_kind, cache_dir, calibrate, plant,
+          image_size, batch_size, workers, device, quiet) -> None:
     """Find source images that are copies or near copies of target images.
 
-    Byte-identical files are always caught (content hash). Near copies: cosine
-    similarity of the model's pooled features, target indexed with FAISS, source
-    streamed through it. Embeddings are cached, so a new --threshold is instant.
+    Three checks: byte-identical files (content hash, whatever the model); pixel
+    descriptors (a 16x16 thumbnail correlation against 76 crop views of each target
+    image); and the model's pooled features. The target is indexed with FAISS, the
+    source streamed through it. Everything is cached, so new thresholds are instant.
     """
     import numpy as np
     import pyarrow as pa
@@ -228,8 +234,10 @@ def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir,
     from . import dedup as dd
 
     threshold = dd.DEFAULT_THRESHOLD if threshold is None else threshold
-    if not 0.0 < threshold <= 1.0:
-        raise UserError("--threshold", f"{threshold} is outside (0, 1]", "pass a cosine similarity such as 0.9")
+    pixel_threshold = dd.DEFAULT_PIXEL_THRESHOLD if pixel_threshold is None else pixel_threshold
+    for name, t in (("--threshold", threshold), ("--pixel-threshold", pixel_threshold)):
+        if not 0.0 < t <= 1.0:
+            raise UserError(name, f"{t} is outside (0, 1]", "pass a cosine similarity such as 0.96")
     sm, tm = open_manifest(source), open_manifest(target)
     lm = load_model(model, weights, image_size=image_size)
     fp = dd.model_fingerprint(model, weights)
@@ -238,7 +246,7 @@ def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir,
     try:
         temb = dd.embed(lm, tm, d, cache, fp, batch_size, workers, not quiet)
         semb = dd.embed(lm, sm, d, cache, fp, batch_size, workers, not quiet)
-        planted_emb = None
+        pm = planted_emb = None
         if calibrate:
             import tempfile
 
@@ -251,34 +259,56 @@ def dedup(source, target, model, weights, out, threshold, index_kind, cache_dir,
             raise UserError(target, "has no readable image", "check it with `datl manifest validate`")
         if temb.rebuilt or semb.rebuilt:
             click.echo("note: cached embeddings from another model were rebuilt, not mixed", err=True)
-        index, desc = dd.build_index(temb.vecs, index_kind)
-        rows, trows, sims, exact = dd.find_duplicates(semb, temb, index, threshold)
-        sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
+        tc = dd.content(tm, cache, True, not quiet)
+        sc = dd.content(sm, cache, False, not quiet)
+        pindex, pdesc = dd.pixel_index(tc, index_kind)
+        findex, fdesc = dd.build_index(temb.vecs, index_kind)
+        exact = dd.exact_matches(sc, tc)
+        pixel = dd.pixel_best(pindex, sc)
+        feature = dd.feature_best(findex, semb, temb, sm.num_rows)
+        dup = dd.find_duplicates(exact, pixel, feature, pixel_threshold, threshold)
+        sid = pa.concat_tables(sm.iter_take(dup.rows, ["id"]), promote_options="none") if len(dup.rows) else None
         tid = tm.read(["id"]).column("id")  # the target is the small side
         table = pa.table({"id": sid.column("id") if sid is not None else pa.array([], pa.string()),
-                          "target_id": tid.take(pa.array(trows)),
-                          "similarity": pa.array(sims, pa.float32()), "exact": pa.array(exact)})
+                          "target_id": tid.take(pa.array(dup.target_rows)),
+                          "similarity": pa.array(dup.similarity, pa.float32()),
+                          "match": pa.array(dup.match.tolist(), pa.string()),
+                          "exact": pa.array(dup.match == "exact")})
         write_table(out, table, ManifestMeta(stage="dedup", params={
-            "threshold": threshold, "index": desc, "model": model},
-            inputs=_hashes(source=source, target=target)))
-        click.echo(f"wrote {out}: {len(rows):,} of {sm.num_rows:,} source images duplicate a target image "
-                   f"({int(exact.sum()):,} byte-identical, {int((~exact).sum()):,} at similarity >= {threshold}); "
-                   f"index: {desc}")
-        if planted_emb is not None:
-            planted_sims, _ = dd.best_match(index, planted_emb.vecs)
-            ordinary_mask = ~np.isin(semb.rows, rows[exact])
-            ordinary, _ = dd.best_match(index, semb.vecs[ordinary_mask])
-            click.echo(f"calibration: {len(planted_sims):,} planted edited copies "
-                       f"({', '.join(dd.AUGMENTATIONS)}) vs {len(ordinary):,} ordinary source images")
-            click.echo("  threshold  recall(planted)  false-positive rate(ordinary)")
-            for t, rec, fpr in dd.calibration_table(planted_sims, ordinary):
-                mark = "  <- current" if abs(t - threshold) < 1e-9 else ""
-                click.echo(f"  {t:9.2f}  {rec:15.4f}  {fpr:29.4%}{mark}")
-            png = Path(out).with_suffix(".calibration.png")
-            dd.plot_calibration(planted_sims, ordinary, threshold, png)
-            click.echo(f"histogram: {png}")
+            "threshold": threshold, "pixel_threshold": pixel_threshold, "model": model,
+            "index": {"pixel": pdesc, "feature": fdesc}}, inputs=_hashes(source=source, target=target)))
+        counts = {k: int((dup.match == k).sum()) for k in ("exact", "pixel", "feature")}
+        click.echo(f"wrote {out}: {len(dup.rows):,} of {sm.num_rows:,} source images duplicate a target image "
+                   f"({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {pixel_threshold}, "
+                   f"{counts['feature']:,} feature >= {threshold}); index: pixel {pdesc}; feature {fdesc}")
+        if pm is not None:
+            _report_calibration(dd, pm, planted_emb, exact, pixel, feature, pindex, findex, temb, cache,
+                                pixel_threshold, threshold, out, quiet)
     finally:
         dist.cleanup(d)
+
+
+def _report_calibration(dd, pm, planted_emb, exact, pixel, feature, pindex, findex, temb, cache,
+                        pixel_threshold, threshold, out, quiet) -> None:
+    """Recall on the planted copies and false positives on ordinary source images, per check."""
+    import numpy as np
+
+    pc = dd.content(pm, None, False, not quiet)
+    pp, _ = dd.pixel_best(pindex, pc)
+    pf, _ = dd.feature_best(findex, planted_emb, temb, pm.num_rows)
+    ordinary = ~exact[0]
+    op, of = pixel[0][ordinary], feature[0][ordinary]
+    click.echo(f"calibration: {len(pp):,} planted edited copies ({', '.join(dd.AUGMENTATIONS)}) "
+               f"vs {int(ordinary.sum()):,} ordinary source images")
+    click.echo("  threshold   pixel: recall  false-pos   feature: recall  false-pos")
+    for (t, pr, pfp), (_, fr, ffp) in zip(dd.calibration_table(pp, op), dd.calibration_table(pf, of)):
+        click.echo(f"  {t:9.2f}  {pr:14.4f}  {pfp:9.4%}  {fr:16.4f}  {ffp:9.4%}")
+    rec, fpr = dd.rates((pp >= pixel_threshold) | (pf >= threshold), (op >= pixel_threshold) | (of >= threshold))
+    click.echo(f"  combined at --pixel-threshold {pixel_threshold} and --threshold {threshold}: "
+               f"recall {rec:.4f}, false-positive rate {fpr:.4%}")
+    png = Path(out).with_suffix(".calibration.png")
+    dd.plot_calibration({"pixel": (pp, op, pixel_threshold), "feature": (pf, of, threshold)}, png)
+    click.echo(f"histogram: {png}")
 
 
 def main() -> None:

@@ -1,25 +1,31 @@
 """``curate dedup``: source images that are copies or near copies of target images.
 
-Two checks, both always on:
+Three checks, all always on; a source image caught by any of them is a duplicate of the
+target image it matched (``match`` says which check):
 
-- exact: the sha256 of every file's bytes; a source file byte-identical to a target
-  file is a duplicate (similarity 1.0) whatever the threshold or the model.
-- near: L2-normalised pooled features of the model; the TARGET is indexed with FAISS
-  and source embeddings stream through it as queries (k = 1); a source image whose
-  best cosine similarity reaches ``--threshold`` is a duplicate of that target image.
+- ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
+  is a duplicate (similarity 1.0) whatever the thresholds or the model.
+- ``pixel``: the model-free thumbnail descriptor of ``curate/pixel.py`` (76 crop views
+  per target image); cosine similarity >= ``--pixel-threshold``. Catches edited copies
+  (crop, blur, JPEG, resize, colour, small rotation) without being fooled by two
+  different images of one class.
+- ``feature``: the model's pooled features, L2-normalised; cosine similarity >=
+  ``--threshold``. Catches what survives in the model's eyes but not in pixels.
 
-Embeddings (float16) and hashes are cached per manifest and model (the cache key holds
-the manifest's and the model's content hashes, and the file records the model and its
-feature size), so a rerun with another threshold does not embed again, and a changed
-model gets embeddings of its own: never mixed with the old ones.
+The TARGET is indexed with FAISS (one index per descriptor) and source descriptors
+stream through it as queries (k = 1). Model embeddings (float16) are cached per manifest
+and model (the key holds the manifest's and the model's content hashes; the file records
+the model and its feature size), hashes and pixel descriptors per manifest, so a rerun
+with other thresholds computes nothing again, and a changed model gets embeddings of its
+own: never mixed with the old ones.
 
 Index (``--index``): ``flat`` is exact inner product (IndexFlatIP). ``ivf``
-(IndexIVFFlat, inner product) uses nlist = 4 * sqrt(n_target) lists (at least 1, at most
-n_target / 39 so each list trains on 39 points) and probes nprobe = 2 of them: a near
-copy sits next to its original, so it falls in the original's list or, near a cell
-boundary, the neighbouring one. bench/dedup.py measured recall 1.0 of 10,000 planted
-copies with nprobe 2, and 29x flat's speed (nprobe 4: 17x, 8: 13.5x, 19: 6x). ``auto`` takes flat
-below 50,000 target images, where it is fast enough and exact, and ivf above.
+(IndexIVFFlat, inner product) uses nlist = 4 * sqrt(n) lists (at least 1, at most
+n / 39 so each list trains on 39 points) and probes nprobe = 2 of them: a near copy sits
+next to its original, so it falls in the original's list or, near a cell boundary, the
+neighbouring one. bench/dedup.py measured recall 1.0 of 10,000 planted copies with
+nprobe 2, and 29x flat's speed (nprobe 4: 17x, 8: 13.5x, 19: 6x). ``auto`` takes flat
+below 50,000 indexed vectors, where it is fast enough and exact, and ivf above.
 """
 from __future__ import annotations
 
@@ -28,7 +34,6 @@ import io
 import json
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,40 +41,21 @@ import numpy as np
 
 from manifests import Manifest, UserError, atomic_output, file_sha256
 
+from . import pixel as px
+
 AUTO_FLAT_MAX = 50_000
-DEFAULT_THRESHOLD = 0.90  # see README: calibrated on the demo with `curate dedup --calibrate`
-HASH_BYTES = 16
+DEFAULT_THRESHOLD = 0.96  # model features; see README: calibrated with `curate dedup --calibrate`
+DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
 
 
 @dataclass
 class Embeddings:
     rows: np.ndarray  # manifest row of each embedded (readable) image
     vecs: np.ndarray  # float16 (n, d), L2-normalised
-    hashes: np.ndarray  # S16 content hash for every manifest row (b"" when unreadable)
     rebuilt: bool = False
 
 
-# -- content hashes ------------------------------------------------------------------------
-def _hash_file(path: str) -> bytes:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-    except OSError:
-        return b""
-    return h.digest()[:HASH_BYTES]
-
-
-def content_hashes(manifest: Manifest, threads: int = 8) -> np.ndarray:
-    out = []
-    with ThreadPoolExecutor(threads) as pool:
-        for batch in manifest.iter_batches(["path"], batch_size=8192):
-            out.extend(pool.map(_hash_file, (manifest.resolve(p) for p in batch.column(0).to_pylist())))
-    return np.array(out, dtype=f"S{HASH_BYTES}")
-
-
-# -- embeddings, cached -----------------------------------------------------------------------
+# -- caches ----------------------------------------------------------------------------------
 def model_fingerprint(spec: str, weights: str | None) -> str:
     """Changes whenever the model's weights or config change."""
     if spec.startswith("timm:"):
@@ -90,15 +76,14 @@ def load_cache(path: Path, dim: int, fingerprint: str) -> Embeddings | None:
         meta = json.loads(str(z["meta"]))
         if meta.get("fingerprint") != fingerprint or int(meta.get("dim", -1)) != dim:
             return None  # written by another model: rebuild, never mix
-        return Embeddings(z["rows"], z["vecs"], z["hashes"])
+        return Embeddings(z["rows"], z["vecs"])
 
 
-def save_cache(path: Path, emb: Embeddings, dim: int, fingerprint: str) -> None:
+def _save_npz(path: Path, meta: dict, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = json.dumps({"fingerprint": fingerprint, "dim": dim})
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, rows=emb.rows, vecs=emb.vecs, hashes=emb.hashes, meta=np.array(meta))
+            np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -108,7 +93,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def embed(lm, manifest: Manifest, d, cache_dir: Path | None, fingerprint: str, batch_size: int, workers: int,
           progress: bool) -> Embeddings | None:
-    """Embeddings and hashes of a manifest, from the cache when it is current. None on ranks > 0."""
+    """Model embeddings of a manifest, from the cache when it is current. None on ranks > 0."""
     from .infer import run_model
 
     dim = lm.config.num_features
@@ -124,10 +109,25 @@ def embed(lm, manifest: Manifest, d, cache_dir: Path | None, fingerprint: str, b
     if feats.shape[1] != dim:
         raise UserError(manifest.path, f"the model gives {feats.shape[1]}-d features but its config says {dim}",
                         "rerun the stage that wrote the model")
-    emb = Embeddings(rows, normalise(feats).astype(np.float16), content_hashes(manifest), rebuilt=stale)
+    emb = Embeddings(rows, normalise(feats).astype(np.float16), rebuilt=stale)
     if path is not None:
-        save_cache(path, emb, dim, fingerprint)
+        _save_npz(path, {"fingerprint": fingerprint, "dim": dim}, rows=emb.rows, vecs=emb.vecs)
     return emb
+
+
+def content(manifest: Manifest, cache_dir: Path | None, views: bool, progress: bool) -> px.Content:
+    """Hashes and pixel descriptors (target: with crop views), cached per manifest content."""
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{file_sha256(manifest.path)}|{px.PARAMS}|{views}".encode()).hexdigest()[:20]
+        path = cache_dir / f"{manifest.path.stem}.content.{key}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                return px.Content(z["hashes"], z["pixel"])
+    c = px.content_pass(manifest, views, threads=max(4, 2 * len(os.sched_getaffinity(0))), progress=progress)
+    if path is not None:
+        _save_npz(path, {"params": px.PARAMS, "views": views}, hashes=c.hashes, pixel=c.pixel)
+    return c
 
 
 # -- the index -------------------------------------------------------------------------------
@@ -173,22 +173,61 @@ def best_match(index, queries: np.ndarray, chunk: int = 65_536) -> tuple[np.ndar
     return np.concatenate(sims), np.concatenate(pos)
 
 
-def find_duplicates(src: Embeddings, tgt: Embeddings, index, threshold: float):
-    """(source rows, target rows, similarity, exact) of every duplicate, each source row once."""
+@dataclass
+class Duplicates:
+    rows: np.ndarray  # source manifest rows, ascending, each once
+    target_rows: np.ndarray  # the target row each one duplicates
+    similarity: np.ndarray  # float32 cosine of the check that caught it (1.0 for exact)
+    match: np.ndarray  # "exact" | "pixel" | "feature"
+
+
+def pixel_index(tgt: px.Content, kind: str):
+    """Index over every crop view of every target image; position // VIEWS is the target row."""
+    views = tgt.pixel.reshape(-1, tgt.pixel.shape[-1])
+    return build_index(views, kind)
+
+
+def pixel_best(index, src: px.Content) -> tuple[np.ndarray, np.ndarray]:
+    sims, pos = best_match(index, src.pixel)
+    return sims, pos // px.VIEWS
+
+
+def feature_best(index, src: Embeddings, tgt: Embeddings, n_source: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best feature similarity per source row (-1 where the image could not be embedded)."""
+    sims = np.full(n_source, -1.0, np.float32)
+    pos = np.zeros(n_source, np.int64)
+    s, p = best_match(index, src.vecs)
+    sims[src.rows], pos[src.rows] = s, tgt.rows[p] if len(p) else p
+    return sims, pos
+
+
+def exact_matches(src: px.Content, tgt: px.Content) -> tuple[np.ndarray, np.ndarray]:
+    """(is a byte-identical copy, the target row it copies) per source row."""
     exact = np.isin(src.hashes, tgt.hashes) & (src.hashes != b"")  # b"": unreadable file
-    ex_rows = np.flatnonzero(exact)
-    first_target = {}
-    for r, h in enumerate(tgt.hashes):  # the target is the small side
-        first_target.setdefault(h, r)
-    ex_t = np.array([first_target[h] for h in src.hashes[ex_rows]], dtype=np.int64)
-    sims, pos = best_match(index, src.vecs)
-    near = (sims >= threshold) & ~exact[src.rows]
-    nr, nt, ns = src.rows[near], tgt.rows[pos[near]], np.minimum(sims[near], 1.0)
-    rows = np.concatenate([ex_rows, nr]).astype(np.int64)
-    order = np.argsort(rows, kind="stable")
-    return (rows[order], np.concatenate([ex_t, nt]).astype(np.int64)[order],
-            np.concatenate([np.ones(len(ex_rows), np.float32), ns.astype(np.float32)])[order],
-            np.concatenate([np.ones(len(ex_rows), bool), np.zeros(len(nr), bool)])[order])
+    order = np.argsort(tgt.hashes, kind="stable")  # first target row of each hash
+    where = np.searchsorted(tgt.hashes[order], src.hashes)
+    first = order[np.clip(where, 0, max(len(order) - 1, 0))] if len(order) else np.zeros(len(exact), np.int64)
+    return exact, first.astype(np.int64)
+
+
+def find_duplicates(exact: tuple, pixel: tuple, feature: tuple, pixel_threshold: float,
+                    threshold: float) -> Duplicates:
+    """Combine the three checks, each a (hit or similarity, target row) pair per source row.
+
+    A row caught by several checks is reported under the first of exact, pixel, feature.
+    """
+    is_exact, ex_t = exact
+    psim, ppos = pixel
+    fsim, fpos = feature
+    is_pixel = ~is_exact & (psim >= pixel_threshold)
+    is_feature = ~is_exact & ~is_pixel & (fsim >= threshold)
+    rows = np.flatnonzero(is_exact | is_pixel | is_feature)
+    e, pm = is_exact[rows], is_pixel[rows]
+    target = np.where(e, ex_t[rows], np.where(pm, ppos[rows], fpos[rows]))
+    sim = np.where(e, 1.0, np.where(pm, psim[rows], fsim[rows]))
+    match = np.where(e, "exact", np.where(pm, "pixel", "feature"))
+    return Duplicates(rows.astype(np.int64), target.astype(np.int64),
+                      np.minimum(sim, 1.0).astype(np.float32), match)
 
 
 # -- calibration: planted augmented copies ----------------------------------------------------
@@ -251,29 +290,41 @@ def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
     return write_manifest(folder / "planted.parquet", table, ManifestMeta(stage="dedup-calibration"))
 
 
-def calibration_table(planted: np.ndarray, ordinary: np.ndarray,
-                      thresholds=(0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)) -> list[tuple]:
+THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+
+
+def rates(planted: np.ndarray, ordinary: np.ndarray) -> tuple[float, float]:
+    """(recall on planted copies, false-positive rate on ordinary source images) of boolean hits."""
+    return (float(planted.mean()) if len(planted) else 0.0, float(ordinary.mean()) if len(ordinary) else 0.0)
+
+
+def calibration_table(planted: np.ndarray, ordinary: np.ndarray, thresholds=THRESHOLDS) -> list[tuple]:
     """(threshold, recall on planted copies, false-positive rate on ordinary source images)."""
-    return [(t, float((planted >= t).mean()) if len(planted) else 0.0,
-             float((ordinary >= t).mean()) if len(ordinary) else 0.0) for t in thresholds]
+    return [(t, *rates(planted >= t, ordinary >= t)) for t in thresholds]
 
 
-def plot_calibration(planted: np.ndarray, ordinary: np.ndarray, threshold: float, path: Path) -> None:
+def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
+    """One panel per check: histograms of planted and ordinary similarities, and its threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
-    bins = np.linspace(min(planted.min(initial=1), ordinary.min(initial=1), 0.5), 1.0, 101)
-    ax.hist(ordinary, bins=bins, alpha=0.6, density=True, label=f"ordinary source images (n={len(ordinary):,})")
-    ax.hist(planted, bins=bins, alpha=0.6, density=True, label=f"planted edited copies of target (n={len(planted):,})")
-    ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("best cosine similarity to any target image")
-    ax.set_ylabel("density")
-    ax.set_yscale("log")
-    ax.set_title("curate dedup --calibrate: where near copies and ordinary images fall")
-    ax.legend()
+    fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.8), constrained_layout=True,
+                             squeeze=False)
+    for ax, (name, (planted, ordinary, threshold)) in zip(axes[0], channels.items()):
+        lo = min(planted.min(initial=1), ordinary.min(initial=1), 0.5)
+        bins = np.linspace(max(lo, -1.0), 1.0, 101)
+        ax.hist(ordinary, bins=bins, alpha=0.6, density=True, label=f"ordinary source images (n={len(ordinary):,})")
+        ax.hist(planted, bins=bins, alpha=0.6, density=True,
+                label=f"planted edited copies of target (n={len(planted):,})")
+        ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.2f}")
+        ax.set_xlabel(f"best {name} cosine similarity to any target image")
+        ax.set_ylabel("density")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} check")
+        ax.legend(fontsize=8)
+    fig.suptitle("curate dedup --calibrate: where near copies and ordinary images fall")
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -7,9 +7,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_user_error, cli
+from helpers import assert_user_error, cli, mobilenet_weights
 
-from curate.dedup import build_index, ivf_params
+from curate.dedup import AUGMENTATIONS, build_index, ivf_params, plant_copies
 from manifests import Manifest, ManifestMeta, write_manifest
 from pretrain.models import ModelConfig, create, save_run
 
@@ -58,7 +58,7 @@ def test_exact_copies_found_with_a_useless_model_and_cache_reused(random_model, 
         sorted((c[0], c[2]) for c in copies)
     assert all(s == 1.0 for s in exact.column("similarity").to_pylist())
     caches = sorted((tmp_path / "embeddings").glob("*.npz"))
-    assert len(caches) == 2
+    assert len(caches) == 4  # model embeddings and hashes + pixel descriptors, for source and target
     mtimes = [p.stat().st_mtime_ns for p in caches]
     res = cli("curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(random_model),
               "--out", str(tmp_path / "d2.parquet"), "--threshold", "0.5", "-q")
@@ -86,7 +86,8 @@ def test_a_changed_model_gets_its_own_embeddings(random_model, demo_small, tmp_p
     save_run(run, m, ModelConfig(arch="test_efficientnet", classes=["a", "b", "c"], image_size=[28, 28],
                                  in_chans=1, mean=[0.5], std=[0.5], num_features=m.num_features))
     assert cli(*args, "--out", str(tmp_path / "b.parquet")).returncode == 0
-    dims = sorted(np.load(p)["vecs"].shape[1] for p in (tmp_path / "cache").glob("target_unlabeled.*.npz"))
+    dims = sorted(np.load(p)["vecs"].shape[1] for p in (tmp_path / "cache").glob("target_unlabeled.*.npz")
+                  if ".content." not in p.name)
     assert dims == sorted([96, m.num_features])
 
 
@@ -111,7 +112,45 @@ def test_bad_input(random_model, demo_small, tmp_path):
     base = ["curate", "dedup", "--source", str(src), "--model", str(random_model), "--out", str(tmp_path / "d.parquet")]
     for t in ("0", "1.5", "-0.2"):
         assert_user_error(cli(*base, "--target", str(target), "--threshold", t), "--threshold", "outside (0, 1]")
+        assert_user_error(cli(*base, "--target", str(target), "--pixel-threshold", t), "--pixel-threshold",
+                          "outside (0, 1]")
     unreadable = write_manifest(tmp_path / "bad.parquet", pa.table({"id": ["x"], "path": ["nope.png"]}),
                                 ManifestMeta())
     assert_user_error(cli(*base, "--target", str(unreadable), "-q"), "bad.parquet", "no readable image")
     assert not (tmp_path / "d.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def demo_fifth(tmp_path_factory):
+    """20% of the real demo: about 5,000 source images, 360 unlabeled target images."""
+    from manifests.demo import build_demo
+
+    out = tmp_path_factory.mktemp("demo_fifth")
+    build_demo(out, seed=0, fraction=0.2, progress=False)
+    return out
+
+
+def test_real_edited_copies_found_at_the_default_thresholds(demo_fifth, tmp_path):
+    """140 edited copies of real target digits (20 per edit kind) hidden among real source
+    images: at the default thresholds >= 99% are caught, <= 0.5% of the ordinary ones are."""
+    src, tgt = Manifest(demo_fifth / "source.parquet"), Manifest(demo_fifth / "target_unlabeled.parquet")
+    planted = Manifest(plant_copies(tgt, tmp_path / "planted", 20 * len(AUGMENTATIONS), seed=1))
+    s, p = src.read(["id", "path", "label"]), planted.read(["id", "path", "target_id", "edit"])
+    table = pa.table({"id": s.column("id").to_pylist() + p.column("id").to_pylist(),
+                      "path": [src.resolve(x) for x in s.column("path").to_pylist()]
+                      + [planted.resolve(x) for x in p.column("path").to_pylist()],
+                      "label": pa.array(s.column("label").to_pylist() + [0] * p.num_rows, pa.int32())})
+    mixed = write_manifest(tmp_path / "mixed.parquet", table, ManifestMeta(classes=src.classes))
+    out = tmp_path / "dups.parquet"
+    res = cli("curate", "dedup", "--source", str(mixed), "--target", str(tgt.path), "--model", "timm:mobilenetv2_100",
+              "--weights", str(mobilenet_weights()), "--image-size", "64", "--out", str(out), "-q")
+    assert res.returncode == 0, res.stderr
+    found = dict(zip(*pq.read_table(out, columns=["id", "target_id"]).to_pydict().values()))
+    copies = dict(zip(p.column("id").to_pylist(), p.column("target_id").to_pylist()))
+    recall = sum(c in found for c in copies) / len(copies)
+    right_original = sum(found.get(c) == t for c, t in copies.items()) / len(copies)
+    false_pos = sum(i not in copies for i in found) / s.num_rows
+    print(f"recall {recall:.4f} right original {right_original:.4f} false positives {false_pos:.4%}")
+    assert recall >= 0.99, (recall, res.stdout)
+    assert right_original >= 0.9, right_original  # near-identical target digits may take a copy's place
+    assert false_pos <= 0.005, (false_pos, res.stdout)
