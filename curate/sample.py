@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,14 +83,16 @@ def argsort_labels(lab: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(lab, kind="stable")
 
 
-def plan_without_replacement(labels: np.ndarray, keep: np.ndarray, weight: np.ndarray, size: int,
+def plan_without_replacement(labels: np.ndarray, keep: np.ndarray, weight: np.ndarray, size: int | None,
                              rng: np.random.Generator, where: object) -> Plan:
+    """N distinct rows, P(row) proportional to its class weight; size None = every eligible row."""
     w_row = weight.astype(np.float32)[labels]
     ok = keep & (w_row > 0)
     rows = None if ok.all() else np.flatnonzero(ok)
     if rows is not None:
         w_row = w_row[rows]
     n = len(w_row)
+    size = n if size is None else size
     if size > n:
         raise UserError(where, f"--size {size:,} is more than the {n:,} eligible source images "
                                "(weight > 0, not excluded)", f"pass --size {n:,} or less, or --replacement")
@@ -97,15 +101,41 @@ def plan_without_replacement(labels: np.ndarray, keep: np.ndarray, weight: np.nd
     keys = rng.standard_exponential(n, dtype=np.float32)
     keys /= w_row
     del w_row
-    top = np.argpartition(keys, size - 1)[:size] if size < n else np.arange(n)
+    top = np.argpartition(keys, size - 1)[:size] if 0 < size < n else np.arange(size)
     return Plan(np.sort(top if rows is None else rows[top]), n, 0)
 
 
-def take_rows(source: Manifest, rows: np.ndarray, weight: np.ndarray, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """Stream the source once; yield the planned rows (repeats included) with weight and draw."""
+def uniform_weights(source: Manifest) -> pa.Table:
+    """The weights table of the uniform baseline: weight 1 everywhere, P(class) = its source share."""
+    counts, _ = source.label_counts()
+    share = counts / max(int(counts.sum()), 1)
+    return pa.table({"label": pa.array(np.arange(len(counts)), pa.int32()), "p_target": share,
+                     "weight": np.ones(len(counts))})
+
+
+def rebase_paths(paths: pa.Array, source_folder: str, out_folder: str) -> pa.Array:
+    """Relative image paths of a manifest in ``source_folder``, made relative to ``out_folder``."""
+    import pyarrow.compute as pc
+
+    prefix = os.path.relpath(source_folder, out_folder)
+    if prefix == ".":
+        return paths
+    absolute = pc.starts_with(paths, "/")
+    return pc.if_else(absolute, paths, pc.binary_join_element_wise(prefix, paths, "/"))
+
+
+def take_rows(source: Manifest, rows: np.ndarray, weight: np.ndarray, schema: pa.Schema,
+              out_folder: str | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream the source once; yield the planned rows (repeats included) with weight and draw.
+
+    Relative image paths are rewritten for a manifest written in ``out_folder``."""
     draw = 0
     for t in source.iter_take(rows, batch_size=BATCH):
         t = t.drop_columns([c for c in ("weight", "draw") if c in t.column_names])
+        if out_folder is not None:
+            i = t.schema.get_field_index("path")
+            t = t.set_column(i, "path", rebase_paths(t.column("path").combine_chunks(), str(source.folder),
+                                                      out_folder))
         lab = t.column("label").fill_null(0).to_numpy()
         t = t.append_column("weight", pa.array(weight[lab], pa.float64()))
         t = t.append_column("draw", pa.array(np.arange(draw, draw + t.num_rows, dtype=np.int64)))
@@ -119,8 +149,11 @@ def output_schema(source: Manifest) -> pa.Schema:
 
 
 def run_sample(source: Manifest, classes: list[str], weights: pa.Table, size: int, replacement: bool,
-               exclude: pa.Array | None, seed: int) -> tuple[Plan, Iterator[pa.RecordBatch], pa.Schema]:
-    """Choose the rows (pass 1) and return the stream that copies them out (pass 2)."""
+               exclude: pa.Array | None, seed: int, out_folder: str | None = None, clip: bool = False
+               ) -> tuple[Plan, Iterator[pa.RecordBatch], pa.Schema]:
+    """Choose the rows (pass 1) and return the stream that copies them out (pass 2).
+
+    clip: draw every eligible row (``--size all``, without replacement only)."""
     if size <= 0:
         raise UserError("--size", f"{size} is not positive", "pass the number of images to draw, e.g. --size 100000")
     k = len(classes)
@@ -134,8 +167,8 @@ def run_sample(source: Manifest, classes: list[str], weights: pa.Table, size: in
     if replacement:
         plan = plan_with_replacement(labels, keep, p_target, size, rng)
     else:
-        plan = plan_without_replacement(labels, keep, weight, size, rng, source.path)
+        plan = plan_without_replacement(labels, keep, weight, None if clip else size, rng, source.path)
     plan.excluded = excluded
     del labels, keep
     schema = output_schema(source)
-    return plan, take_rows(source, plan.rows, weight, schema), schema
+    return plan, take_rows(source, plan.rows, weight, schema, out_folder), schema

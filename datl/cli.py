@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from manifests import Manifest
-from manifests.cli import not_built, run_cli
+from manifests import Manifest, UserError
+from manifests.cli import run_cli
 
 from .show import describe, family_line, summary_table
 
@@ -106,9 +106,58 @@ def demo_data(out: Path, seed: int, fraction: float, force: bool, quiet: bool) -
 
 @cli.command("run")
 @click.argument("pipeline", required=False, default="pipeline.yaml")
-def run(pipeline: str) -> None:
-    """Run every stage of PIPELINE that is not up to date (not built yet)."""
-    not_built("datl run", "datl run pipeline.yaml")
+@click.option("--force", is_flag=True, help="Rerun every stage, up to date or not.")
+@click.option("--from", "start", multiple=True,
+              help="Rerun this stage and everything downstream of it (repeatable): a stage name, a per-seed "
+                   "stage without .sN, or pretrain.ARM / finetune.ARM.")
+@click.option("--out", help="Output folder instead of the file's out:.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Instead of the file's device:.")
+@click.option("--launcher", type=click.Choice(["none", "torchrun"]),
+              help="torchrun: run every torch stage distributed (instead of the file's launcher:).")
+@click.option("--nproc-per-node", type=int, default=1, show_default=True, help="Processes per node with torchrun.")
+@click.option("--dry-run", is_flag=True, help="List the stages and whether each is up to date; run nothing.")
+@click.option("--quiet", "-q", is_flag=True)
+def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, device: str | None,
+        launcher: str | None, nproc_per_node: int, dry_run: bool, quiet: bool) -> None:
+    """Run every stage of PIPELINE (default: pipeline.yaml) that is not up to date.
+
+    Each stage runs its own command (pretrain, curate ..., finetune) with its log in
+    OUT/logs/; a stage whose inputs, parameters and code are unchanged is skipped,
+    a killed run resumes where it stopped. Prints the comparison table at the end.
+    """
+    from . import pipeline as pl
+    from . import runner
+
+    pipe = pl.load(pipeline, out)
+    if device:
+        pipe.device = device
+    if launcher == "torchrun":
+        if nproc_per_node < 1:
+            raise UserError("--nproc-per-node", f"{nproc_per_node} is not positive", "pass 1 or more")
+        pipe.launcher = ("torchrun", nproc_per_node)
+    elif launcher == "none":
+        pipe.launcher = None
+    if dry_run:
+        for name, stage in pipe.stages.items():
+            key, _ = runner.stage_key(pipe, stage) if all(
+                pipe.ref_path(r).exists() for r in stage.inputs.values()) else ("", None)
+            fresh = bool(key) and runner.up_to_date(pipe.out / name, key, runner.outputs_of(stage))
+            click.echo(f"{name:32s} {stage.kind:10s} {'up to date' if fresh else 'would run'}")
+        return
+    try:
+        runner.run(pipe, force=force, start=list(start), quiet=quiet)
+    except runner.StageFailed as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(2 if e.rc == 2 else 1) from None
+    results = pipe.out / "results.json"
+    if pl.COMPARE in pipe.stages and results.exists():
+        import json
+
+        from .report import table
+
+        click.echo("")
+        click.echo(table(json.loads(results.read_text())))
+        click.echo(f"\nresults: {results}  report: {pipe.out / 'report.md'}")
 
 
 def main() -> None:

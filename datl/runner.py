@@ -1,0 +1,208 @@
+"""``datl run``: execute a pipeline's stages like make, skipping what is up to date.
+
+A stage is up to date when ``OUT/<stage>/stamp.json`` holds the same key and every
+output it lists still has the content hash recorded there. The key is a sha256 of
+the stage's kind, parameters, device, the content hash of every input (files, or the
+recorded outputs of the stage an ``@stage`` ref names) and the code version (a hash
+of the installed datl sources). Change any of them and the stage, and through its
+outputs everything downstream of it, runs again.
+
+A stage about to run writes ``pending.json`` with its key. A killed ``pretrain`` or
+``finetune`` whose folder holds a pending key equal to the current one and a saved
+state resumes (``--resume``); any other unfinished stage starts over in an emptied
+folder. Outputs are written atomically by the commands themselves.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import click
+
+from manifests import UserError, atomic_output, file_sha256
+
+from .pipeline import COMPARE, Pipeline, Stage, ref_stage
+from .stages import KINDS, command_line
+
+STAMP = "stamp.json"
+PENDING = "pending.json"
+CODE_PACKAGES = ("manifests", "curate", "pretrain", "finetune")
+
+
+@lru_cache(maxsize=None)
+def code_version(with_report: bool = False) -> str:
+    """sha256 of the stage code's sources: an edit to any of them reruns the stages."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for pkg in CODE_PACKAGES + (("datl",) if with_report else ()):
+        root = Path(importlib.util.find_spec(pkg).origin).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_stamp(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def outputs_of(stage: Stage) -> tuple[str, ...]:
+    return KINDS[stage.kind].outputs if stage.kind in KINDS else ("results.json", "report.md")
+
+
+def input_hash(pipe: Pipeline, ref: str) -> str:
+    """Content hash of one input: a file's sha256, or an upstream stage's recorded outputs."""
+    if ref.startswith("timm:"):
+        return hashlib.sha256(ref.encode()).hexdigest()  # its weights file is a param
+    dep = ref_stage(ref)
+    path = pipe.ref_path(ref)
+    if dep is not None:
+        stamp = read_stamp(pipe.out / dep) or {}
+        rest = ref[1:].split("/", 1)[1:]
+        outs = stamp.get("outputs", {})
+        if rest:
+            return outs.get(rest[0]) or file_sha256(path)
+        return hashlib.sha256(json.dumps(outs, sort_keys=True).encode()).hexdigest()
+    if path.is_dir():  # an external run folder: its weights and config
+        parts = [file_sha256(p) for p in (path / "model.safetensors", path / "config.json") if p.exists()]
+        if not parts:
+            raise UserError(path, "is a folder without model.safetensors or config.json",
+                            "point the input at a file or a run folder")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+    return file_sha256(path)
+
+
+def stage_key(pipe: Pipeline, stage: Stage) -> tuple[str, dict]:
+    inputs = {k: input_hash(pipe, ref) for k, ref in sorted(stage.inputs.items())}
+    torch_stage = stage.kind in KINDS and KINDS[stage.kind].torch
+    blob = {"kind": stage.kind, "params": stage.params, "inputs": inputs,
+            "device": pipe.device if torch_stage else None,
+            "code": code_version(stage.kind == COMPARE)}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24], inputs
+
+
+def up_to_date(folder: Path, key: str, outputs: tuple[str, ...]) -> bool:
+    stamp = read_stamp(folder)
+    if not stamp or stamp.get("key") != key:
+        return False
+    recorded = stamp.get("outputs", {})
+    for name in outputs:
+        p = folder / name
+        if not p.exists() or recorded.get(name) != file_sha256(p):
+            return False
+    return True
+
+
+def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, quiet: bool = False) -> dict:
+    """Run every stage that is not up to date; returns {stage: "ran" | "skipped"}."""
+    forced = set(pipe.stages) if force else set()
+    if start:
+        names = set()
+        for s in start:
+            hit = {n for n in pipe.stages if n == s or n.startswith(s + ".")}
+            if not hit:
+                raise UserError("--from", f"no stage '{s}'", f"use one of {', '.join(_top_names(pipe))}")
+            names |= hit
+        forced |= pipe.downstream(names)
+    logs = pipe.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cache = pipe.out / "cache"
+    done: dict[str, str] = {}
+    t_all = time.time()
+    total = len(pipe.stages)
+    for i, stage in enumerate(pipe.stages.values(), 1):
+        folder = pipe.out / stage.name
+        key, inputs = stage_key(pipe, stage)
+        outputs = outputs_of(stage)
+        tag = f"[{i:>{len(str(total))}}/{total}] {stage.name}"
+        if stage.name not in forced and up_to_date(folder, key, outputs):
+            done[stage.name] = "skipped"
+            if not quiet:
+                click.echo(f"{tag}: up to date")
+            continue
+        resume = _prepare(folder, key, stage, forced)
+        log = logs / f"{stage.name}.log"
+        t0 = time.time()
+        if not quiet:
+            click.echo(f"{tag}: running{' (resuming)' if resume else ''} ... log: {log}", nl=False)
+        if stage.kind == COMPARE:
+            from .report import compare
+
+            with open(log, "w") as f:
+                table = compare(pipe, stage, folder)
+                f.write(table + "\n")
+        else:
+            argv = command_line(stage.kind, folder, {k: v if v.startswith("timm:") else str(pipe.ref_path(v))
+                                                     for k, v in stage.inputs.items()},
+                                stage.params, pipe.device, cache, pipe.launcher, resume)
+            _execute(argv, log, stage)
+        seconds = time.time() - t0
+        _write_json(folder / STAMP, {"key": key, "kind": stage.kind, "params": stage.params,
+                                      "inputs": {k: {"ref": stage.inputs[k], "sha256": h} for k, h in inputs.items()},
+                                      "outputs": {n: file_sha256(folder / n) for n in outputs},
+                                      "code": code_version(stage.kind == COMPARE), "seconds": round(seconds, 1)})
+        (folder / PENDING).unlink(missing_ok=True)
+        done[stage.name] = "ran"
+        if not quiet:
+            click.echo(f" done in {seconds:.1f} s")
+    if not quiet:
+        ran = sum(v == "ran" for v in done.values())
+        click.echo(f"{ran} stage(s) ran, {total - ran} up to date, in {time.time() - t_all:.0f} s; outputs in {pipe.out}")
+    return done
+
+
+def _top_names(pipe: Pipeline) -> list[str]:
+    """Names --from accepts: every stage, per-seed stages without their .sN, arms' pretrain.ARM."""
+    import re
+
+    return sorted({re.sub(r"\.s\d+$", "", n) for n in pipe.stages})
+
+
+def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
+    """Empty the folder for a fresh run, or keep it to resume; True to pass --resume."""
+    pending = None
+    try:
+        pending = json.loads((folder / PENDING).read_text()).get("key")
+    except (OSError, ValueError):
+        pass
+    resumable = (stage.kind in ("pretrain", "finetune") and pending == key and stage.name not in forced
+                 and (folder / "state.pt").exists())
+    if not resumable and folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / PENDING, {"key": key})
+    return resumable
+
+
+def _execute(argv: list[str], log: Path, stage: Stage) -> None:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(argv) + "\n")
+        f.flush()
+        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        click.echo(" failed", err=True)
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+        raise StageFailed(stage.name, rc, last.removeprefix("error: "), log)
+
+
+class StageFailed(Exception):
+    def __init__(self, name: str, rc: int, line: str, log: Path):
+        super().__init__(f"stage '{name}' failed (exit {rc}): {line}; fix: see {log}")
+        self.rc = rc

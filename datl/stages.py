@@ -1,0 +1,118 @@
+"""The stage kinds ``datl run`` knows: which command each runs, its inputs and outputs.
+
+A stage runs one CLI command (``pretrain``, ``curate estimate``, ...) as its own process,
+so a stage behaves exactly as its command does by hand, a crash never takes the runner
+down, and ``--launcher torchrun`` can wrap the torch stages. Its outputs go to
+``OUT/<stage name>/``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Kind:
+    command: tuple[str, ...]  # console script and subcommand
+    inputs: dict[str, str]  # input key -> CLI flag
+    required: tuple[str, ...]  # input keys that must be given
+    outputs: tuple[str, ...]  # files in the stage folder that exist once it is done
+    out_file: str | None  # --out names this file in the folder; None: --out is the folder itself
+    torch: bool = False  # runs a model: gets --device, and torchrun under --launcher torchrun
+    extra: tuple[str, ...] = ()  # fixed flags; {dir} is the stage folder, {cache} OUT/cache
+
+
+KINDS: dict[str, Kind] = {
+    "demo-data": Kind(("datl", "demo-data"), {}, (),
+                      ("source.parquet", "target_unlabeled.parquet", "target_train.parquet",
+                       "target_test.parquet"), None, extra=("--quiet",)),
+    "pretrain": Kind(("pretrain",), {"train": "--manifest", "init": "--init"}, ("train",),
+                     ("model.safetensors", "config.json", "metrics.jsonl"), None, torch=True, extra=("--quiet",)),
+    "estimate": Kind(("curate", "estimate"), {"model": "--model", "target": "--target", "source": "--source",
+                                              "calibration": "--calibration"}, ("model", "target"),
+                     ("prior.parquet",), "prior.parquet", torch=True, extra=("--quiet",)),
+    "dedup": Kind(("curate", "dedup"), {"source": "--source", "target": "--target", "model": "--model"},
+                  ("source", "target", "model"), ("duplicates.parquet",), "duplicates.parquet", torch=True,
+                  extra=("--quiet", "--cache", "{cache}/embeddings")),
+    "weight": Kind(("curate", "weight"), {"source": "--source", "prior": "--prior", "exclude": "--exclude"},
+                   ("source", "prior"), ("weights.parquet", "weights.png"), "weights.parquet",
+                   extra=("--plot", "{dir}/weights.png")),
+    "sample": Kind(("curate", "sample"), {"source": "--source", "weights": "--weights", "exclude": "--exclude"},
+                   ("source",), ("sample.parquet",), "sample.parquet"),
+    "finetune": Kind(("finetune",), {"train": "--train", "test": "--test", "checkpoint": "--checkpoint",
+                                     "unlabeled": "--unlabeled"}, ("train", "test"),
+                     ("metrics.json", "predictions.parquet"), None, torch=True, extra=("--quiet",)),
+}
+SEEDED = {"demo-data", "pretrain", "sample", "finetune"}  # commands that take --seed
+NEGATABLE = {"replacement"}  # click --x/--no-x flags: False becomes --no-x
+
+
+def click_command(kind: str):
+    """The click command behind a kind, to check parameter names before anything runs."""
+    cmd = KINDS[kind].command
+    if cmd[0] == "datl":
+        from datl.cli import cli as group
+    elif cmd[0] == "curate":
+        from curate.cli import cli as group
+    elif cmd[0] == "pretrain":
+        from pretrain.cli import cli as command
+        return command
+    else:
+        from finetune.cli import cli as command
+        return command
+    return group.commands[cmd[1]]
+
+
+def option_names(kind: str) -> set[str]:
+    """Parameter names (as in pipeline.yaml: snake_case) the kind's command accepts."""
+    names = set()
+    for p in click_command(kind).params:
+        for opt in list(p.opts) + list(getattr(p, "secondary_opts", [])):
+            if opt.startswith("--"):
+                names.add(opt[2:].replace("-", "_").removeprefix("no_") if opt.startswith("--no-")
+                          else opt[2:].replace("-", "_"))
+    flags = set(KINDS[kind].inputs.values()) | {"--out", "--device", "--quiet", "--help", "--cache", "--plot"}
+    return names - {f[2:].replace("-", "_") for f in flags}
+
+
+def script(name: str) -> str:
+    """The installed console script next to this Python (the same venv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def param_flags(params: dict[str, Any]) -> list[str]:
+    args: list[str] = []
+    for key, value in params.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if value is True:
+            args.append(flag)
+        elif value is False:
+            if key in NEGATABLE:
+                args.append("--no-" + key.replace("_", "-"))
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def command_line(kind: str, folder: Path, inputs: dict[str, str], params: dict[str, Any], device: str,
+                 cache: Path, launcher: tuple[str, int] | None, resume: bool = False) -> list[str]:
+    """The full argv that runs one stage."""
+    k = KINDS[kind]
+    args = list(k.command[1:])
+    for key, path in inputs.items():
+        args += [k.inputs[key], path]
+    args += ["--out", str(folder / k.out_file) if k.out_file else str(folder)]
+    args += param_flags(params)
+    args += [a.format(dir=folder, cache=cache) for a in k.extra]
+    if k.torch:
+        args += ["--device", device]
+    if resume:
+        args.append("--resume")
+    if k.torch and launcher is not None and launcher[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={launcher[1]}", script(k.command[0]), *args]
+    return [script(k.command[0]), *args]

@@ -1,0 +1,144 @@
+"""datl run: a shrunken pipeline end to end, skipped when up to date, partial reruns,
+resuming a killed run, and bad pipeline files refused before anything runs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import BIN, assert_user_error, cli
+
+from manifests import Manifest
+
+PIPELINE = """
+out: out
+device: cpu
+seeds: 2
+stages:
+  data: {{run: demo-data, params: {{fraction: 0.03}}}}
+  source_model:
+    run: pretrain
+    inputs: {{train: "@data/source.parquet"}}
+    params: {{model: test_resnet, steps: {source_steps}, batch_size: 16, workers: 0, save_every: 2}}
+  prior: {{run: estimate, inputs: {{model: "@source_model", target: "@data/target_unlabeled.parquet"}},
+          params: {{workers: 0}}}}
+  dedup:
+    run: dedup
+    inputs: {{source: "@data/source.parquet", target: "@data/target_unlabeled.parquet", model: "@source_model"}}
+    params: {{workers: 0}}
+  weights:
+    run: weight
+    inputs: {{source: "@data/source.parquet", prior: "@prior/prior.parquet", exclude: "@dedup/duplicates.parquet"}}
+  sample_adaptive:
+    run: sample
+    per_seed: true
+    inputs: {{source: "@data/source.parquet", weights: "@weights/weights.parquet", exclude: "@dedup/duplicates.parquet"}}
+    params: {{size: {size}}}
+compare:
+  pretrain: {{model: test_resnet, steps: 3, batch_size: 16, workers: 0}}
+  finetune:
+    inputs: {{train: "@data/target_train.parquet", test: "@data/target_test.parquet"}}
+    params: {{steps: 3, batch_size: 16, workers: 0}}
+  arms:
+    adaptive: "@sample_adaptive.s{{seed}}/sample.parquet"
+    scratch: null
+  plot: "@weights/weights.png"
+"""
+
+
+def write(tmp: Path, name: str = "pipeline.yaml", **kw) -> Path:
+    p = tmp / name
+    p.write_text(PIPELINE.format(**({"size": 64, "source_steps": 4} | kw)))
+    return p
+
+
+def statuses(stdout: str) -> dict[str, str]:
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("[") and "]" in line:
+            name, _, rest = line.split("] ", 1)[1].partition(": ")
+            out[name] = "skipped" if rest.startswith("up to date") else "ran"
+    return out
+
+
+def test_pipeline_end_to_end_then_cached_then_partial_rerun(tmp_path):
+    pipe = write(tmp_path)
+    first = cli("datl", "run", str(pipe))
+    assert first.returncode == 0, first.stdout + first.stderr
+    st = statuses(first.stdout)
+    assert len(st) == 14 and set(st.values()) == {"ran"}, st
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"adaptive", "scratch"}
+    ad = results["arms"]["adaptive"]
+    assert ad["pretrain_size"] == 64 and results["arms"]["scratch"]["pretrain_size"] == 0
+    assert len(ad["per_seed"]) == 2 and min(ad["per_seed"].values()) <= ad["test_accuracy"] <= max(ad["per_seed"].values())
+    assert "adaptive" in first.stdout.split("results:")[0].splitlines()[-3]  # the table is printed
+    assert "![weights](weights/weights.png)" in (out / "report.md").read_text()
+    assert (out / "logs" / "pretrain.adaptive.s1.log").read_text().startswith("$ ")
+    assert Manifest(out / "sample_adaptive.s1" / "sample.parquet").meta.params["seed"] == 1
+
+    again = cli("datl", "run", str(pipe))
+    assert again.returncode == 0, again.stderr
+    assert set(statuses(again.stdout).values()) == {"skipped"}
+
+    write(tmp_path, size=48)  # one parameter of one stage: it and what reads it rerun, nothing else
+    third = cli("datl", "run", str(pipe))
+    assert third.returncode == 0, third.stderr
+    ran = {n for n, s in statuses(third.stdout).items() if s == "ran"}
+    assert ran == {"sample_adaptive.s0", "sample_adaptive.s1", "pretrain.adaptive.s0", "pretrain.adaptive.s1",
+                   "finetune.adaptive.s0", "finetune.adaptive.s1", "compare"}, ran
+    assert json.loads((out / "results.json").read_text())["arms"]["adaptive"]["pretrain_size"] == 48
+
+    fourth = cli("datl", "run", str(pipe), "--from", "prior", "-q")
+    assert fourth.returncode == 0, fourth.stderr
+    assert (out / "prior" / "stamp.json").stat().st_mtime > (out / "dedup" / "stamp.json").stat().st_mtime
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path):
+    pipe = write(tmp_path, source_steps=200)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(BIN / "datl"), "run", str(pipe)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    state = out / "source_model" / "state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert state.exists(), "the source model never saved its state"
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its stage, as a scheduler would
+    proc.wait()
+    assert (out / "data" / "stamp.json").exists() and not (out / "source_model" / "stamp.json").exists()
+    rerun = cli("datl", "run", str(pipe))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert statuses(rerun.stdout)["data"] == "skipped" and "source_model: running (resuming)" in rerun.stdout
+    log = (out / "source_model" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in log]
+    assert steps == sorted(set(steps)) and steps[-1] == 200  # continued, no step logged twice
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (("run: estimate", "run: estimat"), ("stage 'prior'", "unknown stage kind 'estimat'")),
+    (('target: "@data/target_unlabeled.parquet"}}', 'target: "nope/t.parquet"}}'),
+     ("stage 'prior' input 'target'", "'nope/t.parquet' does not exist")),
+    (('prior: "@prior/prior.parquet"', 'prior: "@priors/prior.parquet"'),
+     ("stage 'weights' input 'prior'", "no stage 'priors' produces")),
+    (('inputs: {{train: "@data/source.parquet"}}', 'inputs: {{train: "@weights/weights.parquet"}}'),
+     ("is in a cycle", "source_model")),
+    (("batch_size: 16, workers: 0, save_every: 2", "batch_sise: 16"), ("stage 'source_model' param 'batch_sise'",)),
+    (("params: {{size: {size}}}", "params: {{size: {size}}}\n    oops: 1"), ("stage 'sample_adaptive'", "'oops'")),
+])
+def test_bad_pipelines_are_refused_before_anything_runs(tmp_path, edit, fragments):
+    text = PIPELINE.replace(*edit).format(size=64, source_steps=4)
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    assert_user_error(cli("datl", "run", str(p)), "bad.yaml", *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_pipeline_file(tmp_path):
+    assert_user_error(cli("datl", "run", str(tmp_path / "none.yaml")), "none.yaml", "does not exist")
