@@ -18,7 +18,14 @@ from pretrain.cli import CONTEXT, training_options
 @click.option("--lr", default=0.01, show_default=True, help="Peak learning rate of the new head.")
 @click.option("--backbone-lr-mult", default=1.0, show_default=True,
               help="Backbone learning rate = lr x this (e.g. 0.1 for a gentler fine-tune).")
-@click.option("--adapt", default="none", show_default=True, help="Domain-adaptation loss: none.")
+@click.option("--adapt", default="none", show_default=True,
+              help="Domain adaptation toward --unlabeled: none, confusion, dann, mmd, jmmd, jan-a.")
+@click.option("--unlabeled", help="Unlabeled target manifest (needed by --adapt): a batch of it every step.")
+@click.option("--trade-off", default=1.0, show_default=True, help="Weight of the transfer loss.")
+@click.option("--bottleneck", default=256, show_default=True,
+              help="Width of the bottleneck layer the transfer loss sees (0: none); --adapt only.")
+@click.option("--mmd-estimator", default="unbiased", show_default=True,
+              help="mmd/jmmd: unbiased (quadratic time) or linear (linear time).")
 @click.option("--image-size", type=int, help="Override the checkpoint's image size.")
 @click.option("--in-chans", type=int, help="Input channels with --model (default: from the images).")
 @training_options

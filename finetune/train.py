@@ -28,11 +28,18 @@ class FinetuneConfig(TrainConfig):
     checkpoint: str | None = None
     backbone_lr_mult: float = 1.0
     adapt: str = "none"
+    unlabeled: str | None = None
+    trade_off: float = 1.0
+    bottleneck: int = 256
+    mmd_estimator: str = "unbiased"
 
 
 def run(cfg: FinetuneConfig) -> Path:
     check_budget(cfg)
-    hook = adapt.make(cfg.adapt)
+    adapt.check(cfg.adapt)
+    if cfg.adapt != "none" and not cfg.unlabeled:
+        raise UserError("--adapt", f"{cfg.adapt} needs --unlabeled TARGET_UNLABELED.parquet",
+                        "pass the unlabeled target manifest, or --adapt none")
     d = dist.setup(cfg.device)
     try:
         train = open_manifest(cfg.manifest)
@@ -43,16 +50,58 @@ def run(cfg: FinetuneConfig) -> Path:
                             "evaluate on a test set labeled with the same classes, in the same order")
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
-        head_ids = {id(p) for p in model.get_classifier().parameters()}
+        hook = schedule = None
+        if cfg.adapt != "none":
+            model, hook, schedule, extra = adaptation(cfg, model, model_cfg, classes, d)
+        head_ids = {id(p) for p in model.get_classifier().parameters()} if cfg.adapt == "none" else \
+            {id(p) for p in model.parameters()} - {id(p) for p in model.backbone.parameters()}
         mult = {n: 1.0 if id(p) in head_ids else cfg.backbone_lr_mult for n, p in model.named_parameters()}
         groups = decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
-        out = fit(model, model_cfg, train, cfg, d, groups, hook)
+        if hook is not None and len(list(extra.parameters())):
+            groups += decay_groups(extra, cfg.lr, cfg.weight_decay)
+        out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
         if d.main:
             evaluate(model, model_cfg, test, d.device, out, cfg)
         dist.barrier(d)
         return out
     finally:
         dist.cleanup(d)
+
+
+def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list[str], d):
+    """The two-domain network, the step's loss, DANN's learning-rate annealing, the method module."""
+    from pretrain.data import build_transform, image_mode, make_loader
+
+    from .adapt.dann import dann_lr
+    from .adapt.net import AdaptNet, TwoDomainStep
+
+    if d.world > 1:
+        raise UserError("--adapt", "does not run under torchrun yet", "run it as a single process")
+    unlabeled = open_manifest(cfg.unlabeled)
+    if unlabeled.has_labels and unlabeled.classes != classes:
+        raise UserError(cfg.unlabeled, f"is labeled with other classes than {cfg.manifest}",
+                        "pass a manifest of the same classes, or an unlabeled one")
+    if cfg.mmd_estimator not in ("unbiased", "linear"):
+        raise UserError("--mmd-estimator", f"unknown estimator '{cfg.mmd_estimator}'", "pass unbiased or linear")
+    net = AdaptNet(model, len(classes), cfg.bottleneck)
+    method = adapt.make(cfg.adapt, net.num_features, len(classes), cfg.mmd_estimator).to(d.device)
+    transform = build_transform(tuple(model_cfg.image_size), model_cfg.in_chans, model_cfg.mean, model_cfg.std,
+                                train=True, hflip=cfg.hflip)
+    loader = make_loader(unlabeled, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
+                         0, 1, cfg.seed + 1, shuffle=True, pin_memory=d.cuda)
+
+    def batches():
+        epoch = 0
+        while True:
+            loader.sampler.epoch, loader.sampler.start = epoch, 0
+            for b in loader:
+                if b.images is not None:
+                    yield b.images
+            epoch += 1
+
+    hook = TwoDomainStep(method, batches(), cfg.trade_off, d.device, cfg.label_smoothing)
+    schedule = (lambda total: (lambda step: dann_lr(step / total))) if cfg.adapt == "dann" else None
+    return net, hook, schedule, method
 
 
 def backbone(cfg: FinetuneConfig, classes: list[str], train) -> tuple[torch.nn.Module, ModelConfig]:

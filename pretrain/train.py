@@ -55,7 +55,7 @@ class TrainConfig:
     quiet: bool = False
 
 
-# Hook for finetune's domain-adaptation losses: (model, images, labels, progress in [0, 1]) -> extra loss.
+# Hook for finetune's domain adaptation: (model, images, labels, progress in [0, 1]) -> the step's whole loss.
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -152,7 +152,10 @@ def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
 
 # -- the loop ------------------------------------------------------------------------------
 def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: TrainConfig, d: dist.Dist,
-        groups: list[dict], hook: LossHook | None = None) -> Path:
+        groups: list[dict], hook: LossHook | None = None,
+        schedule: Callable[[int], Callable[[int], float]] | None = None) -> Path:
+    """Train; ``hook`` (if given) returns each step's whole loss; ``schedule(total)`` gives
+    the learning-rate factor per step (default: warm-up then cosine)."""
     out = Path(cfg.out)
     if d.main:
         prepare_out(out, cfg.resume)
@@ -172,7 +175,7 @@ def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Train
     sampler = loader.sampler
     steps_per_epoch = max(math.ceil(sampler.per_rank() / cfg.batch_size), 1)
     total = cfg.steps or max(int(math.ceil(cfg.epochs * steps_per_epoch)), 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, cfg.warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, (schedule or (lambda t: warmup_cosine(t, cfg.warmup)))(total))
 
     step = load_state(out, model, opt, sched, d) if cfg.resume else 0
     stop_at = min(total, step + cfg.stop_after_steps) if cfg.stop_after_steps else total
@@ -227,11 +230,10 @@ def train_step(net: nn.Module, batch, cfg: TrainConfig, d: dist.Dist, hook: Loss
     if d.cuda:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.cuda):
-        logits = net(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         if hook is not None:
-            loss = loss + hook(net, x, y, progress)
-    return loss
+            return hook(net, x, y, progress)
+        logits = net(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
 
 
 # -- run-folder state ------------------------------------------------------------------------
