@@ -249,7 +249,6 @@ def dedup(source, target, model, weights, out, threshold, pixel_threshold, index
     image); and the model's pooled features. The target is indexed with FAISS, the
     source streamed through it. Everything is cached, so new thresholds are instant.
     """
-    import numpy as np
     import pyarrow as pa
 
     from pretrain import dist
@@ -306,17 +305,15 @@ def dedup(source, target, model, weights, out, threshold, pixel_threshold, index
                    f"({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {pixel_threshold}, "
                    f"{counts['feature']:,} feature >= {threshold}); index: pixel {pdesc}; feature {fdesc}")
         if pm is not None:
-            _report_calibration(dd, pm, planted_emb, exact, pixel, feature, pindex, findex, temb, cache,
+            _report_calibration(dd, pm, planted_emb, exact, pixel, feature, pindex, findex, temb,
                                 pixel_threshold, threshold, out, quiet)
     finally:
         dist.cleanup(d)
 
 
-def _report_calibration(dd, pm, planted_emb, exact, pixel, feature, pindex, findex, temb, cache,
+def _report_calibration(dd, pm, planted_emb, exact, pixel, feature, pindex, findex, temb,
                         pixel_threshold, threshold, out, quiet) -> None:
     """Recall on the planted copies and false positives on ordinary source images, per check."""
-    import numpy as np
-
     pc = dd.content(pm, None, False, not quiet)
     pp, _ = dd.pixel_best(pindex, pc)
     pf, _ = dd.feature_best(findex, planted_emb, temb, pm.num_rows)

@@ -77,7 +77,14 @@ class Pipeline:
 
 
 def ref_stage(ref: str) -> str | None:
+    """'@stage/file' -> 'stage'; None for a path."""
     return ref[1:].split("/", 1)[0] if isinstance(ref, str) and ref.startswith("@") else None
+
+
+def ref_file(ref: str) -> str | None:
+    """'@stage/file' -> 'file'; None for '@stage' (the folder) or a path."""
+    parts = ref[1:].split("/", 1) if ref.startswith("@") else []
+    return parts[1] if len(parts) == 2 else None
 
 
 def _err(path: Path, where: str, problem: str, fix: str) -> UserError:
@@ -243,9 +250,9 @@ def _link(pipe: Pipeline) -> None:
                            f"name one of the stages ({known}), or a per-seed one as NAME.s{{seed}}")
             else:
                 outs = KINDS[pipe.stages[dep].kind].outputs if pipe.stages[dep].kind in KINDS else ()
-                rest = ref[1:].split("/", 1)[1:]
-                if rest and rest[0] not in outs:
-                    raise _err(pipe.path, f"stage '{s.name}' input '{key}'", f"stage '{dep}' writes no '{rest[0]}'",
+                file = ref_file(ref)
+                if file is not None and file not in outs:
+                    raise _err(pipe.path, f"stage '{s.name}' input '{key}'", f"stage '{dep}' writes no '{file}'",
                                f"it writes {', '.join(outs)}")
                 if dep not in s.deps:
                     s.deps.append(dep)

@@ -27,7 +27,7 @@ import click
 
 from manifests import UserError, atomic_output, file_sha256
 
-from .pipeline import COMPARE, Pipeline, Stage, ref_stage
+from .pipeline import COMPARE, Pipeline, Stage, ref_file, ref_stage
 from .stages import KINDS, command_line
 
 STAMP = "stamp.json"
@@ -72,11 +72,10 @@ def input_hash(pipe: Pipeline, ref: str) -> str:
     dep = ref_stage(ref)
     path = pipe.ref_path(ref)
     if dep is not None:
-        stamp = read_stamp(pipe.out / dep) or {}
-        rest = ref[1:].split("/", 1)[1:]
-        outs = stamp.get("outputs", {})
-        if rest:
-            return outs.get(rest[0]) or file_sha256(path)
+        outs = (read_stamp(pipe.out / dep) or {}).get("outputs", {})
+        file = ref_file(ref)
+        if file is not None:
+            return outs.get(file) or file_sha256(path)
         return hashlib.sha256(json.dumps(outs, sort_keys=True).encode()).hexdigest()
     if path.is_dir():  # an external run folder: its weights and config
         parts = [file_sha256(p) for p in (path / "model.safetensors", path / "config.json") if p.exists()]

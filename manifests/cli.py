@@ -34,8 +34,3 @@ def run_cli(command: click.Command, prog_name: str, args: list[str] | None = Non
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
 
-
-def not_built(name: str, issue: str) -> None:
-    """Stages whose issue has not landed say so and exit 2; nothing pretends to work."""
-    raise UserError(name, f"is not built yet (see the issue '{issue}')",
-                    "use the stages that exist: see the README")

@@ -93,7 +93,3 @@ def test_validate_ok_and_each_failure(tmp_path):
                       "junk.parquet", "not a readable Parquet file")
     assert_user_error(cli("datl", "manifest", "validate", str(tmp_path / "absent.parquet")), "does not exist")
 
-
-def test_unbuilt_stages_say_so(tmp_path):
-    for cmd in (["datl", "run"],):
-        assert_user_error(cli(*cmd), "not built yet")
