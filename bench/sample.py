@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--no-pandas", action="store_true")
     args = ap.parse_args()
     d = Path(args.dir)
-    d.mkdir(parents=True, exist_ok=True)
+    (d / "out").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     src, wts = build(d, args.rows)
     n = args.rows // 4
@@ -133,7 +133,7 @@ def main() -> None:
     print(f"floor (pyarrow read + write N rows)      {floor_s:8.1f} s   peak {floor_rss:5.2f} GiB")
     for rep, name in ((True, "--replacement"), (False, "--no-replacement")):
         s, rss = timed([curate, "sample", "--source", str(src), "--weights", str(wts), "--size", str(n),
-                        "--out", str(d / "ours.parquet"), name], 3600)
+                        "--out", str(d / "out" / "ours.parquet"), name], 3600)  # another folder: paths rebased
         line = (f"curate sample {name:<17}         {s:8.1f} s   peak {rss:5.2f} GiB   "
                 f"ours/floor {s / floor_s:5.2f}  (goal <= 2)   peak/columns {rss / cols_gib:4.2f}  (goal < 3)")
         if not args.no_pandas:
