@@ -49,6 +49,18 @@ def code_version(with_report: bool = False) -> str:
     return h.hexdigest()[:16]
 
 
+@lru_cache(maxsize=4096)
+def _sha_of(path: str, mtime_ns: int, size: int) -> str:
+    return file_sha256(path)
+
+
+def sha(path: Path) -> str:
+    """file_sha256, computed once per file version: a big source manifest read by many
+    stages is hashed once per run, not once per stage."""
+    st = os.stat(path)
+    return _sha_of(str(path), st.st_mtime_ns, st.st_size)
+
+
 def _write_json(path: Path, obj: dict) -> None:
     with atomic_output(path) as tmp:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
@@ -75,15 +87,15 @@ def input_hash(pipe: Pipeline, ref: str) -> str:
         outs = (read_stamp(pipe.out / dep) or {}).get("outputs", {})
         file = ref_file(ref)
         if file is not None:
-            return outs.get(file) or file_sha256(path)
+            return outs.get(file) or sha(path)
         return hashlib.sha256(json.dumps(outs, sort_keys=True).encode()).hexdigest()
     if path.is_dir():  # an external run folder: its weights and config
-        parts = [file_sha256(p) for p in (path / "model.safetensors", path / "config.json") if p.exists()]
+        parts = [sha(p) for p in (path / "model.safetensors", path / "config.json") if p.exists()]
         if not parts:
             raise UserError(path, "is a folder without model.safetensors or config.json",
                             "point the input at a file or a run folder")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
-    return file_sha256(path)
+    return sha(path)
 
 
 def stage_key(pipe: Pipeline, stage: Stage) -> tuple[str, dict]:
@@ -102,7 +114,7 @@ def up_to_date(folder: Path, key: str, outputs: tuple[str, ...]) -> bool:
     recorded = stamp.get("outputs", {})
     for name in outputs:
         p = folder / name
-        if not p.exists() or recorded.get(name) != file_sha256(p):
+        if not p.exists() or recorded.get(name) != sha(p):
             return False
     return True
 
@@ -153,7 +165,7 @@ def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, qui
         seconds = time.time() - t0
         _write_json(folder / STAMP, {"key": key, "kind": stage.kind, "params": stage.params,
                                       "inputs": {k: {"ref": stage.inputs[k], "sha256": h} for k, h in inputs.items()},
-                                      "outputs": {n: file_sha256(folder / n) for n in outputs},
+                                      "outputs": {n: sha(folder / n) for n in outputs},
                                       "code": code_version(stage.kind == COMPARE), "seconds": round(seconds, 1)})
         (folder / PENDING).unlink(missing_ok=True)
         done[stage.name] = "ran"
