@@ -13,7 +13,7 @@ import torch
 
 from manifests import UserError, atomic_output, open_manifest
 from pretrain import dist
-from pretrain.models import ModelConfig, create, default_norm, load_run
+from pretrain.models import AdaptNet, ModelConfig, create, default_norm, load_run
 from pretrain.train import TrainConfig, check_budget, decay_groups, fit, image_spec, params_of
 
 from . import adapt
@@ -30,16 +30,23 @@ class FinetuneConfig(TrainConfig):
     adapt: str = "none"
     unlabeled: str | None = None
     trade_off: float = 1.0
+    trade_off_ramp: bool = False
     bottleneck: int = 256
     mmd_estimator: str = "unbiased"
+    train_target: str | None = None
+    soft_labels: bool = False
+    soft_weight: float = 0.1
+    soft_temperature: float = 2.0
+
+    @property
+    def two_domain(self) -> bool:
+        """Trained as an AdaptNet by TwoDomainStep: --adapt, or labeled target images beside --train."""
+        return self.adapt != "none" or self.train_target is not None
 
 
 def run(cfg: FinetuneConfig) -> Path:
     check_budget(cfg)
-    adapt.check(cfg.adapt)
-    if cfg.adapt != "none" and not cfg.unlabeled:
-        raise UserError("--adapt", f"{cfg.adapt} needs --unlabeled TARGET_UNLABELED.parquet",
-                        "pass the unlabeled target manifest, or --adapt none")
+    check_adapt_options(cfg)
     d = dist.setup(cfg.device)
     try:
         train = open_manifest(cfg.manifest)
@@ -51,13 +58,14 @@ def run(cfg: FinetuneConfig) -> Path:
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
         hook = schedule = None
-        if cfg.adapt != "none":
+        extra = torch.nn.ModuleList()
+        if cfg.two_domain:
             model, hook, schedule, extra = adaptation(cfg, model, model_cfg, classes, d)
-        head_ids = {id(p) for p in model.get_classifier().parameters()} if cfg.adapt == "none" else \
+        head_ids = {id(p) for p in model.get_classifier().parameters()} if not isinstance(model, AdaptNet) else \
             {id(p) for p in model.parameters()} - {id(p) for p in model.backbone.parameters()}
         mult = {n: 1.0 if id(p) in head_ids else cfg.backbone_lr_mult for n, p in model.named_parameters()}
         groups = decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
-        if hook is not None and len(list(extra.parameters())):
+        if len(list(extra.parameters())):
             groups += decay_groups(extra, cfg.lr, cfg.weight_decay)
         out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
         if d.main:
@@ -68,40 +76,77 @@ def run(cfg: FinetuneConfig) -> Path:
         dist.cleanup(d)
 
 
-def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list[str], d):
-    """The two-domain network, the step's loss, DANN's learning-rate annealing, the method module."""
-    from pretrain.data import build_transform, image_mode, make_loader
+def check_adapt_options(cfg: FinetuneConfig) -> None:
+    """The --adapt / --train-target options, before anything is opened or written."""
+    adapt.check(cfg.adapt)
+    if cfg.adapt != "none" and not cfg.unlabeled:
+        raise UserError("--adapt", f"{cfg.adapt} needs --unlabeled TARGET_UNLABELED.parquet",
+                        "pass the unlabeled target manifest, or --adapt none")
+    if cfg.soft_labels and not cfg.train_target:
+        raise UserError("--soft-labels", "needs --train-target LABELED_TARGET.parquet (the images it trains)",
+                        "pass a few labeled target images with --train-target, or drop --soft-labels")
+    if cfg.mmd_estimator not in ("unbiased", "linear"):
+        raise UserError("--mmd-estimator", f"unknown estimator '{cfg.mmd_estimator}'", "pass unbiased or linear")
+    for name, value, low in (("--trade-off", cfg.trade_off, 0), ("--bottleneck", cfg.bottleneck, 0),
+                             ("--soft-weight", cfg.soft_weight, 0), ("--soft-temperature", cfg.soft_temperature, None)):
+        if value < 0 or (low is None and value == 0):
+            raise UserError(name, f"{value} is out of range", "pass a number > 0" if low is None else "pass a number >= 0")
 
+
+def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list[str], d):
+    """The AdaptNet, the step's loss hook, DANN's learning-rate annealing, and the modules
+    with their own parameters or state (method, soft labels)."""
+    from .adapt.confusion import SoftLabelLoss
     from .adapt.dann import dann_lr
-    from .adapt.net import AdaptNet, TwoDomainStep
+    from .adapt.net import TwoDomainStep
 
     if d.world > 1:
         raise UserError("--adapt", "does not run under torchrun yet", "run it as a single process")
-    unlabeled = open_manifest(cfg.unlabeled)
-    if unlabeled.has_labels and unlabeled.classes != classes:
-        raise UserError(cfg.unlabeled, f"is labeled with other classes than {cfg.manifest}",
-                        "pass a manifest of the same classes, or an unlabeled one")
-    if cfg.mmd_estimator not in ("unbiased", "linear"):
-        raise UserError("--mmd-estimator", f"unknown estimator '{cfg.mmd_estimator}'", "pass unbiased or linear")
-    net = AdaptNet(model, len(classes), cfg.bottleneck)
-    method = adapt.make(cfg.adapt, net.num_features, len(classes), cfg.mmd_estimator).to(d.device)
+    unlabeled = labeled_target = None
+    if cfg.adapt != "none":
+        unlabeled = same_classes(open_manifest(cfg.unlabeled), cfg.unlabeled, classes, cfg.manifest, optional=True)
+    if cfg.train_target:
+        labeled_target = same_classes(open_manifest(cfg.train_target), cfg.train_target, classes, cfg.manifest)
+    net = model if isinstance(model, AdaptNet) else AdaptNet(model, len(classes), cfg.bottleneck)
+    if net is not model:  # a checkpoint of an --adapt run is an AdaptNet already, with its own bottleneck
+        model_cfg.bottleneck, model_cfg.num_features = cfg.bottleneck, net.num_features
+    method = adapt.make(cfg.adapt, net.num_features, len(classes), cfg.mmd_estimator)
+    soft = SoftLabelLoss(len(classes), cfg.soft_temperature) if cfg.soft_labels else None
+    extra = torch.nn.ModuleList([m for m in (method, soft) if m is not None]).to(d.device)
+    hook = TwoDomainStep(method, cycle(unlabeled, cfg, model_cfg, d, labels=False) if unlabeled else None,
+                         cfg.trade_off, d.device, cfg.label_smoothing, ramp=cfg.trade_off_ramp,
+                         labeled_target=cycle(labeled_target, cfg, model_cfg, d, labels=True) if labeled_target else None,
+                         soft=soft, soft_weight=cfg.soft_weight)
+    schedule = (lambda total: (lambda step: dann_lr(step / total))) if cfg.adapt == "dann" else None
+    return net, hook, schedule, extra
+
+
+def same_classes(manifest, path: str, classes: list[str], train: str, optional: bool = False):
+    """The manifest, if it is labeled with ``classes`` (or, when ``optional``, unlabeled)."""
+    if manifest.has_labels or not optional:
+        if manifest.require_labels() != classes:
+            raise UserError(path, f"is labeled with other classes than {train}",
+                            "pass a manifest of the same classes, in the same order" +
+                            (", or an unlabeled one" if optional else ""))
+    return manifest
+
+
+def cycle(manifest, cfg: FinetuneConfig, model_cfg: ModelConfig, d, labels: bool):
+    """Endless shuffled batches of a manifest, epoch after epoch, augmented as --train is:
+    images, or (images, labels) with ``labels``. Unreadable images are skipped."""
+    from pretrain.data import build_transform, image_mode, make_loader
+
     transform = build_transform(tuple(model_cfg.image_size), model_cfg.in_chans, model_cfg.mean, model_cfg.std,
                                 train=True, hflip=cfg.hflip)
-    loader = make_loader(unlabeled, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
-                         0, 1, cfg.seed + 1, shuffle=True, pin_memory=d.cuda)
-
-    def batches():
-        epoch = 0
-        while True:
-            loader.sampler.epoch, loader.sampler.start = epoch, 0
-            for b in loader:
-                if b.images is not None:
-                    yield b.images
-            epoch += 1
-
-    hook = TwoDomainStep(method, batches(), cfg.trade_off, d.device, cfg.label_smoothing)
-    schedule = (lambda total: (lambda step: dann_lr(step / total))) if cfg.adapt == "dann" else None
-    return net, hook, schedule, method
+    loader = make_loader(manifest, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
+                         0, 1, cfg.seed + (2 if labels else 1), shuffle=True, pin_memory=d.cuda)
+    epoch = 0
+    while True:
+        loader.sampler.epoch, loader.sampler.start = epoch, 0
+        for b in loader:
+            if b.images is not None:
+                yield (b.images, b.labels) if labels else b.images
+        epoch += 1
 
 
 def backbone(cfg: FinetuneConfig, classes: list[str], train) -> tuple[torch.nn.Module, ModelConfig]:
@@ -116,7 +161,7 @@ def backbone(cfg: FinetuneConfig, classes: list[str], train) -> tuple[torch.nn.M
         if cfg.image_size:
             size = [cfg.image_size, cfg.image_size]
         mcfg = ModelConfig(arch=src.arch, classes=classes, image_size=list(size), in_chans=chans, mean=src.mean,
-                           std=src.std, num_features=src.num_features, params=params_of(cfg))
+                           std=src.std, num_features=src.num_features, params=params_of(cfg), bottleneck=src.bottleneck)
         return model, mcfg
     if not cfg.model:
         raise UserError("finetune", "needs --checkpoint RUN_DIR or --model ARCH (random init)",

@@ -3,8 +3,9 @@
 A run folder (written by ``pretrain`` and ``finetune``) holds
 
 - ``model.safetensors``: the weights (never pickled);
-- ``config.json``: timm arch, classes, image size, in_chans, mean/std, params, and the
-  training class prior (P_s(y) of the manifest it was trained on);
+- ``config.json``: timm arch, classes, image size, in_chans, mean/std, params, the
+  training class prior (P_s(y) of the manifest it was trained on), and ``bottleneck``
+  (the width of the bottleneck layer of a ``finetune --adapt`` run; null for a plain model);
 - ``metrics.jsonl``, and ``state.pt`` for ``--resume`` (loaded with ``weights_only=True``).
 
 :func:`load_model` is what curate uses to run a RUN_DIR or a ``timm:ARCH`` model (with
@@ -45,6 +46,7 @@ class ModelConfig:
     num_features: int = 0
     class_prior: list[float] | None = None  # class frequencies of the training manifest
     params: dict[str, Any] = field(default_factory=dict)
+    bottleneck: int | None = None  # an AdaptNet of this bottleneck width (finetune --adapt); None: plain timm
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +70,49 @@ def create(arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Modu
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models()"
         raise UserError("--model", f"unknown timm architecture '{arch}'", hint)
     return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+class AdaptNet(nn.Module):
+    """A timm backbone (head removed), a bottleneck and a linear classifier: the network
+    ``finetune --adapt`` trains.
+
+    The bottleneck (Linear, BatchNorm1d, ReLU; width 256 as in DAN, JAN and DANN's
+    Office experiments) is where the transfer losses look at features; width 0 skips it.
+    It answers timm's interface (``forward_features``, ``forward_head``,
+    ``reset_classifier``, ``get_classifier``, ``num_features``), so a run folder holding
+    one is read, estimated with and fine-tuned like any other.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, bottleneck: int = 256):
+        super().__init__()
+        backbone.reset_classifier(0)
+        self.backbone = backbone
+        width = int(backbone.num_features)
+        if bottleneck > 0:
+            self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck), nn.BatchNorm1d(bottleneck), nn.ReLU())
+            width = bottleneck
+        else:
+            self.bottleneck = nn.Identity()
+        self.head = nn.Linear(width, num_classes)
+        self.num_features = width
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's output: what the head and the transfer losses see."""
+        return self.bottleneck(self.backbone(x))
+
+    forward_features = features
+
+    def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return f if pre_logits else self.head(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
 
 
 # -- run folders ------------------------------------------------------------------
@@ -106,6 +151,8 @@ def load_run(run_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.
 
     cfg = read_config(run_dir)
     model = create(cfg.arch, cfg.num_classes, cfg.in_chans)
+    if cfg.bottleneck is not None:
+        model = AdaptNet(model, cfg.num_classes, cfg.bottleneck)
     state = load_file(str(Path(run_dir) / WEIGHTS), device=map_location)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -6,7 +6,7 @@ returns the scalar transfer loss; :class:`net.TwoDomainStep` adds it, times
 ``--trade-off``, to the labeled cross-entropy.
 
 | method    | file          | paper |
-| confusion | confusion.py  | Tzeng et al. 2015, domain confusion (+ soft labels) |
+| confusion | confusion.py  | Tzeng et al. 2015, domain confusion (``--soft-labels``: SoftLabelLoss) |
 | dann      | dann.py       | Ganin & Lempitsky 2015, gradient reversal |
 | mmd       | mmd.py        | Long et al. 2015 (DAN), multi-kernel MMD |
 | jmmd      | jmmd.py       | Long et al. 2017 (JAN), joint MMD |
@@ -33,7 +33,7 @@ def make(name: str, width: int, classes: int, estimator: str = "unbiased") -> nn
         return None
     if name == "confusion":
         from .confusion import DomainConfusion
-        return DomainConfusion(width, classes)
+        return DomainConfusion(width)
     if name == "dann":
         from .dann import DomainAdversarialLoss
         return DomainAdversarialLoss(width)

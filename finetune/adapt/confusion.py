@@ -31,6 +31,43 @@ def soft_label_loss(logits: torch.Tensor, labels: torch.Tensor, table: torch.Ten
     return -(table[labels] * (logits / temperature).log_softmax(1)).sum(1).mean()
 
 
+class SoftLabelLoss(nn.Module):
+    """The soft-label loss of Tzeng et al. 2015 (``--soft-labels``), a scalar:
+
+        L_soft = -1/N sum_i sum_k l^(y_i)_k log softmax(z_i / T)_k
+
+    over the labeled TARGET images (x_i, y_i) of ``--train-target``, where l^(k) is the
+    soft label of class k: the mean softmax(z / T) of the labeled-domain model over its
+    images of class k, at a high temperature T. It carries the labeled domain's class
+    similarities ("a 3 looks a bit like an 8") to the target, also to classes that have
+    no labeled target image (the paper's semi-supervised setting).
+
+    The paper computes l once from a network trained on the labeled domain; here that
+    network is the one being trained, so ``update`` keeps each class's soft label as an
+    exponential moving average of its per-batch means (weight ``1 - momentum`` on the
+    newest; a class's first batch sets it), which forgets the early, untrained steps.
+    """
+
+    def __init__(self, classes: int, temperature: float = 2.0, momentum: float = 0.99):
+        super().__init__()
+        self.temperature, self.momentum = temperature, momentum
+        self.register_buffer("table", torch.full((classes, classes), 1.0 / classes))
+        self.register_buffer("seen", torch.zeros(classes, dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fold one labeled-domain batch (logits, labels) into the soft labels."""
+        k = self.table.shape[0]
+        batch = soft_labels(logits.float(), labels, k, self.temperature)
+        present = (torch.bincount(labels, minlength=k) > 0).unsqueeze(1)
+        mixed = torch.where(self.seen.unsqueeze(1), self.momentum * self.table + (1 - self.momentum) * batch, batch)
+        self.table.copy_(torch.where(present, mixed, self.table))
+        self.seen |= present.squeeze(1)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return soft_label_loss(logits, labels, self.table, self.temperature)
+
+
 class DomainConfusion(nn.Module):
     """The ``confusion`` method, a scalar per step from the two alternating objectives:
 
@@ -40,16 +77,12 @@ class DomainConfusion(nn.Module):
                  of its weights: only the feature extractor learns from it.
 
     Both are summed into one backward pass; neither sees the other's parameters, which
-    is the paper's alternation without gradient reversal. With soft labels, the running
-    per-class mean softmax at T of the labeled domain (``table``) is kept for
-    ``soft_label_loss`` on labeled target images (``finetune --train-target``)."""
+    is the paper's alternation without gradient reversal. The paper's second loss, on
+    soft labels, is :class:`SoftLabelLoss` (``finetune --soft-labels``)."""
 
-    def __init__(self, width: int, classes: int, hidden: int = 1024, temperature: float = 2.0):
+    def __init__(self, width: int, hidden: int = 1024):
         super().__init__()
         self.discriminator = DomainDiscriminator(width, hidden)
-        self.temperature = temperature
-        self.register_buffer("table", torch.full((classes, classes), 1.0 / classes))
-        self.register_buffer("seen", torch.zeros(classes))
 
     def forward(self, fs, ft, zs=None, zt=None, progress: float = 0.0) -> torch.Tensor:
         f = torch.cat([fs, ft])
@@ -58,14 +91,3 @@ class DomainConfusion(nn.Module):
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         l_conf = confusion_loss(functional_call(self.discriminator, frozen, (f,)))
         return l_domain + l_conf
-
-    @torch.no_grad()
-    def update_soft_labels(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Running per-class mean of softmax(z / T) over every labeled-domain image seen."""
-        k = self.table.shape[0]
-        batch = soft_labels(logits, labels, k, self.temperature)
-        n = torch.bincount(labels, minlength=k).to(self.seen.dtype)
-        total = self.seen + n
-        w = (n / total.clamp_min(1)).unsqueeze(1)
-        self.table.copy_(torch.where(n.unsqueeze(1) > 0, (1 - w) * self.table + w * batch, self.table))
-        self.seen.copy_(total)

@@ -8,57 +8,53 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class AdaptNet(nn.Module):
-    """A timm backbone (head removed), a bottleneck and a linear classifier.
-
-    The bottleneck (Linear, BatchNorm1d, ReLU; width 256 as in DAN, JAN and DANN's
-    Office experiments) is where the transfer losses look at features; width 0 skips it.
-    ``forward`` returns logits, so evaluation treats it as any classifier.
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int, bottleneck: int = 256):
-        super().__init__()
-        backbone.reset_classifier(0)
-        self.backbone = backbone
-        width = int(backbone.num_features)
-        if bottleneck > 0:
-            self.bottleneck = nn.Sequential(nn.Linear(width, bottleneck), nn.BatchNorm1d(bottleneck), nn.ReLU())
-            width = bottleneck
-        else:
-            self.bottleneck = nn.Identity()
-        self.head = nn.Linear(width, num_classes)
-        self.num_features = width
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bottleneck(self.backbone(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 class TwoDomainStep:
-    """The loss of one training step: cross-entropy on the labeled batch plus
-    ``trade_off`` x the method's transfer loss between the labeled and an unlabeled batch.
+    """The loss of one training step, called by the shared loop as its loss hook:
 
-    Called by the shared training loop as its loss hook; it draws the unlabeled batch
-    itself, so labeled and unlabeled images arrive together every step. Both batches go
+        L = CE(labeled batch [+ labeled target batch])
+            + trade_off * w(p) * transfer(labeled batch, unlabeled batch)
+            + soft_weight * L_soft(labeled target batch)
+
+    w(p) is 1, or with ``ramp`` DANN's 2 / (1 + exp(-10 p)) - 1 over the fraction p of
+    total steps, which starts the transfer loss at 0 while the features are still noise.
+    The hook draws the unlabeled batch (and the labeled target batch of
+    ``--train-target``) itself, so every domain arrives every step; all batches go
     through the network in one pass (BatchNorm sees both domains, as in the papers).
+    The transfer loss sees the labeled and the unlabeled batch only.
     """
 
-    def __init__(self, method: nn.Module, unlabeled: Iterator[torch.Tensor], trade_off: float, device,
-                 label_smoothing: float = 0.0):
-        self.method, self.unlabeled, self.trade_off = method, unlabeled, trade_off
+    def __init__(self, method: nn.Module | None, unlabeled: Iterator[torch.Tensor] | None, trade_off: float,
+                 device, label_smoothing: float = 0.0, ramp: bool = False,
+                 labeled_target: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 soft: nn.Module | None = None, soft_weight: float = 0.1):
+        self.method, self.unlabeled, self.trade_off, self.ramp = method, unlabeled, trade_off, ramp
         self.device, self.label_smoothing = device, label_smoothing
+        self.labeled_target, self.soft, self.soft_weight = labeled_target, soft, soft_weight
+
+    def weight(self, progress: float) -> float:
+        return self.trade_off * (grl_lambda(progress) if self.ramp else 1.0)
 
     def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> torch.Tensor:
-        xt = next(self.unlabeled).to(self.device, non_blocking=True)
+        parts, n = [x], len(x)
+        if self.method is not None:
+            parts.append(next(self.unlabeled).to(self.device, non_blocking=True))
+        m = len(parts[-1]) if self.method is not None else 0
+        if self.labeled_target is not None:
+            xl, yl = next(self.labeled_target)
+            parts.append(xl.to(self.device, non_blocking=True))
+            y = torch.cat([y, yl.to(self.device, non_blocking=True)])
         model = net.module if hasattr(net, "module") else net
-        f = model.features(torch.cat([x, xt]))
-        logits = model.head(f)
-        n = len(x)
-        ce = F.cross_entropy(logits[:n].float(), y, label_smoothing=self.label_smoothing)
-        transfer = self.method(f[:n].float(), f[n:].float(), logits[:n].float(), logits[n:].float(), progress)
-        return ce + self.trade_off * transfer
+        f = model.features(torch.cat(parts))
+        z = model.head(f).float()
+        labeled = torch.cat([z[:n], z[n + m:]])  # labeled domain, then labeled target
+        loss = F.cross_entropy(labeled, y, label_smoothing=self.label_smoothing)
+        if self.method is not None:
+            fs, ft = f[:n].float(), f[n:n + m].float()
+            loss = loss + self.weight(progress) * self.method(fs, ft, z[:n], z[n:n + m], progress)
+        if self.soft is not None:
+            self.soft.update(z[:n].detach(), y[:n])
+            loss = loss + self.soft_weight * self.soft(z[n + m:], y[n:])
+        return loss
 
 
 def grl_lambda(progress: float, gamma: float = 10.0) -> float:

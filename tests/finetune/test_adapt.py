@@ -8,11 +8,14 @@ import pytest
 import torch
 from helpers import assert_user_error, cli
 
-from finetune.adapt.confusion import DomainConfusion, confusion_loss, soft_labels
+import torch.nn.functional as F
+
+from finetune.adapt.confusion import DomainConfusion, SoftLabelLoss, confusion_loss, soft_label_loss, soft_labels
 from finetune.adapt.dann import DomainAdversarialLoss, dann_lr
 from finetune.adapt.jmmd import JAN, JointMMD
-from finetune.adapt.mmd import MultiKernelMMD, gaussian_kernels, mmd2_unbiased
-from finetune.adapt.net import grl_lambda, reverse_gradient
+from finetune.adapt.mmd import DAN, MultiKernelMMD, gaussian_kernels, mmd2_unbiased
+from finetune.adapt.net import TwoDomainStep, grl_lambda, reverse_gradient
+from pretrain.models import AdaptNet, create
 
 
 @pytest.mark.parametrize("est, n, tol", [("unbiased", 200, 0.02), ("linear", 2000, 0.07)])
@@ -117,7 +120,7 @@ def test_confusion_loss_is_minimal_at_the_uniform_domain_prediction():
 
 def test_confusion_trains_discriminator_and_features_apart():
     torch.manual_seed(0)
-    m = DomainConfusion(4, 3, hidden=8).eval()
+    m = DomainConfusion(4, hidden=8).eval()
     fs, ft = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
     m(fs, ft).backward()
     from finetune.adapt.confusion import confusion_loss as conf
@@ -134,10 +137,51 @@ def test_soft_labels_are_per_class_means_of_softmax_at_t():
     assert torch.allclose(table[0], expect0)
     assert torch.allclose(table[1], (logits[1] / 2).softmax(0))
     assert torch.allclose(table[2], torch.full((3,), 1 / 3))  # no image of class 2: uniform
-    m = DomainConfusion(4, 3, hidden=8, temperature=2.0)
-    m.update_soft_labels(logits[:2], labels[:2])
-    m.update_soft_labels(logits[2:], labels[2:])  # running mean over batches == mean over all
-    assert torch.allclose(m.table[0], expect0, atol=1e-6)
+
+
+def test_soft_label_table_is_a_moving_average_that_a_class_first_batch_sets():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    ya, yb = torch.tensor([0, 0, 1, 1, 0, 1]), torch.tensor([0, 2, 2, 0, 2, 0])
+    m = SoftLabelLoss(3, temperature=2.0, momentum=0.9)
+    m.update(a, ya)
+    ta, tb = soft_labels(a, ya, 3, 2.0), soft_labels(b, yb, 3, 2.0)
+    assert torch.allclose(m.table[:2], ta[:2]) and torch.allclose(m.table[2], torch.full((3,), 1 / 3))
+    m.update(b, yb)
+    assert torch.allclose(m.table[0], 0.9 * ta[0] + 0.1 * tb[0], atol=1e-6)  # seen twice: the average
+    assert torch.allclose(m.table[1], ta[1])  # absent from b: unchanged
+    assert torch.allclose(m.table[2], tb[2])  # first seen in b: set by it
+
+
+def test_soft_label_loss_is_minimal_where_the_tempered_softmax_equals_the_soft_label():
+    table = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    labels = torch.tensor([0, 1])
+    at_min = (2.0 * table.log()).requires_grad_()  # softmax(z / 2) == table rows
+    soft_label_loss(at_min, labels, table, 2.0).backward()
+    assert float(at_min.grad.abs().max()) < 1e-6
+    g = torch.Generator().manual_seed(1)
+    best = float(soft_label_loss(at_min.detach(), labels, table, 2.0))
+    for _ in range(50):
+        assert float(soft_label_loss(at_min.detach() + torch.randn(2, 3, generator=g), labels, table, 2.0)) > best
+
+
+def test_two_domain_step_is_ce_plus_ramped_transfer_plus_soft_loss():
+    torch.manual_seed(0)
+    net = AdaptNet(create("test_resnet", 3, 1), 3, 16).eval()  # eval: BatchNorm independent of batch makeup
+    x, xt, xl = torch.randn(4, 1, 32, 32), torch.randn(5, 1, 32, 32), torch.randn(2, 1, 32, 32)
+    y, yl = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2])
+    soft = SoftLabelLoss(3, temperature=2.0)
+    step = TwoDomainStep(DAN(), iter([xt]), 0.5, "cpu", ramp=True, labeled_target=iter([(xl, yl)]), soft=soft,
+                         soft_weight=0.3)
+    loss = step(net, x, y, 0.25)
+    with torch.no_grad():
+        f = net.features(torch.cat([x, xt, xl]))
+        z = net.head(f)
+        expect = (F.cross_entropy(torch.cat([z[:4], z[9:]]), torch.cat([y, yl]))
+                  + 0.5 * grl_lambda(0.25) * DAN()(f[:4], f[4:9], z[:4], z[4:9], 0.25)
+                  + 0.3 * soft_label_loss(z[9:], yl, soft_labels(z[:4], y, 3, 2.0), 2.0))
+    assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-5)
+    assert step.weight(0.0) == 0.0 and step.weight(1.0) == pytest.approx(0.5, rel=1e-4)
 
 
 def test_jan_a_maps_ascend_while_features_descend():
@@ -163,6 +207,12 @@ def test_bad_input(tmp_path, demo_small):
                       "--adapt", "unknown method 'coral'")
     assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "source.parquet")),
                       "source.parquet", "other classes")
+    assert_user_error(cli(*base, "--soft-labels"), "--soft-labels", "needs --train-target")
+    assert_user_error(cli(*base, "--train-target", str(d / "source.parquet")), "source.parquet", "other classes")
+    assert_user_error(cli(*base, "--train-target", str(d / "target_unlabeled.parquet")),
+                      "target_unlabeled.parquet", "no labels")
+    assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
+                          "--soft-temperature", "0"), "--soft-temperature", "> 0")
     assert not (tmp_path / "ft").exists()
 
 
@@ -180,3 +230,32 @@ def test_every_method_trains_end_to_end_on_real_images(tmp_path, demo_small, met
     assert metrics["params"]["adapt"] == method and 0.0 <= metrics["test_accuracy"] <= 1.0
     lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lrs and all(math.isfinite(x) for x in lrs)
+
+
+def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tmp_path, demo_small):
+    """--train-target + --soft-labels + confusion with the ramp trains; the saved AdaptNet
+    (bottleneck in config.json) is rebuilt by load_model and predicts what finetune wrote."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from finetune.evaluate import predict
+    from manifests import Manifest
+    from pretrain.models import load_model
+
+    d = demo_small
+    out = tmp_path / "ft"
+    res = cli("finetune", "--model", "test_resnet", "--train", str(d / "target_train.parquet"), "--test",
+              str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"), "--adapt",
+              "confusion", "--train-target", str(d / "target_train.parquet"), "--soft-labels", "--trade-off-ramp",
+              "--bottleneck", "32", "--steps", "4", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q",
+              "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    params = json.loads((out / "metrics.json").read_text())["params"]
+    assert params["soft_labels"] and params["train_target"] and params["trade_off_ramp"]
+    lm = load_model(str(out))
+    assert isinstance(lm.model, AdaptNet) and lm.config.bottleneck == 32 and lm.config.num_features == 32
+    assert lm.features(torch.zeros(2, lm.config.in_chans, *lm.config.image_size)).shape == (2, 32)
+    preds = predict(lm.model, lm.config, Manifest(d / "target_test.parquet"), torch.device("cpu"), batch_size=64)
+    written = pq.read_table(out / "predictions.parquet").to_pandas().set_index("id")["pred"]
+    assert len(preds.ids) == len(written) and all(written[i] == p for i, p in zip(preds.ids, preds.preds))
