@@ -100,8 +100,6 @@ def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list
     from .adapt.dann import dann_lr
     from .adapt.net import TwoDomainStep
 
-    if d.world > 1:
-        raise UserError("--adapt", "does not run under torchrun yet", "run it as a single process")
     unlabeled = labeled_target = None
     if cfg.adapt != "none":
         unlabeled = same_classes(open_manifest(cfg.unlabeled), cfg.unlabeled, classes, cfg.manifest, optional=True)
@@ -113,7 +111,11 @@ def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list
     method = adapt.make(cfg.adapt, net.num_features, len(classes), cfg.mmd_estimator)
     soft = SoftLabelLoss(len(classes), cfg.soft_temperature) if cfg.soft_labels else None
     extra = torch.nn.ModuleList([m for m in (method, soft) if m is not None]).to(d.device)
-    hook = TwoDomainStep(method, cycle(unlabeled, cfg, model_cfg, d, labels=False) if unlabeled else None,
+    step_method = method
+    if d.world > 1 and method is not None and any(p.requires_grad for p in method.parameters()):
+        # the discriminator / JAN-A maps: their gradients are averaged across ranks like the network's
+        step_method = torch.nn.parallel.DistributedDataParallel(method, device_ids=[d.local_rank] if d.cuda else None)
+    hook = TwoDomainStep(step_method, cycle(unlabeled, cfg, model_cfg, d, labels=False) if unlabeled else None,
                          cfg.trade_off, d.device, cfg.label_smoothing, ramp=cfg.trade_off_ramp,
                          labeled_target=cycle(labeled_target, cfg, model_cfg, d, labels=True) if labeled_target else None,
                          soft=soft, soft_weight=cfg.soft_weight)
@@ -132,14 +134,16 @@ def same_classes(manifest, path: str, classes: list[str], train: str, optional: 
 
 
 def cycle(manifest, cfg: FinetuneConfig, model_cfg: ModelConfig, d, labels: bool):
-    """Endless shuffled batches of a manifest, epoch after epoch, augmented as --train is:
-    images, or (images, labels) with ``labels``. Unreadable images are skipped."""
+    """Endless shuffled batches of this rank's shard of a manifest, epoch after epoch,
+    augmented as --train is: images, or (images, labels) with ``labels``. Unreadable
+    images are skipped."""
     from pretrain.data import build_transform, image_mode, make_loader
 
     transform = build_transform(tuple(model_cfg.image_size), model_cfg.in_chans, model_cfg.mean, model_cfg.std,
                                 train=True, hflip=cfg.hflip)
     loader = make_loader(manifest, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
-                         0, 1, cfg.seed + (2 if labels else 1), shuffle=True, pin_memory=d.cuda)
+                         d.rank, d.world, cfg.seed + (2 if labels else 1), shuffle=True, pin_memory=d.cuda,
+                         persistent=True)
     epoch = 0
     while True:
         loader.sampler.epoch, loader.sampler.start = epoch, 0

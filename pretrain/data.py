@@ -80,13 +80,17 @@ class ShardedEpochSampler(Sampler):
 
 
 def make_loader(manifest: Manifest, transform: Callable, mode: str, batch_size: int, workers: int,
-                rank: int, world: int, seed: int, shuffle: bool, pin_memory: bool = False) -> DataLoader:
-    """This rank's loader; the caller sets ``loader.sampler.epoch`` and ``.start`` (rows to skip, for resume)."""
+                rank: int, world: int, seed: int, shuffle: bool, pin_memory: bool = False,
+                persistent: bool = False) -> DataLoader:
+    """This rank's loader; the caller sets ``loader.sampler.epoch`` and ``.start`` (rows to skip, for resume).
+
+    ``persistent`` keeps the workers between epochs: for loaders cycled through many short
+    epochs (a few labeled target images), which would otherwise start new workers each time."""
     ds = SeededAugment(ImageDataset(manifest, transform=transform, mode=mode), seed)
     sampler = ShardedEpochSampler(len(ds), rank, world, seed, shuffle)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_skip_bad, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None)
 
 
 def image_mode(in_chans: int) -> str:

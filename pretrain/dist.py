@@ -67,6 +67,21 @@ def mean_across(d: Dist, value: float) -> float:
     return float(t.item()) / d.world
 
 
+def check_in_sync(d: Dist, params, what: str = "parameters") -> None:
+    """Fail loudly if the ranks' copies of ``params`` differ (a DDP wiring bug, never a user's):
+    compares each tensor's sum across ranks, one all-reduce of a small vector each way."""
+    if d.world == 1:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in params]).to(d.device)
+    hi, lo = sums.clone(), sums.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    gap = float((hi - lo).abs().max())
+    if gap > 1e-3 * max(float(hi.abs().max()), 1.0):
+        raise RuntimeError(f"{what} differ across the {d.world} ranks (largest gap {gap:.3g}): "
+                           "the ranks trained apart; please report this")
+
+
 def cleanup(d: Dist) -> None:
     if d.world > 1 and dist.is_initialized():
         dist.destroy_process_group()

@@ -105,8 +105,11 @@ class AdaptNet(nn.Module):
     def forward_head(self, f: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return f if pre_logits else self.head(f)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Logits; with ``with_features``, (bottleneck features, logits) from one pass (the
+        training step calls it so under DistributedDataParallel, whose forward it must go through)."""
+        f = self.features(x)
+        return (f, self.head(f)) if with_features else self.head(f)
 
     def get_classifier(self) -> nn.Module:
         return self.head

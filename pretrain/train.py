@@ -211,6 +211,7 @@ def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Train
             if step >= stop_at:
                 break
     bar.close()
+    dist.check_in_sync(d, [p for g in groups for p in g["params"]])
     save_state(out, model, opt, sched, step, d)
     if d.main:
         model_cfg.params = {**model_cfg.params, "steps": total, "steps_done": step}

@@ -56,10 +56,17 @@ class SoftLabelLoss(nn.Module):
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fold one labeled-domain batch (logits, labels) into the soft labels."""
+        """Fold one labeled-domain batch (logits, labels) into the soft labels; under
+        torchrun, the batch of every rank (so the ranks keep one table)."""
         k = self.table.shape[0]
-        batch = soft_labels(logits.float(), labels, k, self.temperature)
-        present = (torch.bincount(labels, minlength=k) > 0).unsqueeze(1)
+        p = (logits.float() / self.temperature).softmax(1)
+        sums = torch.zeros(k, p.shape[1], dtype=p.dtype, device=p.device).index_add_(0, labels, p)
+        counts = torch.bincount(labels, minlength=k).to(p.dtype)
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(counts)
+        batch = sums / counts.clamp_min(1).unsqueeze(1)
+        present = (counts > 0).unsqueeze(1)
         mixed = torch.where(self.seen.unsqueeze(1), self.momentum * self.table + (1 - self.momentum) * batch, batch)
         self.table.copy_(torch.where(present, mixed, self.table))
         self.seen |= present.squeeze(1)

@@ -20,7 +20,8 @@ class TwoDomainStep:
     The hook draws the unlabeled batch (and the labeled target batch of
     ``--train-target``) itself, so every domain arrives every step; all batches go
     through the network in one pass (BatchNorm sees both domains, as in the papers).
-    The transfer loss sees the labeled and the unlabeled batch only.
+    The transfer loss sees the labeled and the unlabeled batch only. Under torchrun
+    each rank computes it on its own batches; ``method`` may be DDP-wrapped.
     """
 
     def __init__(self, method: nn.Module | None, unlabeled: Iterator[torch.Tensor] | None, trade_off: float,
@@ -43,9 +44,11 @@ class TwoDomainStep:
             xl, yl = next(self.labeled_target)
             parts.append(xl.to(self.device, non_blocking=True))
             y = torch.cat([y, yl.to(self.device, non_blocking=True)])
-        model = net.module if hasattr(net, "module") else net
-        f = model.features(torch.cat(parts))
-        z = model.head(f).float()
+        x_all = torch.cat(parts)
+        if x_all.is_cuda:
+            x_all = x_all.contiguous(memory_format=torch.channels_last)
+        f, z = net(x_all, with_features=True)  # through the DDP wrapper, if any
+        z = z.float()
         labeled = torch.cat([z[:n], z[n + m:]])  # labeled domain, then labeled target
         loss = F.cross_entropy(labeled, y, label_smoothing=self.label_smoothing)
         if self.method is not None:

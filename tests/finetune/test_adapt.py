@@ -259,3 +259,29 @@ def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tm
     preds = predict(lm.model, lm.config, Manifest(d / "target_test.parquet"), torch.device("cpu"), batch_size=64)
     written = pq.read_table(out / "predictions.parquet").to_pandas().set_index("id")["pred"]
     assert len(preds.ids) == len(written) and all(written[i] == p for i, p in zip(preds.ids, preds.preds))
+
+
+@pytest.mark.parametrize("method", ["dann", "jan-a"])
+def test_adapt_under_torchrun_keeps_the_ranks_in_step(tmp_path, demo_small, method):
+    """2 gloo processes: each rank draws its own shard of every manifest; the network and
+    the method's own parameters (discriminator, JAN-A maps) are averaged across ranks, which
+    fit() verifies at the end (it raises if the ranks' parameters differ)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import BIN
+
+    d = demo_small
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(BIN / "finetune"), "--model", "test_resnet", "--train", str(d / "target_train.parquet"),
+                          "--test", str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"),
+                          "--adapt", method, "--train-target", str(d / "target_train.parquet"), "--soft-labels",
+                          "--steps", "4", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q",
+                          "--device", "cpu"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+
+    assert json.loads((out / "metrics.json").read_text())["params"]["adapt"] == method
