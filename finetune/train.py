@@ -33,6 +33,7 @@ class FinetuneConfig(TrainConfig):
     trade_off_ramp: bool = False
     bottleneck: int = 256
     mmd_estimator: str = "unbiased"
+    mmd_kernels: str = "equal"
     train_target: str | None = None
     soft_labels: bool = False
     soft_weight: float = 0.1
@@ -87,6 +88,8 @@ def check_adapt_options(cfg: FinetuneConfig) -> None:
                         "pass a few labeled target images with --train-target, or drop --soft-labels")
     if cfg.mmd_estimator not in ("unbiased", "linear"):
         raise UserError("--mmd-estimator", f"unknown estimator '{cfg.mmd_estimator}'", "pass unbiased or linear")
+    if cfg.mmd_kernels not in ("equal", "learned"):
+        raise UserError("--mmd-kernels", f"unknown kernel weighting '{cfg.mmd_kernels}'", "pass equal or learned")
     for name, value, low in (("--trade-off", cfg.trade_off, 0), ("--bottleneck", cfg.bottleneck, 0),
                              ("--soft-weight", cfg.soft_weight, 0), ("--soft-temperature", cfg.soft_temperature, None)):
         if value < 0 or (low is None and value == 0):
@@ -108,7 +111,7 @@ def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list
     net = model if isinstance(model, AdaptNet) else AdaptNet(model, len(classes), cfg.bottleneck)
     if net is not model:  # a checkpoint of an --adapt run is an AdaptNet already, with its own bottleneck
         model_cfg.bottleneck, model_cfg.num_features = cfg.bottleneck, net.num_features
-    method = adapt.make(cfg.adapt, net.num_features, len(classes), cfg.mmd_estimator)
+    method = adapt.make(cfg.adapt, net.num_features, len(classes), cfg.mmd_estimator, cfg.mmd_kernels)
     soft = SoftLabelLoss(len(classes), cfg.soft_temperature) if cfg.soft_labels else None
     extra = torch.nn.ModuleList([m for m in (method, soft) if m is not None]).to(d.device)
     step_method = method

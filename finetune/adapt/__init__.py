@@ -26,7 +26,7 @@ def check(name: str) -> None:
         raise UserError("--adapt", f"unknown method '{name}'", f"pass one of {', '.join(METHODS)}")
 
 
-def make(name: str, width: int, classes: int, estimator: str = "unbiased") -> nn.Module | None:
+def make(name: str, width: int, classes: int, estimator: str = "unbiased", kernels: str = "equal") -> nn.Module | None:
     """The transfer-loss module of a method (None for ``none``)."""
     check(name)
     if name == "none":
@@ -39,6 +39,6 @@ def make(name: str, width: int, classes: int, estimator: str = "unbiased") -> nn
         return DomainAdversarialLoss(width)
     if name == "mmd":
         from .mmd import DAN
-        return DAN(estimator)
+        return DAN(estimator, kernels)
     from .jmmd import JAN
     return JAN(width, classes, estimator, adversarial=name == "jan-a")
