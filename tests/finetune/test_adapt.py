@@ -262,6 +262,17 @@ def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tm
     preds = predict(lm.model, lm.config, Manifest(d / "target_test.parquet"), torch.device("cpu"), batch_size=64)
     written = pq.read_table(out / "predictions.parquet").to_pandas().set_index("id")["pred"]
     assert len(preds.ids) == len(written) and all(written[i] == p for i, p in zip(preds.ids, preds.preds))
+    # an --adapt run is a checkpoint like any other: curate estimate runs it, finetune continues it
+    res = cli("curate", "estimate", "--model", str(out), "--target", str(d / "target_unlabeled.parquet"), "--out",
+              str(tmp_path / "prior.parquet"), "--workers", "0", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(tmp_path / "prior.parquet").column("p_target").to_numpy().sum() == pytest.approx(1.0)
+    res = cli("finetune", "-c", str(out), "--train", str(d / "target_train.parquet"), "--test",
+              str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"), "--adapt", "mmd",
+              "--steps", "2", "--batch-size", "8", "--workers", "0", "--out", str(tmp_path / "again"), "-q",
+              "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    assert load_model(str(tmp_path / "again")).config.bottleneck == 32  # the checkpoint's bottleneck, kept
 
 
 @pytest.mark.parametrize("method", ["dann", "jan-a"])
