@@ -6,6 +6,7 @@ Model selection never peeks at the test labels: the model evaluated is the last 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,9 +119,9 @@ def adaptation(cfg: FinetuneConfig, model, model_cfg: ModelConfig, classes: list
     if d.world > 1 and method is not None and any(p.requires_grad for p in method.parameters()):
         # the discriminator / JAN-A maps: their gradients are averaged across ranks like the network's
         step_method = torch.nn.parallel.DistributedDataParallel(method, device_ids=[d.local_rank] if d.cuda else None)
-    hook = TwoDomainStep(step_method, cycle(unlabeled, cfg, model_cfg, d, labels=False) if unlabeled else None,
+    hook = TwoDomainStep(step_method, Cycle(unlabeled, cfg, model_cfg, d, labels=False) if unlabeled else None,
                          cfg.trade_off, d.device, cfg.label_smoothing, ramp=cfg.trade_off_ramp,
-                         labeled_target=cycle(labeled_target, cfg, model_cfg, d, labels=True) if labeled_target else None,
+                         labeled_target=Cycle(labeled_target, cfg, model_cfg, d, labels=True) if labeled_target else None,
                          soft=soft, soft_weight=cfg.soft_weight)
     schedule = (lambda total: (lambda step: dann_lr(step / total))) if cfg.adapt == "dann" else None
     return net, hook, schedule, extra
@@ -136,24 +137,41 @@ def same_classes(manifest, path: str, classes: list[str], train: str, optional: 
     return manifest
 
 
-def cycle(manifest, cfg: FinetuneConfig, model_cfg: ModelConfig, d, labels: bool):
+class Cycle:
     """Endless shuffled batches of this rank's shard of a manifest, epoch after epoch,
     augmented as --train is: images, or (images, labels) with ``labels``. Unreadable
-    images are skipped."""
-    from pretrain.data import build_transform, image_mode, make_loader
+    images are skipped. ``seek(n)`` continues after n batches, for --resume."""
 
-    transform = build_transform(tuple(model_cfg.image_size), model_cfg.in_chans, model_cfg.mean, model_cfg.std,
-                                train=True, hflip=cfg.hflip)
-    loader = make_loader(manifest, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
-                         d.rank, d.world, cfg.seed + (2 if labels else 1), shuffle=True, pin_memory=d.cuda,
-                         persistent=True)
-    epoch = 0
-    while True:
-        loader.sampler.epoch, loader.sampler.start = epoch, 0
-        for b in loader:
+    def __init__(self, manifest, cfg: FinetuneConfig, model_cfg: ModelConfig, d, labels: bool):
+        from pretrain.data import build_transform, image_mode, make_loader
+
+        transform = build_transform(tuple(model_cfg.image_size), model_cfg.in_chans, model_cfg.mean, model_cfg.std,
+                                    train=True, hflip=cfg.hflip)
+        self.loader = make_loader(manifest, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
+                                  d.rank, d.world, cfg.seed + (2 if labels else 1), shuffle=True, pin_memory=d.cuda,
+                                  persistent=True)
+        self.labels, self.batch_size = labels, cfg.batch_size
+        self.per_epoch = max(math.ceil(self.loader.sampler.per_rank() / cfg.batch_size), 1)
+        self.seek(0)
+
+    def seek(self, batches: int) -> None:
+        self.epoch, self.start = divmod(batches, self.per_epoch)
+        self.it = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            if self.it is None:
+                self.loader.sampler.epoch, self.loader.sampler.start = self.epoch, self.start * self.batch_size
+                self.it = iter(self.loader)
+            b = next(self.it, None)
+            if b is None:
+                self.epoch, self.start, self.it = self.epoch + 1, 0, None
+                continue
             if b.images is not None:
-                yield (b.images, b.labels) if labels else b.images
-        epoch += 1
+                return (b.images, b.labels) if self.labels else b.images
 
 
 def backbone(cfg: FinetuneConfig, classes: list[str], train) -> tuple[torch.nn.Module, ModelConfig]:

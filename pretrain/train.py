@@ -56,6 +56,8 @@ class TrainConfig:
 
 
 # Hook for finetune's domain adaptation: (model, images, labels, progress in [0, 1]) -> the step's whole loss.
+# It may also have state_dict()/load_state_dict() (saved with the run's state for --resume)
+# and seek(step) (called on resume, to continue its own data where the run stopped).
 LossHook = Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -177,7 +179,9 @@ def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Train
     total = cfg.steps or max(int(math.ceil(cfg.epochs * steps_per_epoch)), 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, (schedule or (lambda t: warmup_cosine(t, cfg.warmup)))(total))
 
-    step = load_state(out, model, opt, sched, d) if cfg.resume else 0
+    step = load_state(out, model, opt, sched, d, hook) if cfg.resume else 0
+    if step and hasattr(hook, "seek"):
+        hook.seek(step)
     stop_at = min(total, step + cfg.stop_after_steps) if cfg.stop_after_steps else total
     bad = BadImageLog()
     bar = tqdm(total=total, initial=step, desc=f"{cfg.model} {out.name}", unit="step",
@@ -207,12 +211,12 @@ def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Train
                         f.write(json.dumps(record) + "\n")
                 window_t, window_n = time.perf_counter(), 0
             if step % cfg.save_every == 0 and step < stop_at:
-                save_state(out, model, opt, sched, step, d)
+                save_state(out, model, opt, sched, step, d, hook)
             if step >= stop_at:
                 break
     bar.close()
     dist.check_in_sync(d, [p for g in groups for p in g["params"]])
-    save_state(out, model, opt, sched, step, d)
+    save_state(out, model, opt, sched, step, d, hook)
     if d.main:
         model_cfg.params = {**model_cfg.params, "steps": total, "steps_done": step}
         save_run(out, model, model_cfg)
@@ -249,11 +253,13 @@ def prepare_out(out: Path, resume: bool) -> None:
     (out / METRICS).unlink(missing_ok=True)
 
 
-def save_state(out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist) -> None:
+def save_state(out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist, hook=None) -> None:
     """Training state for --resume, written atomically by rank 0."""
     if d.main:
         state = {"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                  "scheduler": sched.state_dict(), "step": step, "torch_rng": torch.get_rng_state()}
+        if hasattr(hook, "state_dict"):
+            state["hook"] = hook.state_dict()
         if d.cuda:
             state["cuda_rng"] = torch.cuda.get_rng_state(d.device)
         with atomic_output(out / STATE) as tmp:
@@ -261,9 +267,14 @@ def save_state(out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist)
     dist.barrier(d)
 
 
-def load_state(out: Path, model: nn.Module, opt, sched, d: dist.Dist) -> int:
+def load_state(out: Path, model: nn.Module, opt, sched, d: dist.Dist, hook=None) -> int:
     state = torch.load(out / STATE, map_location="cpu", weights_only=True)
     unwrap(model).load_state_dict(state["model"])
+    if hasattr(hook, "load_state_dict"):
+        if "hook" not in state:
+            raise UserError(out / STATE, "was saved by a run without these --adapt/--train-target options",
+                            "resume with the options the run started with, or start a new run")
+        hook.load_state_dict(state["hook"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])

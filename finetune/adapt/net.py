@@ -32,6 +32,26 @@ class TwoDomainStep:
         self.device, self.label_smoothing = device, label_smoothing
         self.labeled_target, self.soft, self.soft_weight = labeled_target, soft, soft_weight
 
+    def modules(self) -> dict[str, nn.Module]:
+        from pretrain.models import unwrap
+
+        return {k: unwrap(m) for k, m in (("method", self.method), ("soft", self.soft)) if m is not None}
+
+    def state_dict(self) -> dict:
+        """The method's and the soft labels' parameters and buffers (discriminator, JAN-A maps,
+        DAN's kernel statistics, the soft-label table), for --resume."""
+        return {k: m.state_dict() for k, m in self.modules().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state[k])
+
+    def seek(self, step: int) -> None:
+        """Continue the unlabeled and labeled-target batches at ``step`` (one of each per step)."""
+        for it in (self.unlabeled, self.labeled_target):
+            if hasattr(it, "seek"):
+                it.seek(step)
+
     def weight(self, progress: float) -> float:
         return self.trade_off * (grl_lambda(progress) if self.ramp else 1.0)
 
