@@ -29,8 +29,8 @@ from pretrain.cli import CONTEXT, training_options
               help="Width of the bottleneck layer the transfer loss sees (0: none); --adapt/--train-target only.")
 @click.option("--mmd-estimator", default="unbiased", show_default=True,
               help="mmd/jmmd: unbiased (quadratic time) or linear (linear time).")
-@click.option("--mmd-kernels", default="equal", show_default=True,
-              help="mmd: equal kernel weights, or learned (DAN's beta, maximising the test power each step).")
+@click.option("--mmd-kernels", default="learned", show_default=True,
+              help="mmd: learned (DAN's kernel weights, maximising the test power, re-solved each step) or equal.")
 @click.option("--train-target", help="A few LABELED target images (same classes), a batch of them every step "
                                      "beside --train: the supervised/semi-supervised setting.")
 @click.option("--soft-labels", is_flag=True,

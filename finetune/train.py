@@ -34,7 +34,7 @@ class FinetuneConfig(TrainConfig):
     trade_off_ramp: bool = False
     bottleneck: int = 256
     mmd_estimator: str = "unbiased"
-    mmd_kernels: str = "equal"
+    mmd_kernels: str = "learned"
     train_target: str | None = None
     soft_labels: bool = False
     soft_weight: float = 0.1

@@ -26,7 +26,7 @@ def check(name: str) -> None:
         raise UserError("--adapt", f"unknown method '{name}'", f"pass one of {', '.join(METHODS)}")
 
 
-def make(name: str, width: int, classes: int, estimator: str = "unbiased", kernels: str = "equal") -> nn.Module | None:
+def make(name: str, width: int, classes: int, estimator: str = "unbiased", kernels: str = "learned") -> nn.Module | None:
     """The transfer-loss module of a method (None for ``none``)."""
     check(name)
     if name == "none":
