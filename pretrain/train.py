@@ -205,6 +205,7 @@ def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Train
                 record = {"step": step, "epoch": step / steps_per_epoch, "loss": float(loss.detach()),
                           "lr": opt.param_groups[0]["lr"] / opt.param_groups[0]["lr_mult"],
                           "images_per_s": rate, "bad_images": bad.count}
+                record.update({k: float(v) for k, v in getattr(hook, "last", {}).items()})  # --adapt's terms
                 bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{rate:.0f}")
                 if d.main:
                     with open(out / METRICS, "a") as f:

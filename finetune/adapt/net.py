@@ -31,6 +31,7 @@ class TwoDomainStep:
         self.method, self.unlabeled, self.trade_off, self.ramp = method, unlabeled, trade_off, ramp
         self.device, self.label_smoothing = device, label_smoothing
         self.labeled_target, self.soft, self.soft_weight = labeled_target, soft, soft_weight
+        self.last: dict = {}  # the last step's loss terms, logged to metrics.jsonl
 
     def modules(self) -> dict[str, nn.Module]:
         from pretrain.models import unwrap
@@ -71,12 +72,17 @@ class TwoDomainStep:
         z = z.float()
         labeled = torch.cat([z[:n], z[n + m:]])  # labeled domain, then labeled target
         loss = F.cross_entropy(labeled, y, label_smoothing=self.label_smoothing)
+        self.last = {"ce": loss.detach()}
         if self.method is not None:
             fs, ft = f[:n].float(), f[n:n + m].float()
-            loss = loss + self.weight(progress) * self.method(fs, ft, z[:n], z[n:n + m], progress)
+            transfer = self.method(fs, ft, z[:n], z[n:n + m], progress)
+            loss = loss + self.weight(progress) * transfer
+            self.last.update(transfer=transfer.detach(), transfer_weight=self.weight(progress))
         if self.soft is not None:
             self.soft.update(z[:n].detach(), y[:n])
-            loss = loss + self.soft_weight * self.soft(z[n + m:], y[n:])
+            soft = self.soft(z[n + m:], y[n:])
+            loss = loss + self.soft_weight * soft
+            self.last["soft"] = soft.detach()
         return loss
 
 

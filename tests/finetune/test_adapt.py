@@ -182,6 +182,7 @@ def test_two_domain_step_is_ce_plus_ramped_transfer_plus_soft_loss():
                   + 0.3 * soft_label_loss(z[9:], yl, soft_labels(z[:4], y, 3, 2.0), 2.0))
     assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-5)
     assert step.weight(0.0) == 0.0 and step.weight(1.0) == pytest.approx(0.5, rel=1e-4)
+    assert step.last["transfer_weight"] == pytest.approx(0.5 * grl_lambda(0.25)) and set(step.last) == {"ce", "transfer", "transfer_weight", "soft"}
 
 
 def test_jan_a_maps_ascend_while_features_descend():
@@ -231,8 +232,9 @@ def test_every_method_trains_end_to_end_on_real_images(tmp_path, demo_small, met
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["params"]["adapt"] == method and 0.0 <= metrics["test_accuracy"] <= 1.0
-    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert lrs and all(math.isfinite(x) for x in lrs)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(math.isfinite(r["lr"]) for r in records)
+    assert all(math.isfinite(r["ce"]) and math.isfinite(r["transfer"]) for r in records)  # the terms are logged
 
 
 def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tmp_path, demo_small):
