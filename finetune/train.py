@@ -1,5 +1,6 @@
 """``finetune``: a pretrained backbone (or random init), a new head for the target's
-classes, training on the labeled target, evaluation into ``metrics.json``.
+classes, training on the labeled target (or, with ``--adapt``, on a labeled domain
+aligned to the unlabeled target), evaluation into ``metrics.json``.
 
 Model selection never peeks at the test labels: the model evaluated is the last one.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +71,13 @@ def run(cfg: FinetuneConfig) -> Path:
         groups = decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
         if len(list(extra.parameters())):
             groups += decay_groups(extra, cfg.lr, cfg.weight_decay)
-        out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
+        fresh = not cfg.resume and not Path(cfg.out).exists()
+        try:
+            out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
+        except UserError:  # e.g. an --unlabeled manifest with no readable image: no half-written run
+            if fresh and d.main:
+                shutil.rmtree(cfg.out, ignore_errors=True)
+            raise
         if d.main:
             evaluate(model, model_cfg, test, d.device, out, cfg)
         dist.barrier(d)
@@ -150,7 +158,7 @@ class Cycle:
         self.loader = make_loader(manifest, transform, image_mode(model_cfg.in_chans), cfg.batch_size, cfg.workers,
                                   d.rank, d.world, cfg.seed + (2 if labels else 1), shuffle=True, pin_memory=d.cuda,
                                   persistent=True)
-        self.labels, self.batch_size = labels, cfg.batch_size
+        self.labels, self.batch_size, self.path = labels, cfg.batch_size, manifest.path
         self.per_epoch = max(math.ceil(self.loader.sampler.per_rank() / cfg.batch_size), 1)
         self.seek(0)
 
@@ -165,12 +173,15 @@ class Cycle:
         while True:
             if self.it is None:
                 self.loader.sampler.epoch, self.loader.sampler.start = self.epoch, self.start * self.batch_size
-                self.it = iter(self.loader)
+                self.it, self.good = iter(self.loader), False
             b = next(self.it, None)
             if b is None:
+                if not self.good and not self.start:  # a whole epoch unreadable: it would loop forever
+                    raise UserError(self.path, "has no readable image", "fix or rebuild the manifest's images")
                 self.epoch, self.start, self.it = self.epoch + 1, 0, None
                 continue
             if b.images is not None:
+                self.good = True
                 return (b.images, b.labels) if self.labels else b.images
 
 

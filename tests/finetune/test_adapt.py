@@ -217,6 +217,15 @@ def test_bad_input(tmp_path, demo_small):
     assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
                           "--mmd-kernels", "best"), "--mmd-kernels", "unknown kernel weighting 'best'")
     assert not (tmp_path / "ft").exists()
+    junk = [tmp_path / f"junk{i}.png" for i in range(3)]
+    for j in junk:
+        j.write_bytes(b"not an image")
+    from helpers import tiny_manifest
+
+    unreadable = tiny_manifest(tmp_path / "junk.parquet", [str(j) for j in junk], None)
+    assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(unreadable), "--workers", "0", "-q"),
+                      "junk.parquet", "no readable image")
+    assert not (tmp_path / "ft").exists()
 
 
 @pytest.mark.parametrize("method, extra", [("confusion", []), ("dann", []), ("mmd", ["--mmd-kernels", "equal"]),
