@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", help=f"comma-separated, of {', '.join(METHODS)}; M+soft with --few-labels; mmd+equal; M+ramp")
+    ap.add_argument("--methods", help=f"comma-separated, of {', '.join(METHODS)}; M+soft with --few-labels; mmd+equal; M+ramp; M+t0")
     ap.add_argument("--few-labels", type=int, default=0, help="labeled target images per class (--train-target)")
     ap.add_argument("--few-classes", type=int, default=10, help="classes that get them (the first N)")
     ap.add_argument("--device", default="auto")
@@ -87,7 +87,7 @@ def main() -> None:
     seconds: dict[str, float] = {}
     unlabeled_classes: dict[str, list[float]] = {}
     for method in methods:
-        adapt, *mods = method.split("+")  # +soft: --soft-labels; +learned/+equal: --mmd-kernels; +ramp: --trade-off-ramp
+        adapt, *mods = method.split("+")  # +soft: --soft-labels; +learned/+equal: --mmd-kernels; +ramp: --trade-off-ramp; +t0: --trade-off 0
         for seed in range(args.seeds):
             run = out / f"{method}.s{seed}"
             cmd = [str(bin_ / "finetune"), "--model", args.model, "--train", str(train),
@@ -102,6 +102,8 @@ def main() -> None:
                 cmd += ["--mmd-kernels", "learned" if "learned" in mods else "equal"]
             if "ramp" in mods:
                 cmd += ["--trade-off-ramp"]
+            if "t0" in mods:  # trade-off 0: the AdaptNet and its two-domain batches, no transfer loss
+                cmd += ["--trade-off", "0"]
             if run.exists():
                 subprocess.run(["rm", "-rf", str(run)], check=True)
             t0 = time.time()
