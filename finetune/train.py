@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,13 +70,7 @@ def run(cfg: FinetuneConfig) -> Path:
         groups = decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
         if len(list(extra.parameters())):
             groups += decay_groups(extra, cfg.lr, cfg.weight_decay)
-        fresh = not cfg.resume and not Path(cfg.out).exists()
-        try:
-            out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
-        except UserError:  # e.g. an --unlabeled manifest with no readable image: no half-written run
-            if fresh and d.main:
-                shutil.rmtree(cfg.out, ignore_errors=True)
-            raise
+        out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
         if d.main:
             evaluate(model, model_cfg, test, d.device, out, cfg)
         dist.barrier(d)

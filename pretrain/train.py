@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -157,12 +158,24 @@ def fit(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Train
         groups: list[dict], hook: LossHook | None = None,
         schedule: Callable[[int], Callable[[int], float]] | None = None) -> Path:
     """Train; ``hook`` (if given) returns each step's whole loss; ``schedule(total)`` gives
-    the learning-rate factor per step (default: warm-up then cosine)."""
+    the learning-rate factor per step (default: warm-up then cosine). A user error during
+    training (e.g. a hook's manifest with no readable image) removes a run folder this
+    call created: no half-written run."""
     out = Path(cfg.out)
+    fresh = d.main and not cfg.resume and not out.exists()
     if d.main:
         prepare_out(out, cfg.resume)
     dist.barrier(d)
+    try:
+        return _train(model, model_cfg, manifest, cfg, d, groups, hook, schedule, out)
+    except UserError:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
+
+def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: TrainConfig, d: dist.Dist,
+           groups: list[dict], hook: LossHook | None, schedule, out: Path) -> Path:
     model.to(d.device)
     if d.cuda:
         model.to(memory_format=torch.channels_last)

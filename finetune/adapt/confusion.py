@@ -16,14 +16,20 @@ def confusion_loss(domain_logits: torch.Tensor) -> torch.Tensor:
     return -(domain_logits.log_softmax(1).mean(1)).mean()
 
 
+def class_softmax_sums(logits: torch.Tensor, labels: torch.Tensor, classes: int,
+                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class k: the sum of softmax(z / T) over the images of class k, and their count."""
+    p = (logits / temperature).softmax(1)
+    sums = torch.zeros(classes, logits.shape[1], dtype=p.dtype, device=p.device).index_add_(0, labels, p)
+    return sums, torch.bincount(labels, minlength=classes).to(p.dtype)
+
+
 def soft_labels(logits: torch.Tensor, labels: torch.Tensor, classes: int, temperature: float) -> torch.Tensor:
     """l^(k) = mean over labeled-domain images of class k of softmax(z / T); rows of
     classes without an image are uniform."""
-    p = (logits / temperature).softmax(1)
-    sums = torch.zeros(classes, logits.shape[1], dtype=p.dtype, device=p.device).index_add_(0, labels, p)
-    counts = torch.bincount(labels, minlength=classes).to(p.dtype).unsqueeze(1)
-    uniform = torch.full_like(sums, 1.0 / logits.shape[1])
-    return torch.where(counts > 0, sums / counts.clamp_min(1), uniform)
+    sums, counts = class_softmax_sums(logits, labels, classes, temperature)
+    counts = counts.unsqueeze(1)
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, 1.0 / logits.shape[1]))
 
 
 def soft_label_loss(logits: torch.Tensor, labels: torch.Tensor, table: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -58,10 +64,7 @@ class SoftLabelLoss(nn.Module):
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Fold one labeled-domain batch (logits, labels) into the soft labels; under
         torchrun, the batch of every rank (so the ranks keep one table)."""
-        k = self.table.shape[0]
-        p = (logits.float() / self.temperature).softmax(1)
-        sums = torch.zeros(k, p.shape[1], dtype=p.dtype, device=p.device).index_add_(0, labels, p)
-        counts = torch.bincount(labels, minlength=k).to(p.dtype)
+        sums, counts = class_softmax_sums(logits.float(), labels, self.table.shape[0], self.temperature)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
             torch.distributed.all_reduce(counts)

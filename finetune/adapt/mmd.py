@@ -37,16 +37,6 @@ def mmd2_unbiased(k: torch.Tensor, n: int) -> torch.Tensor:
             - 2 * kst.sum() / (n * m))
 
 
-def mmd2_linear(k: torch.Tensor, n: int) -> torch.Tensor:
-    """Linear-time estimate (Gretton et al. 2012, used by DAN): over pairs i = 1..n/2 of
-    quad-tuples (s_{2i-1}, s_{2i}, t_{2i-1}, t_{2i}),
-    mean of k(s,s') + k(t,t') - k(s,t') - k(s',t)."""
-    half = min(n, len(k) - n) // 2
-    a, b = torch.arange(half) * 2, torch.arange(half) * 2 + 1
-    s1, s2, t1, t2 = a, b, n + a, n + b
-    return (k[s1, s2] + k[t1, t2] - k[s1, t2] - k[s2, t1]).mean()
-
-
 def linear_h(k: torch.Tensor, n: int) -> torch.Tensor:
     """The linear-time estimator's terms, one per quad-tuple and kernel: [i, u] =
     k_u(s,s') + k_u(t,t') - k_u(s,t') - k_u(s',t) from a kernel stack [u, N, N]."""
@@ -55,9 +45,16 @@ def linear_h(k: torch.Tensor, n: int) -> torch.Tensor:
     return (k[:, a, b] + k[:, n + a, n + b] - k[:, a, n + b] - k[:, b, n + a]).T
 
 
+def mmd2_linear(k: torch.Tensor, n: int) -> torch.Tensor:
+    """Linear-time estimate (Gretton et al. 2012, used by DAN): over pairs i = 1..n/2 of
+    quad-tuples (s_{2i-1}, s_{2i}, t_{2i-1}, t_{2i}),
+    mean of k(s,s') + k(t,t') - k(s,t') - k(s',t)."""
+    return linear_h(k.unsqueeze(0), n).mean()
+
+
 def optimal_kernel_weights(d: torch.Tensor, q: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """DAN's kernel selection (Long et al. 2015, eq. 7): the beta that maximises the test
-    power d_k^2 / sigma_k^2 solves the quadratic program
+    """DAN's optimal multi-kernel selection (Long et al. 2015): the beta that maximises
+    the test power d_k^2 / sigma_k^2 solves the quadratic program
 
         min_beta  beta^T (Q + eps I) beta   s.t.  d^T beta = 1,  beta >= 0,
 

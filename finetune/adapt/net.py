@@ -75,9 +75,9 @@ class TwoDomainStep:
         self.last = {"ce": loss.detach()}
         if self.method is not None:
             fs, ft = f[:n].float(), f[n:n + m].float()
-            transfer = self.method(fs, ft, z[:n], z[n:n + m], progress)
-            loss = loss + self.weight(progress) * transfer
-            self.last.update(transfer=transfer.detach(), transfer_weight=self.weight(progress))
+            transfer, w = self.method(fs, ft, z[:n], z[n:n + m], progress), self.weight(progress)
+            loss = loss + w * transfer
+            self.last.update(transfer=transfer.detach(), transfer_weight=w)
         if self.soft is not None:
             self.soft.update(z[:n].detach(), y[:n])
             soft = self.soft(z[n + m:], y[n:])
