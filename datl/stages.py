@@ -42,7 +42,7 @@ KINDS: dict[str, Kind] = {
     "sample": Kind(("curate", "sample"), {"source": "--source", "weights": "--weights", "exclude": "--exclude"},
                    ("source",), ("sample.parquet",), "sample.parquet"),
     "finetune": Kind(("finetune",), {"train": "--train", "test": "--test", "checkpoint": "--checkpoint",
-                                     "unlabeled": "--unlabeled"}, ("train", "test"),
+                                     "unlabeled": "--unlabeled", "train_target": "--train-target"}, ("train", "test"),
                      ("metrics.json", "predictions.parquet"), None, torch=True, extra=("--quiet",)),
 }
 SEEDED = {"demo-data", "pretrain", "sample", "finetune"}  # commands that take --seed
