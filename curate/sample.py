@@ -13,10 +13,9 @@ then every column to copy the chosen rows out. Rows come out in source order;
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -115,8 +114,6 @@ def uniform_weights(source: Manifest) -> pa.Table:
 
 def rebase_paths(paths: pa.Array, source_folder: str, out_folder: str) -> pa.Array:
     """Relative image paths of a manifest in ``source_folder``, made relative to ``out_folder``."""
-    import pyarrow.compute as pc
-
     prefix = os.path.relpath(source_folder, out_folder)
     if prefix == ".":
         return paths
