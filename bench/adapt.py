@@ -29,10 +29,11 @@ import pyarrow.compute as pc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from finetune.adapt import names as adapt_names  # noqa: E402
 from manifests import Manifest, ManifestMeta, write_manifest  # noqa: E402
 from manifests.demo import build_demo  # noqa: E402
 
-METHODS = ("none", "confusion", "dann", "mmd", "jmmd", "jan-a")
+METHODS = adapt_names()  # none and every registered --adapt method
 
 
 def glyph_digits(data: Path, out: Path) -> Path:

@@ -23,10 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests import open_manifest  # noqa: E402
 from manifests.demo import build_demo  # noqa: E402
-from pretrain import dist  # noqa: E402
-from pretrain.data import build_transform, image_mode, make_loader  # noqa: E402
-from pretrain.models import create, default_norm  # noqa: E402
-from pretrain.train import TrainConfig, decay_groups, image_spec, train_step  # noqa: E402
+from datl_torch.data import build_transform, image_mode, image_spec, make_loader  # noqa: E402
+from datl_torch.engine import dist  # noqa: E402
+from datl_torch.engine.config import TrainConfig  # noqa: E402
+from datl_torch.engine.loop import train_step  # noqa: E402
+from datl_torch.engine.optim import decay_groups  # noqa: E402
+from datl_torch.modeling import create_model, default_norm  # noqa: E402
 
 
 def timed_steps(net, opt, batches, cfg, d, warmup: int, steps: int) -> float:
@@ -73,7 +75,7 @@ def main() -> None:
     cfg = TrainConfig(manifest=args.manifest, model=args.model, out="", steps=args.steps,
                       batch_size=args.batch_size, device=args.device)
     torch.manual_seed(0)
-    model = create(args.model, len(classes), chans).to(d.device)
+    model = create_model(args.model, len(classes), chans).to(d.device)
     if d.cuda:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(decay_groups(model, 0.01, 1e-4), lr=0.01, momentum=0.9, nesterov=True)

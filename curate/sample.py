@@ -16,14 +16,72 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from manifests import Manifest, UserError
+import click
+
+from manifests import (Manifest, ManifestMeta, UserError, check_same_classes, input_hashes, open_manifest,
+                       write_manifest)
+from manifests.cli import opt
 
 BATCH = 262_144
+
+
+@dataclass(kw_only=True)
+class SampleConfig:
+    source: str = opt(help="Labeled source manifest.")
+    weights: str | None = opt(None, help="weights.parquet from `curate weight` (or --uniform).")
+    uniform: bool = opt(False, help="Every source image equally likely (the baseline): class shares as in the "
+                                    "source.")
+    size: str = opt(help="Number of draws N, or 'all' (with --no-replacement: every eligible row).")
+    out: str = opt(short="-o", help="Sample manifest to write.")
+    replacement: bool = opt(True, negatable=True, help="With: class counts ~ Multinomial(N, P_t), the paper's. "
+                                                       "Without: N distinct rows ('elastic').")
+    exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: never draw these ids.")
+    seed: int = opt(0)
+
+    def draws(self, eligible: int) -> int:
+        """N: --size as a number, or every row with 'all' (without replacement)."""
+        if self.size == "all":
+            if self.replacement:
+                raise UserError("--size", "'all' needs --no-replacement", "add --no-replacement, or pass a number")
+            return eligible
+        try:
+            return int(self.size)
+        except ValueError:
+            raise UserError("--size", f"'{self.size}' is not a number", "pass the number of draws, or 'all'") from None
+
+
+def run(cfg: SampleConfig) -> Path:
+    """Draw the sample and write it: the source's columns + weight + draw, paths rebased to OUT's folder."""
+    from .weight import read_excluded_ids, read_weights
+
+    if (cfg.weights is None) == (not cfg.uniform):
+        raise UserError("--weights", "pass either --weights or --uniform" if not cfg.uniform
+                        else "--weights and --uniform both given", "pass exactly one of them")
+    sm = open_manifest(cfg.source)
+    if cfg.uniform:
+        classes, wt = sm.require_labels(), uniform_weights(sm)
+    else:
+        classes, wt = read_weights(cfg.weights)
+        check_same_classes(sm.require_labels(), classes, cfg.source, cfg.weights,
+                           f"weight with the prior of a model trained on {cfg.source}'s classes")
+    n = cfg.draws(sm.num_rows)
+    plan, batches, schema = run_sample(sm, classes, wt, n, cfg.replacement, read_excluded_ids(cfg.exclude),
+                                       cfg.seed, str(Path(cfg.out).resolve().parent), clip=cfg.size == "all")
+    meta = ManifestMeta(classes=classes, stage="sample",
+                        params={"size": cfg.size, "replacement": cfg.replacement, "seed": cfg.seed,
+                                "exclude": cfg.exclude, "uniform": cfg.uniform},
+                        inputs=input_hashes(source=cfg.source, weights=cfg.weights, exclude=cfg.exclude))
+    write_manifest(cfg.out, batches, meta, schema=schema)
+    n_unique = int((np.diff(plan.rows) != 0).sum()) + 1 if len(plan.rows) else 0  # rows are sorted
+    click.echo(f"wrote {cfg.out}: {len(plan.rows):,} draws, {n_unique:,} distinct, from {plan.eligible:,} "
+               "eligible source images" + (f" ({plan.excluded:,} excluded)" if cfg.exclude else ""))
+    return Path(cfg.out)
 
 
 @dataclass

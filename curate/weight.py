@@ -14,9 +14,47 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from manifests import Manifest, ManifestError, ManifestMeta, UserError, atomic_output
+import click
+
+from manifests import (Manifest, ManifestError, ManifestMeta, UserError, atomic_output, check_same_classes,
+                       input_hashes, open_manifest, write_table)
+from manifests.cli import opt
 
 PRIOR_COLUMNS = ("label", "class_name", "p_target")
+
+
+@dataclass(kw_only=True)
+class WeightConfig:
+    source: str = opt(help="Labeled source manifest.")
+    prior: str = opt(help="prior.parquet from `curate estimate`.")
+    out: str = opt(short="-o", help="weights.parquet to write.")
+    plot: str | None = opt(None, help="PNG of the weights to write (default: next to --out).")
+    no_plot: bool = opt(False, help="Skip the plot.")
+    exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: count excluded images per class.")
+
+
+def run(cfg: WeightConfig) -> Path:
+    """Write weights.parquet (and its plot); report classes dropped for want of source images."""
+    sm = open_manifest(cfg.source)
+    classes, p_target = read_prior(cfg.prior)
+    result = compute_weights(sm, classes, p_target, read_excluded_ids(cfg.exclude))
+    meta = ManifestMeta(classes=sm.classes, stage="weight", params={"exclude": cfg.exclude},
+                        inputs=input_hashes(source=cfg.source, prior=cfg.prior, exclude=cfg.exclude))
+    write_table(cfg.out, result.table, meta)
+    if result.dropped:
+        shown = ", ".join(result.dropped[:5]) + (" ..." if len(result.dropped) > 5 else "")
+        click.echo(f"warning: {len(result.dropped)} class(es) have target mass but no source image; "
+                   f"dropped and P_t renormalised: {shown}", err=True)
+    t = result.table
+    msg = f"wrote {cfg.out}: {t.num_rows:,} classes"
+    if "n_excluded" in t.column_names:
+        msg += f", {sum(t.column('n_excluded').to_pylist()):,} source images excluded as duplicates"
+    click.echo(msg)
+    if not cfg.no_plot:
+        plot = cfg.plot or str(Path(cfg.out).with_suffix(".png"))
+        plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
+        click.echo(f"plot: {plot}")
+    return Path(cfg.out)
 
 
 @dataclass
@@ -54,14 +92,6 @@ def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
     return classes, p
 
 
-def check_same_classes(a: list[str], b: list[str], a_where: object, b_where: object) -> None:
-    if a != b:
-        diff = next((f"class {i}: '{x}' vs '{y}'" for i, (x, y) in enumerate(zip(a, b)) if x != y),
-                    f"{len(a)} vs {len(b)} classes")
-        raise UserError(b_where, f"its classes differ from {a_where}'s ({diff})",
-                        f"estimate the prior with a model trained on {a_where}'s classes")
-
-
 def read_excluded_ids(path: str | Path | None) -> pa.Array | None:
     """The source ids listed in a duplicates.parquet (`curate dedup`) or any table with an `id` column."""
     if path is None:
@@ -90,7 +120,8 @@ def excluded_counts(source: Manifest, ids: pa.Array, k: int) -> np.ndarray:
 def compute_weights(source: Manifest, prior_classes: list[str], p_target: np.ndarray,
                     exclude: pa.Array | None = None) -> WeightResult:
     classes = source.require_labels()
-    check_same_classes(classes, prior_classes, source.path, "the prior")
+    check_same_classes(classes, prior_classes, source.path, "the prior",
+                       f"estimate the prior with a model trained on {source.path}'s classes")
     n_source, _ = source.label_counts(batch_size=262_144)
     p_source = n_source / max(n_source.sum(), 1)
     unreachable = (p_target > 0) & (n_source == 0)

@@ -32,7 +32,7 @@ from .stages import KINDS, command_line
 
 STAMP = "stamp.json"
 PENDING = "pending.json"
-CODE_PACKAGES = ("manifests", "curate", "pretrain", "finetune")
+CODE_PACKAGES = ("manifests", "datl_torch", "curate", "pretrain", "finetune")
 
 
 @lru_cache(maxsize=None)
@@ -119,6 +119,16 @@ def up_to_date(folder: Path, key: str, outputs: tuple[str, ...]) -> bool:
     return True
 
 
+def plan(pipe: Pipeline) -> list[tuple[str, str, bool]]:
+    """(stage, kind, up to date) for every stage, as ``--dry-run`` lists them."""
+    rows = []
+    for name, stage in pipe.stages.items():
+        ready = all(pipe.ref_path(r).exists() for r in stage.inputs.values())
+        key = stage_key(pipe, stage)[0] if ready else ""
+        rows.append((name, stage.kind, bool(key) and up_to_date(pipe.out / name, key, outputs_of(stage))))
+    return rows
+
+
 def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, quiet: bool = False) -> dict:
     """Run every stage that is not up to date; returns {stage: "ran" | "skipped"}."""
     forced = set(pipe.stages) if force else set()
@@ -191,7 +201,7 @@ def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
         pending = json.loads((folder / PENDING).read_text()).get("key")
     except (OSError, ValueError):
         pass
-    resumable = (stage.kind in ("pretrain", "finetune") and pending == key and stage.name not in forced
+    resumable = (stage.kind in KINDS and KINDS[stage.kind].resumes and pending == key and stage.name not in forced
                  and (folder / "state.pt").exists())
     if not resumable and folder.exists():
         shutil.rmtree(folder)

@@ -7,6 +7,7 @@ down, and ``--launcher torchrun`` can wrap the torch stages. Its outputs go to
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,53 +17,51 @@ from typing import Any
 @dataclass(frozen=True)
 class Kind:
     command: tuple[str, ...]  # console script and subcommand
+    cli: str  # "module:object": the click command, whose options check the stage's params
     inputs: dict[str, str]  # input key -> CLI flag
     required: tuple[str, ...]  # input keys that must be given
     outputs: tuple[str, ...]  # files in the stage folder that exist once it is done
     out_file: str | None  # --out names this file in the folder; None: --out is the folder itself
     torch: bool = False  # runs a model: gets --device, and torchrun under --launcher torchrun
     extra: tuple[str, ...] = ()  # fixed flags; {dir} is the stage folder, {cache} OUT/cache
+    resumes: bool = False  # an unfinished run continues with --resume from its saved state
 
 
 KINDS: dict[str, Kind] = {
-    "demo-data": Kind(("datl", "demo-data"), {}, (),
+    "demo-data": Kind(("datl", "demo-data"), "manifests.commands:demo_data", {}, (),
                       ("source.parquet", "target_unlabeled.parquet", "target_train.parquet",
                        "target_test.parquet"), None, extra=("--quiet",)),
-    "pretrain": Kind(("pretrain",), {"train": "--manifest", "init": "--init"}, ("train",),
-                     ("model.safetensors", "config.json", "metrics.jsonl"), None, torch=True, extra=("--quiet",)),
-    "estimate": Kind(("curate", "estimate"), {"model": "--model", "target": "--target", "source": "--source",
+    "pretrain": Kind(("pretrain",), "pretrain.cli:cli", {"train": "--manifest", "init": "--init"}, ("train",),
+                     ("model.safetensors", "config.json", "metrics.jsonl"), None, torch=True, extra=("--quiet",),
+                     resumes=True),
+    "estimate": Kind(("curate", "estimate"), "curate.cli:estimate", {"model": "--model", "target": "--target", "source": "--source",
                                               "calibration": "--calibration"}, ("model", "target"),
                      ("prior.parquet",), "prior.parquet", torch=True, extra=("--quiet",)),
-    "dedup": Kind(("curate", "dedup"), {"source": "--source", "target": "--target", "model": "--model"},
+    "dedup": Kind(("curate", "dedup"), "curate.cli:dedup", {"source": "--source", "target": "--target", "model": "--model"},
                   ("source", "target", "model"), ("duplicates.parquet",), "duplicates.parquet", torch=True,
                   extra=("--quiet", "--cache", "{cache}/embeddings")),
-    "weight": Kind(("curate", "weight"), {"source": "--source", "prior": "--prior", "exclude": "--exclude"},
+    "weight": Kind(("curate", "weight"), "curate.cli:weight", {"source": "--source", "prior": "--prior", "exclude": "--exclude"},
                    ("source", "prior"), ("weights.parquet", "weights.png"), "weights.parquet",
                    extra=("--plot", "{dir}/weights.png")),
-    "sample": Kind(("curate", "sample"), {"source": "--source", "weights": "--weights", "exclude": "--exclude"},
+    "sample": Kind(("curate", "sample"), "curate.cli:sample", {"source": "--source", "weights": "--weights", "exclude": "--exclude"},
                    ("source",), ("sample.parquet",), "sample.parquet"),
-    "finetune": Kind(("finetune",), {"train": "--train", "test": "--test", "checkpoint": "--checkpoint",
-                                     "unlabeled": "--unlabeled", "train_target": "--train-target"}, ("train", "test"),
-                     ("metrics.json", "predictions.parquet"), None, torch=True, extra=("--quiet",)),
+    "finetune": Kind(("finetune",), "finetune.cli:cli", {"train": "--train", "test": "--test",
+                                                         "checkpoint": "--checkpoint", "unlabeled": "--unlabeled",
+                                                         "train_target": "--train-target"}, ("train", "test"),
+                     ("metrics.json", "predictions.parquet"), None, torch=True, extra=("--quiet",), resumes=True),
 }
 SEEDED = {"demo-data", "pretrain", "sample", "finetune"}  # commands that take --seed
-NEGATABLE = {"replacement"}  # click --x/--no-x flags: False becomes --no-x
 
 
 def click_command(kind: str):
-    """The click command behind a kind, to check parameter names before anything runs."""
-    cmd = KINDS[kind].command
-    if cmd[0] == "datl":
-        from datl.cli import cli as group
-    elif cmd[0] == "curate":
-        from curate.cli import cli as group
-    elif cmd[0] == "pretrain":
-        from pretrain.cli import cli as command
-        return command
-    else:
-        from finetune.cli import cli as command
-        return command
-    return group.commands[cmd[1]]
+    """The click command behind a kind (``Kind.cli``), to check parameter names before anything runs."""
+    module, name = KINDS[kind].cli.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def negatable(kind: str) -> set[str]:
+    """Params of the kind whose flag is a --x/--no-x pair: False becomes --no-x."""
+    return {p.name for p in click_command(kind).params if getattr(p, "secondary_opts", None)}
 
 
 def option_names(kind: str) -> set[str]:
@@ -82,7 +81,7 @@ def script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def param_flags(params: dict[str, Any]) -> list[str]:
+def param_flags(params: dict[str, Any], negatable: set[str] = frozenset()) -> list[str]:
     args: list[str] = []
     for key, value in params.items():
         flag = "--" + key.replace("_", "-")
@@ -91,7 +90,7 @@ def param_flags(params: dict[str, Any]) -> list[str]:
         if value is True:
             args.append(flag)
         elif value is False:
-            if key in NEGATABLE:
+            if key in negatable:
                 args.append("--no-" + key.replace("_", "-"))
         else:
             args += [flag, str(value)]
@@ -106,7 +105,7 @@ def command_line(kind: str, folder: Path, inputs: dict[str, str], params: dict[s
     for key, path in inputs.items():
         args += [k.inputs[key], path]
     args += ["--out", str(folder / k.out_file) if k.out_file else str(folder)]
-    args += param_flags(params)
+    args += param_flags(params, negatable(kind))
     args += [a.format(dir=folder, cache=cache) for a in k.extra]
     if k.torch:
         args += ["--device", device]

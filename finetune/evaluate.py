@@ -1,6 +1,8 @@
-"""Evaluation on a labeled test manifest: predictions and top-1 accuracy."""
+"""Evaluation on a labeled test manifest: predictions and top-1 accuracy, by the shared
+batched inference (``datl_torch.engine.inference.run_model``)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,13 +10,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from manifests import BadImageLog, ImageDataset, Manifest, ManifestMeta, collate_skip_bad, write_table
-from pretrain.data import build_transform, image_mode
-from pretrain.models import ModelConfig
+from datl_torch.checkpoint import LoadedModel, ModelConfig
+from datl_torch.engine import dist
+from datl_torch.engine.inference import run_model
+from manifests import BadImageLog, Manifest, ManifestMeta, atomic_output, write_table
 
 PREDICTIONS = "predictions.parquet"
+METRICS_JSON = "metrics.json"
 
 
 @dataclass
@@ -25,25 +28,18 @@ class Predictions:
     bad: BadImageLog
 
 
-@torch.no_grad()
-def predict(model: nn.Module, cfg: ModelConfig, manifest: Manifest, device: torch.device,
+def predict(model: nn.Module, cfg: ModelConfig, manifest: Manifest, device: torch.device | str,
             batch_size: int = 256, workers: int = 0) -> Predictions:
-    transform = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
-    ds = ImageDataset(manifest, transform=transform, mode=image_mode(cfg.in_chans))
-    ids_all = manifest.read(["id"]).column("id")
-    ids, labels, preds, bad = [], [], [], BadImageLog()
-    model.eval()
-    for batch in DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad):
-        bad.add(batch.bad)
-        if batch.images is None:
-            continue
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(batch.images.to(device))
-        preds.append(logits.float().argmax(1).cpu().numpy())
-        labels.append(batch.labels.numpy())
-        ids.extend(ids_all.take(pa.array(batch.index.numpy())).to_pylist())
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
-    return Predictions(ids, cat(labels), cat(preds), bad)
+    """The top-1 prediction of every readable image, with its id and label, in manifest order
+    (this process alone: evaluation runs on rank 0)."""
+    here = dist.Dist(0, 1, 0, torch.device(device))
+    rows, logits, bad = run_model(LoadedModel(model, cfg), manifest, here, "logits", batch_size, workers,
+                                  progress=False)
+    t = manifest.read(["id", "label"])
+    take = pa.array(rows)
+    return Predictions(t.column("id").take(take).to_pylist(),
+                       t.column("label").take(take).to_numpy(zero_copy_only=False).astype(np.int64),
+                       logits.argmax(1).astype(np.int64), bad)
 
 
 def accuracy(p: Predictions, classes: list[str]) -> dict:
@@ -61,3 +57,13 @@ def write_predictions(path: Path, p: Predictions, classes: list[str]) -> None:
     table = pa.table({"id": pa.array(p.ids, pa.string()), "label": pa.array(p.labels, pa.int32()),
                       "pred": pa.array(p.preds, pa.int32())})
     write_table(path, table, ManifestMeta(classes=classes, stage="finetune-predictions"))
+
+
+def evaluate(model: nn.Module, model_cfg: ModelConfig, test: Manifest, device, out: Path, cfg) -> dict:
+    """Predict ``test`` with the trained model; write predictions.parquet and metrics.json."""
+    preds = predict(model, model_cfg, test, device, batch_size=max(cfg.batch_size, 256))
+    write_predictions(out / PREDICTIONS, preds, model_cfg.classes)
+    metrics = {**accuracy(preds, model_cfg.classes), "params": cfg.params()}
+    with atomic_output(out / METRICS_JSON) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics

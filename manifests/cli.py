@@ -1,14 +1,115 @@
-"""How every datl command runs: exit 0 on success; 2 with ONE line on stderr for a
-user mistake (no traceback); 1 with a traceback only for a genuine bug."""
+"""How every datl command is declared and run.
+
+- :func:`run_cli`: exit 0 on success; 2 with ONE line on stderr for a user mistake
+  (no traceback); 1 with a traceback only for a genuine bug.
+- :func:`opt` and :func:`options_from`: each option is declared ONCE, as a field of the
+  stage's config dataclass (default, help, choices, flag); the click options are made
+  from the fields. So the command line, the library (``run(Config(...))``) and
+  ``pipeline.yaml``'s parameter check (which reads the click command) cannot disagree.
+"""
 from __future__ import annotations
 
+import dataclasses
 import sys
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import click
 
 from .errors import UserError
 
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+
+# -- declaring options -------------------------------------------------------------------
+def opt(default: Any = dataclasses.MISSING, *, help: str = "", flag: str | None = None,  # noqa: A002
+        short: str | None = None, choices: Iterable[str] | None = None, negatable: bool = False,
+        noun: str = "value", required: bool | None = None, show_default: bool | str = True,
+        default_factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+    """A config field that is also a command-line option.
+
+    ``flag`` overrides the flag name (default: ``--field-name``); ``short`` adds e.g. ``-o``;
+    ``choices`` makes a :class:`OneOf` (``noun`` names a choice in its error); a bool field is a flag (``negatable``: ``--x/--no-x``);
+    a field without a default is a required option; ``cli=False`` keeps it library-only.
+    """
+    meta = {"help": help, "flag": flag, "short": short, "choices": tuple(choices) if choices else None, "noun": noun,
+            "negatable": negatable, "required": required, "show_default": show_default, "cli": cli}
+    kw: dict[str, Any] = {"metadata": {"cli": meta}}
+    if default_factory is not None:
+        kw["default_factory"] = default_factory
+    elif default is not dataclasses.MISSING:
+        kw["default"] = default
+    return dataclasses.field(**kw)
+
+
+class OneOf(click.Choice):
+    """click.Choice whose error names the unknown value and every choice:
+    ``unknown method 'coral' (pass one of none, confusion, ...)``."""
+
+    def __init__(self, choices: Iterable[str], noun: str = "value"):
+        super().__init__(list(choices))
+        self.noun = noun
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value in self.choices:
+            return value
+        self.fail(f"unknown {self.noun} '{value}' (pass one of {', '.join(self.choices)})", param, ctx)
+
+
+def _base_type(hint: Any) -> Any:
+    """``float | None`` -> float; ``str`` -> str."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def _option(f: dataclasses.Field, hint: Any) -> click.Option | None:
+    meta = f.metadata.get("cli")
+    if meta is None or not meta["cli"]:
+        return None
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
+    decls = [flag] + ([meta["short"]] if meta["short"] else [])
+    has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    kind = _base_type(hint)
+    kw: dict[str, Any] = {"help": meta["help"]}
+    if kind is bool:
+        if meta["negatable"]:
+            decls = [f"{flag}/--no-{flag[2:]}"] + decls[1:]
+            kw.update(default=default, show_default=True)
+        else:
+            kw.update(is_flag=True, default=bool(default))
+    else:
+        kw["type"] = OneOf(meta["choices"], meta["noun"]) if meta["choices"] else kind
+        required = meta["required"] if meta["required"] is not None else not has_default
+        kw["required"] = required
+        if not required:
+            kw["default"] = default
+            kw["show_default"] = meta["show_default"] if default is not None else False
+    return click.Option([f.name, *decls], **kw)
+
+
+def options_from(config: type, skip: Iterable[str] = ()) -> Callable:
+    """Decorator: add one click option per field of the dataclass ``config`` (in field order),
+    except those in ``skip`` and those declared ``cli=False``."""
+    hints = typing.get_type_hints(config)
+    skipped = set(skip)
+    made = [o for f in dataclasses.fields(config) if f.name not in skipped
+            for o in [_option(f, hints[f.name])] if o is not None]
+
+    def decorate(command: Callable) -> Callable:
+        params = getattr(command, "__click_params__", [])
+        command.__click_params__ = params + list(reversed(made))  # click reverses decorator order
+        return command
+
+    return decorate
+
+
+# -- running a command ---------------------------------------------------------------------
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -33,4 +134,3 @@ def run_cli(command: click.Command, prog_name: str, args: list[str] | None = Non
         click.echo("interrupted: no partial output was written", err=True)
         sys.exit(130)
     sys.exit(rc if isinstance(rc, int) else 0)
-

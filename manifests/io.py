@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import ManifestError, UserError
-from .schema import LABEL, META_KEY, ManifestMeta, check_schema
+from .schema import LABEL, META_KEY, ManifestMeta, check_same_classes, check_schema
 
 DEFAULT_BATCH = 65_536
 
@@ -69,6 +69,13 @@ class Manifest:
             raise ManifestError(self.path, "has no labels (no 'label' column with class names)",
                                 "pass a labeled manifest (class sub-folders with `datl manifest build`)")
         return list(self.classes)
+
+    def require_classes(self, classes: list[str], against: object, fix: str, allow_unlabeled: bool = False) -> None:
+        """This manifest is labeled with exactly ``classes`` (those of ``against``), or, with
+        ``allow_unlabeled``, is unlabeled."""
+        if allow_unlabeled and not self.has_labels:
+            return
+        check_same_classes(classes, self.require_labels(), against, self.path, fix)
 
     # -- rows ------------------------------------------------------------------
     def iter_batches(self, columns: Iterable[str] | None = None,
@@ -213,6 +220,12 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def input_hashes(**paths: str | os.PathLike | None) -> dict[str, str]:
+    """{name: sha256} of the input files given (None and folders skipped): a stage output's
+    ``inputs`` metadata."""
+    return {k: file_sha256(v) for k, v in paths.items() if v is not None and Path(v).is_file()}
 
 
 def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import ManifestError
+from .errors import ManifestError, UserError
 
 META_KEY = b"datl"
 REQUIRED = ("id", "path")
@@ -99,3 +99,13 @@ def check_schema(schema: pa.Schema, meta: ManifestMeta | None, where: object) ->
     if meta is not None and meta.classes is not None:
         if len(set(meta.classes)) != len(meta.classes):
             raise ManifestError(where, "its class names are not unique", "give every class a distinct name")
+
+
+def check_same_classes(expected: list[str], got: list[str], expected_where: object, got_where: object,
+                       fix: str) -> None:
+    """The one check that two class lists are the same, in the same order: a one-line error
+    naming ``got_where`` and the first class that differs."""
+    if got != expected:
+        diff = next((f"class {i}: '{x}' vs '{y}'" for i, (x, y) in enumerate(zip(expected, got)) if x != y),
+                    f"{len(expected)} vs {len(got)} classes")
+        raise UserError(got_where, f"has other classes than {expected_where}: the classes differ ({diff})", fix)

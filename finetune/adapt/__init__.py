@@ -1,4 +1,5 @@
-"""Domain-adaptation methods for ``finetune --adapt``, one method per file.
+"""Domain-adaptation methods for ``finetune --adapt``, one method per file, each registered
+by name in :mod:`.registry` (adding a method is adding one file).
 
 Each method is an ``nn.Module`` whose forward takes the bottleneck features and logits
 of the labeled (s) and unlabeled (t) batch and the fraction of total steps done, and
@@ -14,31 +15,16 @@ returns the scalar transfer loss; :class:`net.TwoDomainStep` adds it, times
 """
 from __future__ import annotations
 
-from torch import nn
+from .registry import Method, discover
 
-from manifests import UserError
-
-METHODS = ("none", "confusion", "dann", "mmd", "jmmd", "jan-a")
+NONE = "none"
 
 
-def check(name: str) -> None:
-    if name not in METHODS:
-        raise UserError("--adapt", f"unknown method '{name}'", f"pass one of {', '.join(METHODS)}")
+def names() -> tuple[str, ...]:
+    """``none`` and every registered method, in the order of their files."""
+    return (NONE, *discover())
 
 
-def make(name: str, width: int, classes: int, estimator: str = "unbiased", kernels: str = "learned") -> nn.Module | None:
-    """The transfer-loss module of a method (None for ``none``)."""
-    check(name)
-    if name == "none":
-        return None
-    if name == "confusion":
-        from .confusion import DomainConfusion
-        return DomainConfusion(width)
-    if name == "dann":
-        from .dann import DomainAdversarialLoss
-        return DomainAdversarialLoss(width)
-    if name == "mmd":
-        from .mmd import DAN
-        return DAN(estimator, kernels)
-    from .jmmd import JAN
-    return JAN(width, classes, estimator, adversarial=name == "jan-a")
+def get(name: str) -> type[Method] | None:
+    """The method class of ``name``; None for ``none``."""
+    return None if name == NONE else discover()[name]

@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .net import DomainDiscriminator
+from .registry import Method, register
 
 
 def confusion_loss(domain_logits: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,8 @@ class SoftLabelLoss(nn.Module):
         return soft_label_loss(logits, labels, self.table, self.temperature)
 
 
-class DomainConfusion(nn.Module):
+@register("confusion")
+class DomainConfusion(Method):
     """The ``confusion`` method, a scalar per step from the two alternating objectives:
 
         L_D    = cross-entropy of the domain classifier on (f_s -> 0, f_t -> 1), features detached:

@@ -6,9 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .net import DomainDiscriminator, grl_lambda, reverse_gradient
+from .registry import Method, register
 
 
-class DomainAdversarialLoss(nn.Module):
+@register("dann")
+class DomainAdversarialLoss(Method):
     """Domain classification loss through a gradient reversal layer, a scalar:
 
         L_d = -1/(n+m) [ sum_s log D(R_l(f_s))_0 + sum_t log D(R_l(f_t))_1 ]
@@ -28,6 +30,11 @@ class DomainAdversarialLoss(nn.Module):
         f = reverse_gradient(torch.cat([fs, ft]), self.last_lambda)
         d = torch.cat([torch.zeros(len(fs), dtype=torch.long), torch.ones(len(ft), dtype=torch.long)]).to(f.device)
         return F.cross_entropy(self.discriminator(f), d)
+
+    @staticmethod
+    def lr_schedule(total: int):
+        """DANN's annealing, mu_0 / (1 + 10 p)^0.75 over the fraction p of total steps."""
+        return lambda step: dann_lr(step / total)
 
 
 def dann_lr(progress: float, alpha: float = 10.0, beta: float = 0.75) -> float:

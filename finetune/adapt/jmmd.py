@@ -6,6 +6,7 @@ from torch import nn
 
 from .mmd import DEFAULT_MULTIPLIERS, gaussian_kernels, mmd2_linear, mmd2_unbiased
 from .net import reverse_gradient
+from .registry import Method, register
 
 
 class JointMMD(nn.Module):
@@ -30,13 +31,16 @@ class JointMMD(nn.Module):
         return est(k, len(source[0]))
 
 
-class JAN(nn.Module):
+@register("jmmd")
+class JAN(Method):
     """The ``jmmd`` method: JMMD over (bottleneck features, softmax outputs).
 
     ``adversarial`` (``jan-a``): each layer first goes through a learned linear map
     (identity at start) trained to MAXIMISE the JMMD while the network minimises it: the
     map sits between two gradient reversal layers, so its own parameters receive the
     reversed gradient and the network's the plain one."""
+
+    adversarial = False
 
     def __init__(self, width: int, classes: int, estimator: str = "unbiased", adversarial: bool = False):
         super().__init__()
@@ -47,9 +51,20 @@ class JAN(nn.Module):
                 nn.init.eye_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @classmethod
+    def build(cls, width: int, classes: int, cfg) -> JAN:
+        return cls(width, classes, cfg.mmd_estimator, adversarial=cls.adversarial)
+
     def forward(self, fs, ft, zs, zt, progress: float) -> torch.Tensor:
         layers = [torch.cat([fs, ft]), torch.cat([zs, zt]).softmax(1)]
         if self.maps is not None:
             layers = [reverse_gradient(m(reverse_gradient(x, 1.0)), 1.0) for m, x in zip(self.maps, layers)]
         n = len(fs)
         return self.jmmd([x[:n] for x in layers], [x[n:] for x in layers])
+
+
+@register("jan-a")
+class JANAdversarial(JAN):
+    """The ``jan-a`` method: :class:`JAN` with ``adversarial`` maps."""
+
+    adversarial = True

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import Method, register
+
 DEFAULT_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
@@ -137,12 +139,17 @@ class MultiKernelMMD(nn.Module):
         return est(k, len(source))
 
 
-class DAN(nn.Module):
+@register("mmd")
+class DAN(Method):
     """The ``mmd`` method: MK-MMD on the bottleneck features."""
 
     def __init__(self, estimator: str = "unbiased", kernels: str = "equal"):
         super().__init__()
         self.mmd = MultiKernelMMD(estimator=estimator, kernels=kernels)
+
+    @classmethod
+    def build(cls, width: int, classes: int, cfg) -> DAN:
+        return cls(cfg.mmd_estimator, cfg.mmd_kernels)
 
     def forward(self, fs, ft, zs, zt, progress: float) -> torch.Tensor:
         return self.mmd(fs, ft)

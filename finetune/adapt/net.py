@@ -1,4 +1,5 @@
-"""The network every adaptation method trains, and the step that feeds it two domains."""
+"""The step that feeds the network two domains, and the layers the methods share (gradient
+reversal, the domain discriminator)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -6,6 +7,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from datl_torch.engine.device import to_device
+from datl_torch.modeling import unwrap
 
 
 class TwoDomainStep:
@@ -34,8 +38,6 @@ class TwoDomainStep:
         self.last: dict = {}  # the last step's loss terms, logged to metrics.jsonl
 
     def modules(self) -> dict[str, nn.Module]:
-        from pretrain.models import unwrap
-
         return {k: unwrap(m) for k, m in (("method", self.method), ("soft", self.soft)) if m is not None}
 
     def state_dict(self) -> dict:
@@ -59,15 +61,13 @@ class TwoDomainStep:
     def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, progress: float) -> torch.Tensor:
         parts, n = [x], len(x)
         if self.method is not None:
-            parts.append(next(self.unlabeled).to(self.device, non_blocking=True))
+            parts.append(to_device(next(self.unlabeled), self.device))
         m = len(parts[-1]) if self.method is not None else 0
         if self.labeled_target is not None:
             xl, yl = next(self.labeled_target)
-            parts.append(xl.to(self.device, non_blocking=True))
-            y = torch.cat([y, yl.to(self.device, non_blocking=True)])
-        x_all = torch.cat(parts)
-        if x_all.is_cuda:
-            x_all = x_all.contiguous(memory_format=torch.channels_last)
+            parts.append(to_device(xl, self.device))
+            y = torch.cat([y, to_device(yl, self.device)])
+        x_all = to_device(torch.cat(parts), self.device)  # channels_last again after the cat, on CUDA
         f, z = net(x_all, with_features=True)  # through the DDP wrapper, if any
         z = z.float()
         labeled = torch.cat([z[:n], z[n + m:]])  # labeled domain, then labeled target

@@ -11,7 +11,8 @@ from helpers import assert_user_error, cli, mobilenet_weights
 
 from curate.dedup import AUGMENTATIONS, build_index, ivf_params, plant_copies
 from manifests import Manifest, ManifestMeta, write_manifest
-from pretrain.models import ModelConfig, create, save_run
+from datl_torch.checkpoint import ModelConfig, save_run
+from datl_torch.modeling import create_model
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def random_model(tmp_path_factory):
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rand") / "run"
-    m = create("test_resnet", 3, 1)
+    m = create_model("test_resnet", 3, 1)
     save_run(out, m, ModelConfig(arch="test_resnet", classes=["a", "b", "c"], image_size=[28, 28], in_chans=1,
                                  mean=[0.5], std=[0.5], num_features=m.num_features))
     return out
@@ -82,7 +83,7 @@ def test_a_changed_model_gets_its_own_embeddings(random_model, demo_small, tmp_p
     assert len(table) == 10 and recalls == sorted(recalls, reverse=True)  # recall falls as the threshold rises
     assert (tmp_path / "a.calibration.png").stat().st_size > 10_000
     torch.manual_seed(1)
-    m = create("test_efficientnet", 3, 1)  # other arch, other feature size, same folder
+    m = create_model("test_efficientnet", 3, 1)  # other arch, other feature size, same folder
     save_run(run, m, ModelConfig(arch="test_efficientnet", classes=["a", "b", "c"], image_size=[28, 28],
                                  in_chans=1, mean=[0.5], std=[0.5], num_features=m.num_features))
     assert cli(*args, "--out", str(tmp_path / "b.parquet")).returncode == 0

@@ -10,12 +10,12 @@ from helpers import assert_user_error, cli
 
 import torch.nn.functional as F
 
+from datl_torch.modeling import AdaptNet, create_model
 from finetune.adapt.confusion import DomainConfusion, SoftLabelLoss, confusion_loss, soft_label_loss, soft_labels
 from finetune.adapt.dann import DomainAdversarialLoss, dann_lr
 from finetune.adapt.jmmd import JAN, JointMMD
 from finetune.adapt.mmd import DAN, MultiKernelMMD, gaussian_kernels, mmd2_unbiased
 from finetune.adapt.net import TwoDomainStep, grl_lambda, reverse_gradient
-from pretrain.models import AdaptNet, create
 
 
 @pytest.mark.parametrize("est, n, tol", [("unbiased", 200, 0.02), ("linear", 2000, 0.07)])
@@ -167,7 +167,7 @@ def test_soft_label_loss_is_minimal_where_the_tempered_softmax_equals_the_soft_l
 
 def test_two_domain_step_is_ce_plus_ramped_transfer_plus_soft_loss():
     torch.manual_seed(0)
-    net = AdaptNet(create("test_resnet", 3, 1), 3, 16).eval()  # eval: BatchNorm independent of batch makeup
+    net = AdaptNet(create_model("test_resnet", 3, 1), 3, 16).eval()  # eval: BatchNorm independent of batch makeup
     x, xt, xl = torch.randn(4, 1, 32, 32), torch.randn(5, 1, 32, 32), torch.randn(2, 1, 32, 32)
     y, yl = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2])
     soft = SoftLabelLoss(3, temperature=2.0)
@@ -255,7 +255,7 @@ def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tm
 
     from finetune.evaluate import predict
     from manifests import Manifest
-    from pretrain.models import load_model
+    from datl_torch.checkpoint import load_model
 
     d = demo_small
     out = tmp_path / "ft"

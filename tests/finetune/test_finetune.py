@@ -13,8 +13,8 @@ from helpers import assert_user_error, cli, subset_manifest
 from PIL import Image
 
 from manifests import ImageDataset, Manifest, ManifestMeta, write_manifest
-from pretrain.data import build_transform
-from pretrain.models import load_model
+from datl_torch.checkpoint import load_model
+from datl_torch.data import build_transform
 
 FAST = ["--batch-size", "32", "--workers", "0", "-q"]
 

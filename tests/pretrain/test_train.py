@@ -13,7 +13,7 @@ from helpers import BIN, assert_user_error, cli, subset_manifest, tiny_manifest,
 from safetensors.torch import load_file
 
 from manifests import Manifest
-from pretrain.models import read_config
+from datl_torch.checkpoint import read_config
 
 FAST = ["--model", "test_resnet", "--batch-size", "32", "--workers", "0", "-q"]
 

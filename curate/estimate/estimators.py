@@ -1,4 +1,4 @@
-"""``curate estimate``: P_t(y) over the SOURCE classes, from a source classifier run on
+"""The estimators of P_t(y) over the SOURCE classes, from a source classifier's logits on
 the unlabeled target.
 
 Estimators (``--method``):
@@ -25,7 +25,6 @@ the same flattening as if log P_t were the logits. T = 1 leaves the estimate as 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from manifests import UserError
 
@@ -93,6 +92,8 @@ def estimate_bbse(target_pred: np.ndarray, cal_pred: np.ndarray, cal_labels: np.
 
 def fit_bcts(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, np.ndarray]:
     """Bias-corrected temperature scaling: (T, b) minimising NLL of softmax(z / T + b)."""
+    import torch  # only here: the CLI and the other estimators start without torch
+
     z = torch.tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
     log_inv_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -136,51 +137,3 @@ def estimate(method: str, target_logits: np.ndarray, p_source: np.ndarray | None
     p_cal = np.bincount(cal_labels, minlength=k) / len(cal_labels)
     p = estimate_em(apply_bcts(target_logits, t, b), p_cal)
     return smooth(p, temperature), {"bcts_temperature": t}
-
-
-# -- the stage ------------------------------------------------------------------------------
-PREDICTION_SETS = ("target", "calibration")
-
-
-def write_predictions(path, classes: list[str], parts: dict, meta_params: dict) -> None:
-    """Per-image logits, so a user can re-estimate (`--predictions`) without re-running the model."""
-    import pyarrow as pa
-
-    from manifests import ManifestMeta, write_table
-
-    tables = []
-    for name, (ids, logits, labels) in parts.items():
-        k = logits.shape[1]
-        flat = pa.array(logits.astype(np.float32).reshape(-1))
-        tables.append(pa.table({
-            "id": pa.array(ids, pa.string()),
-            "set": pa.array([name] * len(ids), pa.string()),
-            "label": pa.array(labels, pa.int32()),
-            "logits": pa.FixedSizeListArray.from_arrays(flat, k),
-        }))
-    write_table(path, pa.concat_tables(tables), ManifestMeta(classes=classes, stage="estimate-predictions",
-                                                             params=meta_params))
-
-
-def read_predictions(path) -> tuple[list[str], dict]:
-    """classes and {set: (logits, labels)} from a --save-predictions file."""
-    from pathlib import Path
-
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from manifests import ManifestMeta
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(path, "does not exist", "write it with `curate estimate --save-predictions`")
-    t = pq.read_table(path)
-    meta = ManifestMeta.from_schema(t.schema, path)
-    if meta is None or not meta.classes or "logits" not in t.column_names:
-        raise UserError(path, "is not a predictions file", "write it with `curate estimate --save-predictions`")
-    out = {}
-    for name in PREDICTION_SETS:
-        sub = t.filter(pc.equal(t.column("set"), name))
-        logits = sub.column("logits").combine_chunks().flatten().to_numpy().reshape(sub.num_rows, len(meta.classes))
-        out[name] = (logits, sub.column("label").fill_null(-1).to_numpy())
-    return list(meta.classes), out

@@ -1,4 +1,4 @@
-"""The training data path: timm transforms, a rank-sharded resumable sampler, DataLoader workers.
+"""Seeded, rank-sharded, resumable sampling.
 
 Every sample's augmentation is seeded from (seed, epoch, index), so a run gives the
 same batches whatever the worker count, and a resumed run continues exactly where the
@@ -7,26 +7,13 @@ interrupted one stopped.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from manifests import ImageDataset, Manifest, collate_skip_bad
-
-
-def build_transform(image_size: tuple[int, int], in_chans: int, mean: list[float], std: list[float],
-                    train: bool, hflip: float = 0.0, scale: tuple[float, float] = (0.5, 1.0)) -> Callable:
-    """timm's transforms: random-resized-crop (+flip) for training; resize for evaluation.
-
-    hflip defaults to 0: glyphs and digits are not mirror-symmetric (pass 0.5 for photos).
-    """
-    from timm.data import create_transform
-
-    return create_transform(input_size=(in_chans, *image_size), is_training=train, hflip=hflip, scale=scale,
-                            color_jitter=None, mean=tuple(mean), std=tuple(std), crop_pct=1.0,
-                            interpolation="bilinear")
+from manifests import ImageDataset
 
 
 class SeededAugment(Dataset):
@@ -77,21 +64,3 @@ class ShardedEpochSampler(Sampler):
 
     def __len__(self) -> int:
         return max(self.per_rank() - self.start, 0)
-
-
-def make_loader(manifest: Manifest, transform: Callable, mode: str, batch_size: int, workers: int,
-                rank: int, world: int, seed: int, shuffle: bool, pin_memory: bool = False,
-                persistent: bool = False) -> DataLoader:
-    """This rank's loader; the caller sets ``loader.sampler.epoch`` and ``.start`` (rows to skip, for resume).
-
-    ``persistent`` keeps the workers between epochs: for loaders cycled through many short
-    epochs (a few labeled target images), which would otherwise start new workers each time."""
-    ds = SeededAugment(ImageDataset(manifest, transform=transform, mode=mode), seed)
-    sampler = ShardedEpochSampler(len(ds), rank, world, seed, shuffle)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=collate_skip_bad, pin_memory=pin_memory,
-                      persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers else None)
-
-
-def image_mode(in_chans: int) -> str:
-    return "L" if in_chans == 1 else "RGB"

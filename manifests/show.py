@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from manifests import Manifest
+from .io import Manifest
 
 BAR = "█"
 

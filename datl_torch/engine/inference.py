@@ -1,7 +1,9 @@
-"""Running a model over a manifest: batched, streamed, any device, rank-sharded under torchrun.
+"""The one batched inference function: a model over a manifest, streamed, on any device,
+rank-sharded under torchrun.
 
-Shared by ``curate estimate`` (logits) and ``curate dedup`` (pooled features). Each
-rank runs rows ``rank::world``; rank 0 gathers them back in manifest order.
+``curate estimate`` (logits), ``curate dedup`` (pooled features) and ``finetune``'s
+evaluation (logits) all run it. Each rank runs rows ``rank::world``; rank 0 gathers
+them back in manifest order.
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from manifests import BadImageLog, ImageDataset, Manifest, collate_skip_bad
-from pretrain import dist
-from pretrain.data import build_transform, image_mode
-from pretrain.models import LoadedModel
+
+from ..checkpoint import LoadedModel
+from ..data import build_transform, image_mode
+from . import dist
+from .device import autocast, place_model, to_device
 
 
 @torch.no_grad()
@@ -28,9 +32,7 @@ def run_model(lm: LoadedModel, manifest: Manifest, d: dist.Dist, what: str = "lo
     tf = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
     ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans))
     mine = Subset(ds, range(d.rank, len(ds), d.world))
-    model = lm.model.to(d.device).eval()
-    if d.cuda:
-        model.to(memory_format=torch.channels_last)
+    place_model(lm.model, d.device).eval()
     fn = lm.logits if what == "logits" else lm.features
     idx, outs, bad = [], [], BadImageLog()
     loader = DataLoader(mine, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad,
@@ -40,11 +42,8 @@ def run_model(lm: LoadedModel, manifest: Manifest, d: dist.Dist, what: str = "lo
         bad.add(batch.bad)
         if batch.images is None:
             continue
-        x = batch.images.to(d.device, non_blocking=True)
-        if d.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=d.cuda):
-            y = fn(x)
+        with autocast(d.device):
+            y = fn(to_device(batch.images, d.device))
         outs.append(y.float().cpu().numpy())
         idx.append(batch.index.numpy())
     dim = cfg.num_classes if what == "logits" else cfg.num_features

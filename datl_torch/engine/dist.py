@@ -5,7 +5,9 @@ nccl on CUDA and gloo on CPU. Only rank 0 writes files.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -85,3 +87,15 @@ def check_in_sync(d: Dist, params, what: str = "parameters") -> None:
 def cleanup(d: Dist) -> None:
     if d.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device_pref: str = "auto") -> Iterator[Dist]:
+    """``with session(cfg.device) as d:`` set up torchrun's process group (if any), and
+    tear it down however the block ends."""
+    d = setup(device_pref)
+    try:
+        yield d
+    finally:
+        cleanup(d)
+

@@ -1,4 +1,4 @@
-"""The shared model loader: run folders and timm models with local ImageNet weights."""
+"""Checkpoints: run folders and timm models with local ImageNet weights (datl_torch.checkpoint)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ import torchvision
 from helpers import mobilenet_weights
 
 from manifests import UserError
-from pretrain.models import ModelConfig, create, load_foreign_weights, load_model, save_run
+from datl_torch.checkpoint import ModelConfig, load_foreign_weights, load_model, save_run
+from datl_torch.modeling import create_model
 
 
 def test_timm_mobilenet_with_torchvision_weights_computes_what_torchvision_computes():
@@ -25,14 +26,14 @@ def test_timm_mobilenet_with_torchvision_weights_computes_what_torchvision_compu
 
 
 def test_weights_of_another_architecture_are_refused():
-    model = create("resnet18", 10, 3)
+    model = create_model("resnet18", 10, 3)
     with pytest.raises(UserError, match="does not fit architecture"):
         load_foreign_weights(model, mobilenet_weights(), keep_head=False)
 
 
 def test_run_folder_round_trip(tmp_path):
     torch.manual_seed(0)
-    m = create("test_resnet", 5, 1).eval()
+    m = create_model("test_resnet", 5, 1).eval()
     save_run(tmp_path, m, ModelConfig(arch="test_resnet", classes=list("abcde"), image_size=[28, 28], in_chans=1,
                                       mean=[0.5], std=[0.5], num_features=m.num_features))
     lm = load_model(str(tmp_path))

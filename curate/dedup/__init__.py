@@ -1,0 +1,18 @@
+"""``curate dedup``: source images that are copies or near copies of target images.
+
+| module         | holds |
+| -------------- | ----- |
+| stage.py       | DedupConfig and run(): the stage, end to end |
+| checks.py      | the three checks (exact, pixel, feature) and how their hits combine |
+| pixel.py       | content hashes and the model-free pixel descriptor (76 crop views per target image) |
+| index.py       | FAISS over the target (flat or IVF), source streamed as queries |
+| cache.py       | cached embeddings, hashes and descriptors: a rerun with other thresholds recomputes nothing |
+| calibration.py | --calibrate: planted edited copies, recall and false positives per threshold |
+"""
+from .calibration import AUGMENTATIONS, plant_copies
+from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, find_duplicates
+from .index import best_match, build_index, ivf_params
+from .stage import DedupConfig, run
+
+__all__ = ["AUGMENTATIONS", "DEFAULT_PIXEL_THRESHOLD", "DEFAULT_THRESHOLD", "DedupConfig", "best_match",
+           "build_index", "find_duplicates", "ivf_params", "plant_copies", "run"]

@@ -1,0 +1,136 @@
+"""``curate dedup --calibrate``: planted edited copies of target images, recall and
+false-positive rates per threshold and per check, and their histogram."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from manifests import Manifest, atomic_output
+
+
+AUGMENTATIONS = ("crop", "rotate", "blur", "contrast", "jpeg", "resize", "colour")
+
+
+def augment(img, kind: str, rng: np.random.Generator):
+    """One of the edits that make a near copy: what a scraped duplicate of a target image looks like."""
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    w, h = img.size
+    if kind == "crop":
+        f = rng.uniform(0.85, 0.95)
+        cw, ch = max(1, round(w * f)), max(1, round(h * f))
+        x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        return img.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
+    if kind == "rotate":
+        return img.rotate(float(rng.uniform(-8, 8)), resample=Image.BILINEAR)
+    if kind == "blur":
+        return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.0))))
+    if kind == "contrast":
+        img = ImageEnhance.Brightness(img).enhance(float(rng.uniform(0.8, 1.2)))
+        return ImageEnhance.Contrast(img).enhance(float(rng.uniform(0.8, 1.2)))
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=int(rng.integers(60, 91)))
+        return Image.open(io.BytesIO(buf.getvalue())).convert(img.mode)
+    if kind == "resize":
+        f = float(rng.choice([0.75, 1.5, 2.0]))
+        return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BICUBIC)
+    if kind == "colour":
+        return img.convert("L").convert("RGB") if img.mode != "L" else img.convert("RGB")
+    raise ValueError(kind)
+
+
+def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
+    """Write augmented copies of ``n`` target images (one edit each, cycling through every
+    kind) and a manifest of them whose ``target_id`` says which image each copies."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from manifests import ManifestMeta, write_manifest
+
+    rng = np.random.default_rng(seed)
+    t = target.read(["id", "path"])
+    pick = np.sort(rng.choice(t.num_rows, size=min(n, t.num_rows), replace=False))
+    folder.mkdir(parents=True, exist_ok=True)
+    ids, paths, of, kinds = [], [], [], []
+    for j, i in enumerate(pick):
+        kind = AUGMENTATIONS[j % len(AUGMENTATIONS)]
+        with Image.open(target.resolve(t.column("path")[int(i)].as_py())) as im:
+            img = augment(im.convert("L" if im.mode in ("L", "1", "P") else "RGB"), kind, rng)
+        name = f"planted-{j:05d}.png"
+        img.save(folder / name)
+        ids.append(f"planted-{j:05d}")
+        paths.append(name)
+        of.append(t.column("id")[int(i)].as_py())
+        kinds.append(kind)
+    table = pa.table({"id": ids, "path": paths, "target_id": of, "edit": kinds})
+    return write_manifest(folder / "planted.parquet", table, ManifestMeta(stage="dedup-calibration"))
+
+
+THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+
+
+def rates(planted: np.ndarray, ordinary: np.ndarray) -> tuple[float, float]:
+    """(recall on planted copies, false-positive rate on ordinary source images) of boolean hits."""
+    return (float(planted.mean()) if len(planted) else 0.0, float(ordinary.mean()) if len(ordinary) else 0.0)
+
+
+def calibration_table(planted: np.ndarray, ordinary: np.ndarray, thresholds=THRESHOLDS) -> list[tuple]:
+    """(threshold, recall on planted copies, false-positive rate on ordinary source images)."""
+    return [(t, *rates(planted >= t, ordinary >= t)) for t in thresholds]
+
+
+def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
+    """One panel per check: histograms of planted and ordinary similarities, and its threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.8), constrained_layout=True,
+                             squeeze=False)
+    for ax, (name, (planted, ordinary, threshold)) in zip(axes[0], channels.items()):
+        lo = min(planted.min(initial=1), ordinary.min(initial=1), 0.5)
+        bins = np.linspace(max(lo, -1.0), 1.0, 101)
+        ax.hist(ordinary, bins=bins, alpha=0.6, density=True, label=f"ordinary source images (n={len(ordinary):,})")
+        ax.hist(planted, bins=bins, alpha=0.6, density=True,
+                label=f"planted edited copies of target (n={len(planted):,})")
+        ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.2f}")
+        ax.set_xlabel(f"best {name} cosine similarity to any target image")
+        ax.set_ylabel("density")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} check")
+        ax.legend(fontsize=8)
+    fig.suptitle("curate dedup --calibrate: where near copies and ordinary images fall")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def report(checks, planted: Manifest, planted_emb, pixel_threshold: float, threshold: float, out: Path,
+           progress: bool) -> None:
+    """Print recall on the planted copies and false positives on ordinary source images, per
+    check and threshold, and the combined figures; draw the histogram next to ``out``."""
+    import click
+
+    from .cache import content
+    from .checks import feature_best, pixel_best
+
+    pc = content(planted, None, False, progress)
+    pp, _ = pixel_best(checks.pixel_index, pc)
+    pf, _ = feature_best(checks.feature_index, planted_emb, checks.target_embeddings, planted.num_rows)
+    ordinary = ~checks.exact[0]
+    op, of = checks.pixel[0][ordinary], checks.feature[0][ordinary]
+    click.echo(f"calibration: {len(pp):,} planted edited copies ({', '.join(AUGMENTATIONS)}) "
+               f"vs {int(ordinary.sum()):,} ordinary source images")
+    click.echo("  threshold   pixel: recall  false-pos   feature: recall  false-pos")
+    for (t, pr, pfp), (_, fr, ffp) in zip(calibration_table(pp, op), calibration_table(pf, of)):
+        click.echo(f"  {t:9.2f}  {pr:14.4f}  {pfp:9.4%}  {fr:16.4f}  {ffp:9.4%}")
+    rec, fpr = rates((pp >= pixel_threshold) | (pf >= threshold), (op >= pixel_threshold) | (of >= threshold))
+    click.echo(f"  combined at --pixel-threshold {pixel_threshold} and --threshold {threshold}: "
+               f"recall {rec:.4f}, false-positive rate {fpr:.4%}")
+    png = Path(out).with_suffix(".calibration.png")
+    plot_calibration({"pixel": (pp, op, pixel_threshold), "feature": (pf, of, threshold)}, png)
+    click.echo(f"histogram: {png}")

@@ -1,0 +1,108 @@
+"""The three checks of ``curate dedup`` and how their hits combine.
+
+Three checks, all always on; a source image caught by any of them is a duplicate of the
+target image it matched (``match`` says which check):
+
+- ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
+  is a duplicate (similarity 1.0) whatever the thresholds or the model.
+- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (76 crop views
+  per target image); cosine similarity >= ``--pixel-threshold``. Catches edited copies
+  (crop, blur, JPEG, resize, colour, small rotation) without being fooled by two
+  different images of one class.
+- ``feature``: the model's pooled features, L2-normalised; cosine similarity >=
+  ``--threshold``. Catches what survives in the model's eyes but not in pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import pixel as px
+from .cache import Embeddings
+from .index import best_match, build_index
+
+DEFAULT_THRESHOLD = 0.96  # model features; see README: calibrated with `curate dedup --calibrate`
+DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
+
+
+@dataclass
+class Checks:
+    """Each check's best match for every source row, and the target indexes it used."""
+
+    exact: tuple[np.ndarray, np.ndarray]  # (is a byte-identical copy, target row)
+    pixel: tuple[np.ndarray, np.ndarray]  # (best pixel similarity, target row)
+    feature: tuple[np.ndarray, np.ndarray]  # (best feature similarity or -1, target row)
+    pixel_index: object
+    feature_index: object
+    target_embeddings: Embeddings
+    index_description: dict[str, str]
+
+    def duplicates(self, pixel_threshold: float, threshold: float) -> Duplicates:
+        return find_duplicates(self.exact, self.pixel, self.feature, pixel_threshold, threshold)
+
+
+def run_checks(src: px.Content, tgt: px.Content, semb: Embeddings, temb: Embeddings, n_source: int,
+               index_kind: str) -> Checks:
+    """Index the target's pixel views and embeddings; run every source row through all three checks."""
+    pindex, pdesc = pixel_index(tgt, index_kind)
+    findex, fdesc = build_index(temb.vecs, index_kind)
+    return Checks(exact_matches(src, tgt), pixel_best(pindex, src), feature_best(findex, semb, temb, n_source),
+                  pindex, findex, temb, {"pixel": pdesc, "feature": fdesc})
+
+
+@dataclass
+class Duplicates:
+    rows: np.ndarray  # source manifest rows, ascending, each once
+    target_rows: np.ndarray  # the target row each one duplicates
+    similarity: np.ndarray  # float32 cosine of the check that caught it (1.0 for exact)
+    match: np.ndarray  # "exact" | "pixel" | "feature"
+
+
+def pixel_index(tgt: px.Content, kind: str):
+    """Index over every crop view of every target image; position // VIEWS is the target row."""
+    views = tgt.pixel.reshape(-1, tgt.pixel.shape[-1])
+    return build_index(views, kind)
+
+
+def pixel_best(index, src: px.Content) -> tuple[np.ndarray, np.ndarray]:
+    sims, pos = best_match(index, src.pixel)
+    return sims, pos // px.VIEWS
+
+
+def feature_best(index, src: Embeddings, tgt: Embeddings, n_source: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best feature similarity per source row (-1 where the image could not be embedded)."""
+    sims = np.full(n_source, -1.0, np.float32)
+    pos = np.zeros(n_source, np.int64)
+    s, p = best_match(index, src.vecs)
+    sims[src.rows], pos[src.rows] = s, tgt.rows[p] if len(p) else p
+    return sims, pos
+
+
+def exact_matches(src: px.Content, tgt: px.Content) -> tuple[np.ndarray, np.ndarray]:
+    """(is a byte-identical copy, the target row it copies) per source row."""
+    exact = np.isin(src.hashes, tgt.hashes) & (src.hashes != b"")  # b"": unreadable file
+    order = np.argsort(tgt.hashes, kind="stable")  # first target row of each hash
+    where = np.searchsorted(tgt.hashes[order], src.hashes)
+    first = order[np.clip(where, 0, max(len(order) - 1, 0))] if len(order) else np.zeros(len(exact), np.int64)
+    return exact, first.astype(np.int64)
+
+
+def find_duplicates(exact: tuple, pixel: tuple, feature: tuple, pixel_threshold: float,
+                    threshold: float) -> Duplicates:
+    """Combine the three checks, each a (hit or similarity, target row) pair per source row.
+
+    A row caught by several checks is reported under the first of exact, pixel, feature.
+    """
+    is_exact, ex_t = exact
+    psim, ppos = pixel
+    fsim, fpos = feature
+    is_pixel = ~is_exact & (psim >= pixel_threshold)
+    is_feature = ~is_exact & ~is_pixel & (fsim >= threshold)
+    rows = np.flatnonzero(is_exact | is_pixel | is_feature)
+    e, pm = is_exact[rows], is_pixel[rows]
+    target = np.where(e, ex_t[rows], np.where(pm, ppos[rows], fpos[rows]))
+    sim = np.where(e, 1.0, np.where(pm, psim[rows], fsim[rows]))
+    match = np.where(e, "exact", np.where(pm, "pixel", "feature"))
+    return Duplicates(rows.astype(np.int64), target.astype(np.int64),
+                      np.minimum(sim, 1.0).astype(np.float32), match)

@@ -1,0 +1,132 @@
+"""``curate estimate``: P_t(y) over the SOURCE classes, from a source classifier run on the
+unlabeled target (rank-sharded under torchrun), or from a ``--save-predictions`` file.
+Writes prior.parquet: label, class_name, p_target (sums to 1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pyarrow as pa
+
+from datl_torch.engine.config import DEVICES
+from manifests import ManifestMeta, UserError, input_hashes, open_manifest, write_table
+from manifests.cli import opt
+
+from .estimators import METHODS, NEEDS_CALIBRATION, estimate
+from .predictions import read_predictions, write_predictions
+
+MODEL_CLASSES = "estimate with a model trained on these classes"
+
+
+@dataclass(kw_only=True)
+class EstimateConfig:
+    model: str | None = opt(None, help="Source classifier: a RUN_DIR of `pretrain`, or timm:ARCH with --weights.")
+    weights: str | None = opt(None, help="Local state dict for --model timm:ARCH.")
+    target: str | None = opt(None, help="Unlabeled target manifest.")
+    out: str = opt(short="-o", help="prior.parquet to write (label, class_name, p_target).")
+    method: str = opt("mean", choices=METHODS,
+                      help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.")
+    temperature: float = opt(2.0, help="Smoothing: mean divides each image's logits by T; other methods flatten "
+                                       "the result to P^(1/T).")
+    calibration: str | None = opt(None, help="Held-out labeled source manifest (needed by bbse and em-bcts).")
+    source: str | None = opt(None, help="Source manifest: P_s(y) from its label counts (default: the "
+                                        "checkpoint's prior).")
+    save_predictions: str | None = opt(None, help="Also write per-image logits here, to re-estimate without "
+                                                  "the model.")
+    predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running "
+                                             "the model.")
+    batch_size: int = opt(256)
+    workers: int = opt(2, help="DataLoader workers.")
+    device: str = opt("auto", choices=DEVICES)
+    quiet: bool = opt(False, short="-q")
+
+    def check(self) -> None:
+        if self.temperature <= 0:
+            raise UserError("--temperature", f"{self.temperature} is not positive", "pass T > 0 (1 = no smoothing)")
+        if self.method in NEEDS_CALIBRATION and not (self.calibration or self.predictions):
+            raise UserError(f"--method {self.method}", "needs held-out labeled source images",
+                            "pass --calibration HELDOUT_SOURCE.parquet")
+        if not self.predictions and not (self.model and self.target):
+            raise UserError("curate estimate", "needs --model and --target (or --predictions FILE)",
+                            "pass the source classifier and the unlabeled target manifest")
+
+
+@dataclass
+class Logits:
+    classes: list[str]
+    target: np.ndarray
+    calibration: np.ndarray | None = None
+    calibration_labels: np.ndarray | None = None
+    class_prior: list[float] | None = None  # the checkpoint's training prior
+
+
+def run(cfg: EstimateConfig) -> Path:
+    cfg.check()
+    from datl_torch.engine import dist
+
+    with dist.session(cfg.device) as d:
+        logits = read_predictions_file(cfg.predictions) if cfg.predictions else model_logits(cfg, d)
+        if d.main:
+            write_prior(cfg, logits)
+    return Path(cfg.out)
+
+
+def read_predictions_file(path: str) -> Logits:
+    classes, parts = read_predictions(path)
+    return Logits(classes, parts["target"][0], *parts["calibration"])
+
+
+def model_logits(cfg: EstimateConfig, d) -> Logits:
+    """Run the model over the target (and --calibration); full on rank 0, rank-sharded work."""
+    from datl_torch.checkpoint import load_model
+    from datl_torch.engine.inference import run_model
+
+    tm = open_manifest(cfg.target)
+    if tm.num_rows == 0:
+        raise UserError(cfg.target, "is empty", "pass a target manifest with images")
+    lm = load_model(cfg.model, cfg.weights)
+    classes = lm.config.classes
+    rows, target, bad = run_model(lm, tm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
+    if d.main and len(rows) == 0:
+        raise UserError(cfg.target, f"has no readable image ({bad.summary()})", "check it with `datl manifest validate`")
+    out = Logits(classes, target, class_prior=lm.config.class_prior)
+    parts = {"target": (tm.read(["id"]).column("id").take(pa.array(rows)).to_pylist(), target, [None] * len(rows))}
+    if cfg.calibration:
+        cm = open_manifest(cfg.calibration)
+        cm.require_classes(classes, "the model", MODEL_CLASSES)
+        crow, out.calibration, _ = run_model(lm, cm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
+        t = cm.read(["id", "label"])
+        out.calibration_labels = t.column("label").to_numpy(zero_copy_only=False)[crow]
+        parts["calibration"] = (t.column("id").take(pa.array(crow)).to_pylist(), out.calibration,
+                                out.calibration_labels.tolist())
+    if cfg.save_predictions and d.main:
+        write_predictions(cfg.save_predictions, classes, parts, {"model": cfg.model})
+    return out
+
+
+def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
+    """P_s(y): the --source manifest's label frequencies, else the checkpoint's training prior."""
+    if not cfg.source:
+        return np.asarray(logits.class_prior) if logits.class_prior else None
+    sm = open_manifest(cfg.source)
+    sm.require_classes(logits.classes, "the model", MODEL_CLASSES)
+    counts, _ = sm.label_counts()
+    return counts / counts.sum()
+
+
+def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
+    classes = logits.classes
+    p, facts = estimate(cfg.method, logits.target, source_prior(cfg, logits), cfg.temperature, logits.calibration,
+                        logits.calibration_labels)
+    table = pa.table({"label": pa.array(np.arange(len(classes), dtype=np.int32)),
+                      "class_name": pa.array(classes, pa.string()), "p_target": pa.array(p, pa.float64())})
+    params = {"method": cfg.method, "temperature": cfg.temperature, "model": cfg.model,
+              "n_target": len(logits.target), **facts}
+    write_table(cfg.out, table, ManifestMeta(classes=classes, stage="estimate", params=params, inputs=input_hashes(
+        target=cfg.target, calibration=cfg.calibration, source=cfg.source, predictions=cfg.predictions)))
+    click.echo(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {cfg.method} "
+               f"(T={cfg.temperature}); top:")
+    for i in np.argsort(-p)[:10]:
+        click.echo(f"  {classes[i]:<24} {p[i]:.4f}")

@@ -1,0 +1,63 @@
+"""The training recipe shared by ``pretrain`` and ``finetune``: each option declared once,
+as a field (default, help, choices); the CLIs' options are made from these fields.
+
+Recipe (defaults): SGD with Nesterov momentum 0.9, weight decay 1e-4 on weights (not
+on biases and norms), linear warm-up over the first 5% of steps then cosine decay to 0,
+optional label smoothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from manifests import UserError
+from manifests.cli import opt
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    manifest: str = opt(short="-m", help="Labeled manifest to train on.")
+    model: str = opt(help="timm architecture, e.g. resnet18, mobilenetv2_100.")
+    out: str = opt(short="-o", help="Run folder to write.")
+    lr: float = opt(0.1, help="Peak learning rate.")
+    image_size: int | None = opt(None, help="Train at this size (default: the manifest's images).")
+    in_chans: int | None = opt(None, help="Model input channels (default: 1 for grey images, else 3).")
+    epochs: float | None = opt(None, help="Training budget in passes over the manifest.")
+    steps: int | None = opt(None, help="Training budget in optimizer steps (instead of --epochs).")
+    batch_size: int = opt(128, help="Images per step per process.")
+    momentum: float = opt(0.9, help="SGD momentum (Nesterov).")
+    weight_decay: float = opt(1e-4, help="On weights, not biases/norms.")
+    warmup: float = opt(0.05, help="Fraction of steps of linear warm-up.")
+    label_smoothing: float = opt(0.0)
+    seed: int = opt(0)
+    workers: int = opt(default_factory=default_workers, help="DataLoader workers.")
+    device: str = opt("auto", choices=DEVICES, help="auto takes CUDA when present (bf16 autocast, channels_last).")
+    hflip: float = opt(0.0, help="Horizontal-flip probability (0 for digits/glyphs; 0.5 for photos).")
+    save_every: int = opt(500, help="Save resumable state every N steps.")
+    log_every: int = opt(20, help="Append to metrics.jsonl every N steps.")
+    resume: bool = opt(False, help="Continue the run in --out from its saved state.")
+    stop_after_steps: int | None = opt(None, help="Stop (saving state) after N steps of this invocation, "
+                                                  "e.g. to fit a job slot.")
+    quiet: bool = opt(False, short="-q", help="No progress bar.")
+
+    def check(self) -> None:
+        """The budget, before anything is opened or written."""
+        if (self.epochs is None) == (self.steps is None):
+            raise UserError("--epochs/--steps", "give exactly one training budget", "pass --epochs N or --steps N")
+        if (self.epochs is not None and self.epochs <= 0) or (self.steps is not None and self.steps <= 0):
+            raise UserError("--epochs/--steps", "the training budget must be positive", "pass a positive number")
+        if self.batch_size <= 0:
+            raise UserError("--batch-size", f"{self.batch_size} is not positive", "pass a positive batch size")
+
+    def params(self) -> dict:
+        """What config.json records: everything that shapes the result (not logging, workers, resume)."""
+        p = asdict(self)
+        for k in ("quiet", "resume", "stop_after_steps", "workers", "log_every", "save_every"):
+            p.pop(k)
+        return p

@@ -1,0 +1,65 @@
+"""``finetune``'s options: the shared training recipe, the target's test set, the starting
+checkpoint, and the domain-adaptation options of ``--adapt``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from datl_torch.engine.config import TrainConfig
+from manifests import UserError
+from manifests.cli import opt
+
+from . import adapt
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainConfig):
+    manifest: str = opt(flag="--train", help="Labeled manifest to train on: the target's, or with --adapt the "
+                                             "labeled domain (e.g. rendered).")
+    model: str | None = opt(None, help="timm architecture trained from random init instead of --checkpoint.")
+    lr: float = opt(0.01, help="Peak learning rate of the new head.")
+    image_size: int | None = opt(None, help="Override the checkpoint's image size.")
+    in_chans: int | None = opt(None, help="Input channels with --model (default: from the images).")
+    test: str = opt(help="Labeled target manifest to evaluate on (same classes).")
+    checkpoint: str | None = opt(None, short="-c", help="Run folder of `pretrain` whose backbone to fine-tune.")
+    backbone_lr_mult: float = opt(1.0, help="Backbone learning rate = lr x this (e.g. 0.1 for a gentler fine-tune).")
+    adapt: str = opt(adapt.NONE, choices=adapt.names(), noun="method", help="Domain adaptation toward --unlabeled.")
+    unlabeled: str | None = opt(None, help="Unlabeled target manifest (needed by --adapt): a batch of it every step.")
+    trade_off: float = opt(1.0, help="Weight of the transfer loss.")
+    trade_off_ramp: bool = opt(False, help="Warm the transfer loss up: trade-off x (2/(1+exp(-10p))-1), "
+                                           "p = fraction of steps done.")
+    bottleneck: int = opt(256, help="Width of the bottleneck layer the transfer loss sees (0: none); "
+                                    "--adapt/--train-target only.")
+    mmd_estimator: str = opt("unbiased", choices=("unbiased", "linear"), noun="estimator",
+                             help="mmd/jmmd: unbiased (quadratic time) or linear (linear time).")
+    mmd_kernels: str = opt("learned", choices=("learned", "equal"), noun="kernel weighting",
+                           help="mmd: learned (DAN's kernel weights, maximising the test power, re-solved each "
+                                "step) or equal.")
+    train_target: str | None = opt(None, help="A few LABELED target images (same classes), a batch of them every "
+                                              "step beside --train: the supervised/semi-supervised setting.")
+    soft_labels: bool = opt(False, help="Tzeng et al.'s soft-label loss on --train-target: match each image's "
+                                        "softmax at T to the --train domain's mean softmax of its class.")
+    soft_weight: float = opt(0.1, help="Weight of the soft-label loss.")
+    soft_temperature: float = opt(2.0, help="Temperature T of the soft labels.")
+
+    @property
+    def two_domain(self) -> bool:
+        """Trained as an AdaptNet by TwoDomainStep: --adapt, or labeled target images beside --train."""
+        return self.adapt != adapt.NONE or self.train_target is not None
+
+    def check(self) -> None:
+        """The budget and the --adapt / --train-target options, before anything is opened or written."""
+        super().check()
+        if self.adapt not in adapt.names():
+            raise UserError("--adapt", f"unknown method '{self.adapt}'", f"pass one of {', '.join(adapt.names())}")
+        if self.adapt != adapt.NONE and not self.unlabeled:
+            raise UserError("--adapt", f"{self.adapt} needs --unlabeled TARGET_UNLABELED.parquet",
+                            "pass the unlabeled target manifest, or --adapt none")
+        if self.soft_labels and not self.train_target:
+            raise UserError("--soft-labels", "needs --train-target LABELED_TARGET.parquet (the images it trains)",
+                            "pass a few labeled target images with --train-target, or drop --soft-labels")
+        for name, value, positive in (("--trade-off", self.trade_off, False), ("--bottleneck", self.bottleneck, False),
+                                      ("--soft-weight", self.soft_weight, False),
+                                      ("--soft-temperature", self.soft_temperature, True)):
+            if value < 0 or (positive and value == 0):
+                raise UserError(name, f"{value} is out of range",
+                                "pass a number > 0" if positive else "pass a number >= 0")
