@@ -390,3 +390,26 @@ def test_resumed_adapt_run_equals_the_uninterrupted_one(tmp_path, demo_small):
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_the_registry_builds_every_method_from_a_config_and_only_dann_brings_a_schedule():
+    """--adapt's choices are the registry's names; each method builds itself from the run's
+    config, returns a scalar, and declares its own schedule (DANN's annealing: mu_0/(1+10p)^0.75)."""
+    from finetune import adapt
+    from finetune.config import FinetuneConfig
+
+    assert adapt.names() == ("none", "confusion", "dann", "mmd", "jmmd", "jan-a")
+    cfg = FinetuneConfig(manifest="t", out="o", test="x", mmd_estimator="linear", mmd_kernels="equal")
+    g = torch.Generator().manual_seed(0)
+    fs, ft, zs, zt = (torch.randn(8, d, generator=g) for d in (16, 16, 3, 3))
+    for name in adapt.names()[1:]:
+        kind = adapt.get(name)
+        method = kind.build(16, 3, cfg)
+        loss = method(fs, ft, zs, zt, 0.5)
+        assert loss.ndim == 0 and torch.isfinite(loss), name
+        schedule = kind.lr_schedule(100)
+        assert (schedule is not None) == (name == "dann"), name
+    assert adapt.get("dann").lr_schedule(100)(50) == pytest.approx(6 ** -0.75)
+    assert adapt.get("none") is None
+    assert adapt.get("jan-a").build(16, 3, cfg).maps is not None and adapt.get("jmmd").build(16, 3, cfg).maps is None
+    assert adapt.get("mmd").build(16, 3, cfg).mmd.estimator == "linear"

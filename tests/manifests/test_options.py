@@ -1,0 +1,98 @@
+"""One definition of each option (manifests.cli.opt / options_from): the click command, the
+library config and pipeline.yaml's parameter check read the same fields."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import click
+import pytest
+
+from curate.dedup import DedupConfig
+from curate.estimate import EstimateConfig
+from curate.sample import SampleConfig
+from curate.weight import WeightConfig
+from datl.stages import click_command, negatable, option_names
+from finetune.config import FinetuneConfig
+from manifests.cli import opt, options_from
+from pretrain.config import PretrainConfig
+
+CONFIGS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig, "estimate": EstimateConfig,
+           "dedup": DedupConfig, "weight": WeightConfig, "sample": SampleConfig}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_cli_defaults_are_the_configs_defaults(kind):
+    """Parse each stage's command with only its required options: every parameter equals the
+    config's own default (finetune's --lr once disagreed: 0.01 on the CLI, 0.1 in the library)."""
+    config = CONFIGS[kind]
+    command = click_command(kind)
+    required = {p.name: "x" for p in command.params if p.required}
+    argv = [a for name, value in required.items()
+            for a in (next(o for o in command.params if o.name == name).opts[0], value)]
+    params = command.make_context(kind, argv).params
+    library = dataclasses.asdict(config(**required))
+    assert params == library
+
+
+def test_finetune_library_and_cli_agree_on_the_learning_rate():
+    assert FinetuneConfig(manifest="t", out="o", test="x").lr == 0.01
+    assert PretrainConfig(manifest="t", model="m", out="o").lr == 0.1
+
+
+def test_pipeline_check_sees_exactly_the_config_fields():
+    """option_names (what pipeline.yaml may set) = the config's fields minus the inputs and
+    the flags the runner sets itself."""
+    assert option_names("sample") == {"uniform", "size", "replacement", "seed"}
+    assert "lr" in option_names("finetune") and "adapt" in option_names("finetune")
+    assert negatable("sample") == {"replacement"}
+
+
+def test_options_from_makes_required_choice_flag_and_negatable_options():
+    @dataclasses.dataclass(kw_only=True)
+    class Toy:
+        name: str = opt(short="-n", help="required")
+        kind: str = opt("a", choices=("a", "b"), noun="kind")
+        steps: int | None = opt(None)
+        fast: bool = opt(False)
+        keep: bool = opt(True, negatable=True)
+        secret: int = opt(3, cli=False)
+
+    @click.command()
+    @options_from(Toy)
+    def cmd(**kw):
+        click.echo(repr(Toy(**kw)))
+
+    params = {p.name: p for p in cmd.params}
+    assert list(params) == ["name", "kind", "steps", "fast", "keep"]
+    assert params["name"].required and "-n" in params["name"].opts
+    assert params["keep"].secondary_opts == ["--no-keep"]
+    ctx = cmd.make_context("cmd", ["-n", "z", "--no-keep", "--steps", "4", "--fast"])
+    assert ctx.params == {"name": "z", "kind": "a", "steps": 4, "fast": True, "keep": False}
+    with pytest.raises(click.BadParameter, match="unknown kind 'c' \\(pass one of a, b\\)"):
+        cmd.make_context("cmd", ["-n", "z", "--kind", "c"])
+
+
+def test_a_bad_choice_is_one_line_and_exit_2(tmp_path):
+    script = tmp_path / "toy.py"
+    script.write_text(textwrap.dedent("""
+        import dataclasses, click
+        from manifests.cli import opt, options_from, run_cli
+
+        @dataclasses.dataclass(kw_only=True)
+        class Toy:
+            kind: str = opt("a", choices=("a", "b"), noun="kind")
+
+        @click.command()
+        @options_from(Toy)
+        def cmd(**kw):
+            pass
+
+        run_cli(cmd, "toy")
+    """))
+    res = subprocess.run([sys.executable, str(script), "--kind", "zz"], capture_output=True, text=True)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown kind 'zz'" in lines[0] and "Traceback" not in res.stderr
