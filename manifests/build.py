@@ -1,9 +1,24 @@
-"""``datl manifest build DIR``: a folder of images -> a manifest.
+"""``datl manifest build DIR``: a folder of images, of tar shards, or of image Parquet files
+-> a manifest.
 
-Class sub-folders (``DIR/cat/x.jpg``, ``DIR/dog/y/z.png``) -> a labeled manifest
-with sorted class names; a flat folder of images -> an unlabeled one. The id of
-an image is its path relative to DIR (posix separators): stable across runs and
-machines. Paths are stored relative to the manifest's own folder.
+- Loose images: class sub-folders (``DIR/cat/x.jpg``, ``DIR/dog/y/z.png``) -> a labeled
+  manifest with sorted class names; a flat folder of images -> an unlabeled one. The id
+  of an image is its path relative to DIR (posix separators): stable across runs and
+  machines.
+- ``*.tar`` shards (WebDataset): members sharing a key (``key.jpg``, ``key.cls``, ...) are
+  one sample; its image member becomes a row addressed by ``offset``/``size`` inside the
+  shard (from ``tarfile``'s member data offsets). ``key.cls`` holds the class index as
+  text; class names are the lines of ``classes.txt`` beside the shards (absent: the
+  indexes are the names). No ``.cls`` at all: unlabeled. Id: ``shard-stem/key``.
+- ``*.parquet`` image files (HuggingFace ``datasets`` / img2dataset): one row per row,
+  addressed by ``row`` and ``image_column`` (``--image-column``, default ``image``: a
+  ``{"bytes", "path"}`` struct or a binary column); an integer ``label`` column gives
+  labels, named by the ``ClassLabel`` feature in the file's ``huggingface`` metadata when
+  present. Id: ``file-stem/row``.
+
+Paths are stored relative to the manifest's own folder. Shards are read one at a time
+(tar headers, ``.cls`` members, Parquet label columns: never the images), so memory
+holds at most one shard's index.
 """
 from __future__ import annotations
 
@@ -36,13 +51,21 @@ def _walk_images(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def build_manifest(folder: str | os.PathLike, out: str | os.PathLike) -> tuple[int, list[str] | None]:
+def build_manifest(folder: str | os.PathLike, out: str | os.PathLike,
+                   image_column: str = "image") -> tuple[int, list[str] | None]:
     """Write the manifest of ``folder`` to ``out``; returns (rows, classes or None)."""
     folder = Path(folder)
     if not folder.exists():
         raise UserError(folder, "folder does not exist", "pass a folder of images (class sub-folders for labels)")
     if not folder.is_dir():
         raise UserError(folder, "is a file, not a folder", "pass the folder that holds the images")
+    from .shard_build import build_from_parquet, build_from_tars, shard_files
+
+    tars, parquets = shard_files(folder, ".tar"), shard_files(folder, ".parquet")
+    if tars:
+        return build_from_tars(folder, tars, Path(out))
+    if parquets:
+        return build_from_parquet(folder, parquets, Path(out), image_column)
     entries = sorted(e for e in os.listdir(folder) if not e.startswith("."))
     top_images = [e for e in entries if (folder / e).is_file() and _is_image(e)]
     class_dirs = [e for e in entries if (folder / e).is_dir()]

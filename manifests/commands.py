@@ -20,17 +20,23 @@ def manifest() -> None:
 @manifest.command("build")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Manifest to write (.parquet).")
-def manifest_build(folder: Path, out: Path) -> None:
-    """Build a manifest from FOLDER.
+@click.option("--image-column", default="image", show_default=True,
+              help="Image Parquet files: the column holding the encoded image ({bytes, path} struct or binary).")
+def manifest_build(folder: Path, out: Path, image_column: str) -> None:
+    """Build a manifest from FOLDER: loose images, *.tar shards, or image *.parquet files.
 
-    Class sub-folders (FOLDER/cat/*.jpg, FOLDER/dog/*.jpg) give a labeled manifest,
-    classes in sorted order; a flat folder of images gives an unlabeled one. The id
-    of an image is its path relative to FOLDER; paths are stored relative to the
-    manifest's folder.
+    \b
+    Loose images: class sub-folders (FOLDER/cat/*.jpg) give a labeled manifest, classes
+      sorted; a flat folder an unlabeled one. Id: the path relative to FOLDER.
+    Tar shards (WebDataset): key.jpg/.png/... per sample, key.cls the class index,
+      classes.txt beside the shards the class names. Id: shard/key.
+    Image Parquet (HuggingFace layout): one image per row in --image-column, an
+      integer 'label' column, ClassLabel names from the file's metadata. Id: file/row.
+    Paths are stored relative to the manifest's folder.
     """
     from .build import build_manifest
 
-    rows, classes = build_manifest(folder, out)
+    rows, classes = build_manifest(folder, out, image_column)
     kind = f"{len(classes)} classes" if classes else "unlabeled"
     click.echo(f"wrote {out}: {rows:,} images, {kind}")
 
@@ -71,8 +77,11 @@ def manifest_validate(path: Path, files: bool, quiet: bool) -> None:
 @click.option("--fraction", default=1.0, show_default=True,
               help="Keep this fraction of every class (for quick trials and tests).")
 @click.option("--force", is_flag=True, help="Rebuild even if OUT already holds this demo.")
+@click.option("--shards", is_flag=True,
+              help="Also write the source as WebDataset tar shards (OUT/shards/) and their manifest "
+                   "OUT/source_shards.parquet.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo_data(out: Path, seed: int, fraction: float, force: bool, quiet: bool) -> None:
+def demo_data(out: Path, seed: int, fraction: float, force: bool, shards: bool, quiet: bool) -> None:
     """Build the bundled, offline demo: a labeled source pool and a target domain.
 
     Source (82 classes): real MNIST digits, Animal-MNIST silhouettes and glyphs
@@ -85,6 +94,13 @@ def demo_data(out: Path, seed: int, fraction: float, force: bool, quiet: bool) -
 
     built = build_demo(out, seed=seed, fraction=fraction, progress=not quiet, force=force)
     state = "built" if built else "up to date"
+    if shards and (built or not (out / "source_shards.parquet").exists()):
+        from .build import build_manifest
+        from .shard_build import write_tar_shards
+
+        n = len(write_tar_shards(Manifest(out / "source.parquet"), out / "shards", prefix="source"))
+        rows, _ = build_manifest(out / "shards", out / "source_shards.parquet")
+        click.echo(f"source as {n} tar shard(s) in {out / 'shards'}: {out / 'source_shards.parquet'} ({rows:,} rows)")
     click.echo(f"demo data {state} in {out} (seed {seed}, fraction {fraction})")
     paths = [out / f"{n}.parquet" for n in MANIFESTS]
     click.echo(summary_table(paths))

@@ -19,6 +19,7 @@ from PIL import Image
 from .images import DECODE_ERRORS, load_image
 from .io import Manifest, open_manifest
 from .schema import LABEL
+from .shards import AddressColumns
 
 
 
@@ -50,38 +51,40 @@ class ImageDataset(torch.utils.data.Dataset):
 
     mode: 'L' for 1-channel models, 'RGB' for 3-channel ones: a model trained on grey
     28x28 images reads RGB or other sizes by conversion (the transform resizes).
+    ``rows=(start, stop)``: only that range of the manifest (item i is row start + i, and
+    its Sample's ``index`` says so): memory grows with the range, not with the manifest.
     """
 
     def __init__(self, manifest: Manifest | str | os.PathLike, transform: Callable | None = None,
-                 mode: str = "RGB"):
+                 mode: str = "RGB", rows: tuple[int, int] | None = None):
         self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
-        cols = ["path"] + ([LABEL] if self.manifest.has_labels else [])
-        table = self.manifest.read(cols)
-        self._paths = table.column("path").combine_chunks()
+        cols = ["path", *self.manifest.address_columns] + ([LABEL] if self.manifest.has_labels else [])
+        self.start = rows[0] if rows else 0  # rows=(start, stop): only that range, read by row group
+        table = self.manifest.read_range(*rows, cols) if rows else self.manifest.read(cols)
+        self._where = AddressColumns(table, str(self.manifest.folder))
         if self.manifest.has_labels:
             self.labels = table.column(LABEL).combine_chunks().fill_null(-1).to_numpy().astype(np.int64)
         else:
             self.labels = np.full(table.num_rows, -1, dtype=np.int64)
-        self._folder = str(self.manifest.folder)
         self.transform = transform or _default_transform
         self.mode = mode
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._where)
 
     def path(self, i: int) -> str:
-        p = self._paths[i].as_py()
-        return p if os.path.isabs(p) else os.path.join(self._folder, p)
+        """Where row i's image is: its file, or its place in a shard."""
+        return str(self._where.address(i))
 
     def __getitem__(self, i: int) -> Sample:
         i = int(i)
         label = int(self.labels[i])
-        path = self.path(i)
+        where = self._where.address(i)
         try:
-            img = load_image(path, self.mode)
+            img = load_image(where, self.mode)
         except DECODE_ERRORS as e:
-            return Sample(None, label, i, f"{path}: {type(e).__name__}: {e}")
-        return Sample(self.transform(img), label, i, None)
+            return Sample(None, label, self.start + i, f"{where}: {type(e).__name__}: {e}")
+        return Sample(self.transform(img), label, self.start + i, None)
 
 
 def collate_skip_bad(samples: Sequence[Sample]) -> Batch:

@@ -1,22 +1,34 @@
-"""Decoding images without torch: shared by validation, probing and ImageDataset."""
+"""Decoding images without torch: shared by validation, probing, dedup and ImageDataset.
+
+Every image is read through its Address (a loose file, a tar member or a row of an
+image Parquet file: manifests/shards.py) and decoded from memory.
+"""
 from __future__ import annotations
 
+import io
 from collections import Counter
 
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ManifestError
 from .io import Manifest
+from .shards import Address, read_bytes
 
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
-def load_image(path: str, mode: str) -> Image.Image:
+def load_image(where: str | Address, mode: str) -> Image.Image:
     """Decode fully (so truncation surfaces here) and convert to ``mode`` ('L' or 'RGB')."""
-    with Image.open(path) as im:
+    with open_image(where) as im:
         im.load()
         return im.convert(mode)
+
+
+def open_image(where: str | Address) -> Image.Image:
+    """PIL's lazy open of an image file path or Address (the bytes are read here)."""
+    a = where if isinstance(where, Address) else Address(str(where))
+    return Image.open(io.BytesIO(read_bytes(a)))
 
 
 def probe_images(manifest: Manifest, n: int = 32) -> tuple[tuple[int, int], int]:
@@ -24,10 +36,10 @@ def probe_images(manifest: Manifest, n: int = 32) -> tuple[tuple[int, int], int]
     sizes: Counter = Counter()
     grey = 0
     seen = 0
-    for batch in manifest.iter_batches(["path"], batch_size=max(n, 1)):
-        for p in batch.column(0).to_pylist():
+    for _, where in manifest.iter_addresses(batch_size=max(n, 1)):
+        for i in range(len(where)):
             try:
-                with Image.open(manifest.resolve(p)) as im:
+                with open_image(where.address(i)) as im:
                     sizes[(im.height, im.width)] += 1
                     grey += im.mode in GREY_MODES
                     seen += 1

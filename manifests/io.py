@@ -105,6 +105,38 @@ class Manifest:
                 yield pa.Table.from_batches([b]).take(pa.array(rows[lo:hi] - start))
             start += b.num_rows
 
+    @property
+    def address_columns(self) -> list[str]:
+        """The shard-addressing columns this manifest has (manifests/shards.py)."""
+        from .shards import ADDRESS_COLUMNS
+
+        return [c for c in ADDRESS_COLUMNS if c in self.schema.names]
+
+    def read_range(self, start: int, stop: int, columns: Iterable[str] | None = None) -> pa.Table:
+        """Rows [start, stop), reading only the row groups that hold them."""
+        cols = None if columns is None else list(columns)
+        md, first, groups = self._file.metadata, 0, []
+        offsets = []
+        for g in range(md.num_row_groups):
+            n = md.row_group(g).num_rows
+            if first < stop and first + n > start:
+                groups.append(g)
+                offsets.append(first)
+            first += n
+        if not groups:
+            return self.read(cols).slice(0, 0)
+        t = self._file.read_row_groups(groups, columns=cols)
+        return t.slice(start - offsets[0], stop - start)
+
+    def iter_addresses(self, batch_size: int = 4096):
+        """(first row, AddressColumns) per batch of rows: where each image's bytes are."""
+        from .shards import AddressColumns
+
+        start = 0
+        for b in self.iter_batches(["path", *self.address_columns], batch_size):
+            yield start, AddressColumns(pa.Table.from_batches([b]), str(self.folder))
+            start += b.num_rows
+
     def resolve(self, path: str) -> str:
         """An image path as stored (absolute, or relative to the manifest's folder) -> absolute."""
         return path if os.path.isabs(path) else os.path.join(self.folder, path)

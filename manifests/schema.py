@@ -88,6 +88,7 @@ def check_schema(schema: pa.Schema, meta: ManifestMeta | None, where: object) ->
         if not (pa.types.is_string(schema.field(col).type) or pa.types.is_large_string(schema.field(col).type)):
             raise ManifestError(where, f"column '{col}' has type {schema.field(col).type}, expected string",
                                 f"cast '{col}' to string")
+    _check_address_columns(schema, where)
     if LABEL in names:
         t = schema.field(LABEL).type
         if not pa.types.is_integer(t):
@@ -99,6 +100,19 @@ def check_schema(schema: pa.Schema, meta: ManifestMeta | None, where: object) ->
     if meta is not None and meta.classes is not None:
         if len(set(meta.classes)) != len(meta.classes):
             raise ManifestError(where, "its class names are not unique", "give every class a distinct name")
+
+
+def _check_address_columns(schema: pa.Schema, where: object) -> None:
+    """Shard addressing (manifests/shards.py): offset with size (integers), row with image_column."""
+    names = schema.names
+    for a, b in (("offset", "size"), ("size", "offset"), ("row", "image_column"), ("image_column", "row")):
+        if a in names and b not in names:
+            raise ManifestError(where, f"has a '{a}' column but no '{b}'",
+                                "address images inside shards with offset+size (tar) or row+image_column (Parquet)")
+    for col in ("offset", "size", "row"):
+        if col in names and not pa.types.is_integer(schema.field(col).type):
+            raise ManifestError(where, f"column '{col}' has type {schema.field(col).type}, expected int64",
+                                f"store '{col}' as integers")
 
 
 def check_same_classes(expected: list[str], got: list[str], expected_where: object, got_where: object,

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from .images import DECODE_ERRORS, load_image
 from .errors import ManifestError
 from .io import Manifest, open_manifest
+from .shards import Address
 
 
 @dataclass
@@ -26,13 +27,13 @@ def allows_repeated_ids(m: Manifest) -> bool:
     return bool(m.meta and m.meta.stage == "sample" and m.meta.params.get("replacement"))
 
 
-def _check_file(path: str) -> str | None:
-    if not os.path.exists(path):
-        return f"{path}: missing"
+def _check_file(where: Address) -> str | None:
+    if not os.path.exists(where.path):
+        return f"{where}: missing"
     try:
-        load_image(path, "RGB")
+        load_image(where, "RGB")
     except DECODE_ERRORS as e:
-        return f"{path}: {type(e).__name__}: {e}"
+        return f"{where}: {type(e).__name__}: {e}"
     return None
 
 
@@ -61,10 +62,10 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True, progres
     if check_files:
         with ThreadPoolExecutor(threads) as pool, tqdm(total=m.num_rows, desc="checking images", unit="img",
                                                        disable=not progress, leave=False) as bar:
-            for batch in m.iter_batches(["path"], batch_size=4096):
-                for res in pool.map(_check_file, (m.resolve(p) for p in batch.column(0).to_pylist())):
+            for _, where in m.iter_addresses(batch_size=4096):
+                for res in pool.map(_check_file, (where.address(i) for i in range(len(where)))):
                     if res is not None:
                         report.bad_files.append(res)
-                bar.update(batch.num_rows)
-                report.files_checked += batch.num_rows
+                bar.update(len(where))
+                report.files_checked += len(where)
     return report

@@ -2,11 +2,11 @@
 
 | module         | holds |
 | -------------- | ----- |
-| stage.py       | DedupConfig and run(): the stage, end to end |
-| checks.py      | the three checks (exact, pixel, feature) and how their hits combine |
+| stage.py       | DedupConfig and run(): target side, source chunks per rank, merge |
+| checks.py      | the three checks (exact, pixel, feature) on one chunk, and how their hits combine |
 | pixel.py       | content hashes and the model-free pixel descriptor (76 crop views per target image) |
 | index.py       | FAISS over the target (flat or IVF), source streamed as queries |
-| cache.py       | cached embeddings, hashes and descriptors: a rerun with other thresholds recomputes nothing |
+| cache.py       | the target side and per-chunk results on disk: resume, and new thresholds for free |
 | calibration.py | --calibrate: planted edited copies, recall and false positives per threshold |
 """
 from .calibration import AUGMENTATIONS, plant_copies

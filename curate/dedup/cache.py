@@ -1,15 +1,19 @@
-"""The dedup caches, so a rerun with other thresholds computes nothing again.
+"""What ``curate dedup`` keeps on disk, so a killed run resumes and a rerun with other
+thresholds computes nothing again.
 
-Model embeddings (float16, L2-normalised) are cached per manifest and model (the key
-holds the manifest's and the model's content hashes; the file records the model and its
-feature size), hashes and pixel descriptors per manifest; a changed model gets
-embeddings of its own, never mixed with the old ones.
+- The TARGET side (hashes, pixel descriptors with their crop views, model embeddings):
+  one file, keyed by the target manifest's content, the model and the descriptor
+  parameters. Rank 0 computes it; every rank loads it (the target is the small side).
+- The SOURCE side: one file per chunk of ``--chunk-size`` rows, holding each row's best
+  match under every check (similarity and target row), never the embeddings. The
+  folder is keyed by the source manifest's content, the target key, the model, the
+  index kind and the chunk size; thresholds are applied when the chunks are merged.
+  A chunk file is written atomically when its chunk is done: a rerun skips it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,30 +28,43 @@ from . import pixel as px
 class Embeddings:
     rows: np.ndarray  # manifest row of each embedded (readable) image
     vecs: np.ndarray  # float16 (n, d), L2-normalised
-    rebuilt: bool = False
 
 
-def model_fingerprint(spec: str, weights: str | None) -> str:
-    """Changes whenever the model's weights or config change."""
+@dataclass
+class TargetSide:
+    content: px.Content
+    emb: Embeddings | None  # None when the feature check is off
+
+
+@dataclass
+class ChunkResult:
+    """Every check's best match for the source rows [start, stop)."""
+
+    start: int
+    stop: int
+    exact: np.ndarray  # bool: a byte-identical copy of a target image
+    exact_t: np.ndarray  # int64: the target row it copies
+    psim: np.ndarray  # float32: best pixel similarity
+    ppos: np.ndarray  # int64: its target row
+    fsim: np.ndarray  # float32: best feature similarity (-1: not embedded, or no feature check)
+    fpos: np.ndarray  # int64: its target row
+    readable: np.ndarray  # bool: the image could be read and decoded
+
+    ARRAYS = ("exact", "exact_t", "psim", "ppos", "fsim", "fpos", "readable")
+
+
+def model_fingerprint(spec: str | None, weights: str | None) -> str:
+    """Changes whenever the model's weights or config change; 'none' without a model."""
+    if spec is None:
+        return "none"
     if spec.startswith("timm:"):
         return f"{spec}:{file_sha256(weights)}" if weights else spec
     run = Path(spec)
     return f"{file_sha256(run / 'model.safetensors')}:{file_sha256(run / 'config.json')}"
 
 
-def cache_path(cache_dir: Path, manifest: Manifest, fingerprint: str, image_size: list[int]) -> Path:
-    key = hashlib.sha256(f"{file_sha256(manifest.path)}|{fingerprint}|{image_size}".encode()).hexdigest()[:20]
-    return cache_dir / f"{manifest.path.stem}.{key}.npz"
-
-
-def load_cache(path: Path, dim: int, fingerprint: str) -> Embeddings | None:
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta.get("fingerprint") != fingerprint or int(meta.get("dim", -1)) != dim:
-            return None  # written by another model: rebuild, never mix
-        return Embeddings(z["rows"], z["vecs"])
+def _key(*parts: object) -> str:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:20]
 
 
 def _save_npz(path: Path, meta: dict, **arrays) -> None:
@@ -62,40 +79,61 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
-def embed(lm, manifest: Manifest, d, cache_dir: Path | None, fingerprint: str, batch_size: int, workers: int,
-          progress: bool) -> Embeddings | None:
-    """Model embeddings of a manifest, from the cache when it is current. None on ranks > 0."""
+def embed(lm, manifest: Manifest, d, batch_size: int, workers: int, progress: bool,
+          rows: tuple[int, int] | None = None) -> Embeddings:
+    """L2-normalised float16 model features of a manifest (or of rows [start, stop), in this process)."""
     from datl_torch.engine.inference import run_model
 
+    idx, feats, _ = run_model(lm, manifest, d, "features", batch_size, workers, progress, rows=rows)
     dim = lm.config.num_features
-    path = cache_path(cache_dir, manifest, fingerprint, lm.config.image_size) if cache_dir else None
-    if path is not None:  # every rank decides alike, or the others would wait in gather for ever
-        cached = load_cache(path, dim, fingerprint)
-        if cached is not None:
-            return cached if d.main else None
-    stale = path is not None and path.exists()  # same key, other model inside: rebuild, never mix
-    rows, feats, _ = run_model(lm, manifest, d, "features", batch_size, workers, progress)
-    if not d.main:
-        return None
-    if feats.shape[1] != dim:
+    if len(feats) and feats.shape[1] != dim:
         raise UserError(manifest.path, f"the model gives {feats.shape[1]}-d features but its config says {dim}",
                         "rerun the stage that wrote the model")
-    emb = Embeddings(rows, normalise(feats).astype(np.float16), rebuilt=stale)
-    if path is not None:
-        _save_npz(path, {"fingerprint": fingerprint, "dim": dim}, rows=emb.rows, vecs=emb.vecs)
-    return emb
+    return Embeddings(idx, normalise(feats).astype(np.float16))
 
 
-def content(manifest: Manifest, cache_dir: Path | None, views: bool, progress: bool) -> px.Content:
-    """Hashes and pixel descriptors (target: with crop views), cached per manifest content."""
-    path = None
-    if cache_dir is not None:
-        key = hashlib.sha256(f"{file_sha256(manifest.path)}|{px.PARAMS}|{views}".encode()).hexdigest()[:20]
-        path = cache_dir / f"{manifest.path.stem}.content.{key}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                return px.Content(z["hashes"], z["pixel"])
-    c = px.content_pass(manifest, views, threads=max(4, 2 * len(os.sched_getaffinity(0))), progress=progress)
-    if path is not None:
-        _save_npz(path, {"params": px.PARAMS, "views": views}, hashes=c.hashes, pixel=c.pixel)
-    return c
+def target_path(cache_dir: Path, target: Manifest, fingerprint: str, image_size) -> Path:
+    key = _key(file_sha256(target.path), fingerprint, image_size, px.PARAMS)
+    return cache_dir / f"{target.path.stem}.target.{key}.npz"
+
+
+def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: int, progress: bool) -> TargetSide:
+    """Compute the target side on rank 0 (unless cached), then load it on every rank."""
+    from datl_torch.engine import dist
+
+    if d.main and not path.exists():
+        content = px.content_pass(target, views=True, threads=8, progress=progress)
+        arrays = {"hashes": content.hashes, "pixel": content.pixel, "readable": content.readable}
+        if lm is not None:
+            here = dist.Dist(0, 1, d.local_rank, d.device)
+            emb = embed(lm, target, here, batch_size, workers, progress)
+            arrays.update(rows=emb.rows, vecs=emb.vecs)
+        _save_npz(path, {"params": px.PARAMS, "features": lm is not None}, **arrays)
+    dist.barrier(d)
+    with np.load(path, allow_pickle=False) as z:
+        content = px.Content(z["hashes"], z["pixel"], z["readable"])
+        emb = Embeddings(z["rows"], z["vecs"]) if "vecs" in z.files else None
+    return TargetSide(content, emb)
+
+
+def chunk_folder(cache_dir: Path, source: Manifest, target_file: Path, index: str, chunk_size: int) -> Path:
+    """Keyed by everything a chunk's result depends on (the target key holds the model's)."""
+    return cache_dir / f"{source.path.stem}.chunks.{_key(file_sha256(source.path), target_file.name, index, chunk_size)}"
+
+
+def chunk_file(folder: Path, c: int) -> Path:
+    return folder / f"chunk-{c:06d}.npz"
+
+
+def save_chunk(path: Path, r: ChunkResult) -> None:
+    _save_npz(path, {"start": r.start, "stop": r.stop}, **{k: getattr(r, k) for k in ChunkResult.ARRAYS})
+
+
+def load_chunk(path: Path) -> ChunkResult | None:
+    """A finished chunk, or None if there is none (or it cannot be read: it is recomputed)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return ChunkResult(int(meta["start"]), int(meta["stop"]), *(z[k] for k in ChunkResult.ARRAYS))
+    except (OSError, ValueError, KeyError):
+        return None

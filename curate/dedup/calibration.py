@@ -70,6 +70,34 @@ def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
 
 
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
+EDGES = np.linspace(-1.0, 1.0, 2001)  # 0.001-wide bins of cosine similarity
+
+
+def _bin(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor((np.asarray(x, np.float64) + 1.0) * 1000.0), 0, 1999).astype(np.int64)
+
+
+class Tally:
+    """The ordinary (not byte-identical) source rows' best similarities, streamed chunk by
+    chunk into 0.001-wide histograms: memory does not grow with the source."""
+
+    def __init__(self, pixel_threshold: float, threshold: float):
+        self.pixel_threshold, self.threshold = pixel_threshold, threshold
+        self.pixel = np.zeros(2000, np.int64)
+        self.feature = np.zeros(2000, np.int64)
+        self.either = 0  # rows over either threshold
+        self.n = 0
+
+    def add(self, psim: np.ndarray, fsim: np.ndarray) -> None:
+        self.pixel += np.bincount(_bin(psim), minlength=2000)
+        self.feature += np.bincount(_bin(fsim), minlength=2000)
+        self.either += int(((psim >= self.pixel_threshold) | (fsim >= self.threshold)).sum())
+        self.n += len(psim)
+
+    @staticmethod
+    def rate_at_or_above(hist: np.ndarray, t: float) -> float:
+        total = hist.sum()
+        return float(hist[int(round((t + 1.0) * 1000.0)):].sum() / total) if total else 0.0
 
 
 def rates(planted: np.ndarray, ordinary: np.ndarray) -> tuple[float, float]:
@@ -78,12 +106,15 @@ def rates(planted: np.ndarray, ordinary: np.ndarray) -> tuple[float, float]:
 
 
 def calibration_table(planted: np.ndarray, ordinary: np.ndarray, thresholds=THRESHOLDS) -> list[tuple]:
-    """(threshold, recall on planted copies, false-positive rate on ordinary source images)."""
-    return [(t, *rates(planted >= t, ordinary >= t)) for t in thresholds]
+    """(threshold, recall on planted copies, false-positive rate on ordinary source images);
+    ``ordinary`` is a Tally histogram."""
+    return [(t, float((planted >= t).mean()) if len(planted) else 0.0, Tally.rate_at_or_above(ordinary, t))
+            for t in thresholds]
 
 
 def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
-    """One panel per check: histograms of planted and ordinary similarities, and its threshold."""
+    """One panel per check: histograms of planted and ordinary similarities (the latter as
+    Tally counts), and its threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,10 +123,12 @@ def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], 
     fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.8), constrained_layout=True,
                              squeeze=False)
     for ax, (name, (planted, ordinary, threshold)) in zip(axes[0], channels.items()):
-        lo = min(planted.min(initial=1), ordinary.min(initial=1), 0.5)
-        bins = np.linspace(max(lo, -1.0), 1.0, 101)
-        ax.hist(ordinary, bins=bins, alpha=0.6, density=True, label=f"ordinary source images (n={len(ordinary):,})")
-        ax.hist(planted, bins=bins, alpha=0.6, density=True,
+        lo = min(planted.min(initial=1), EDGES[np.flatnonzero(ordinary)[0]] if ordinary.any() else 1, 0.5)
+        edges = EDGES[EDGES >= max(lo, -1.0) - 0.01][::10]
+        counts = np.add.reduceat(ordinary, np.searchsorted(EDGES[:-1], edges[:-1]))[: len(edges) - 1]
+        ax.stairs(counts / max(counts.sum() * np.diff(edges).mean(), 1e-12), edges, fill=True, alpha=0.6,
+                  label=f"ordinary source images (n={int(ordinary.sum()):,})")
+        ax.hist(planted, bins=edges, alpha=0.6, density=True,
                 label=f"planted edited copies of target (n={len(planted):,})")
         ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.2f}")
         ax.set_xlabel(f"best {name} cosine similarity to any target image")
@@ -109,28 +142,25 @@ def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], 
     plt.close(fig)
 
 
-def report(checks, planted: Manifest, planted_emb, pixel_threshold: float, threshold: float, out: Path,
+def report(ix, tally: Tally, planted: Manifest, lm, d, batch_size: int, workers: int, out: Path,
            progress: bool) -> None:
     """Print recall on the planted copies and false positives on ordinary source images, per
     check and threshold, and the combined figures; draw the histogram next to ``out``."""
     import click
 
-    from .cache import content
-    from .checks import feature_best, pixel_best
+    from .checks import check_chunk
 
-    pc = content(planted, None, False, progress)
-    pp, _ = pixel_best(checks.pixel_index, pc)
-    pf, _ = feature_best(checks.feature_index, planted_emb, checks.target_embeddings, planted.num_rows)
-    ordinary = ~checks.exact[0]
-    op, of = checks.pixel[0][ordinary], checks.feature[0][ordinary]
+    r = check_chunk(planted, 0, planted.num_rows, ix, lm, d, batch_size, workers)
+    pp, pf = r.psim, r.fsim
+    pt, ft = tally.pixel_threshold, tally.threshold
     click.echo(f"calibration: {len(pp):,} planted edited copies ({', '.join(AUGMENTATIONS)}) "
-               f"vs {int(ordinary.sum()):,} ordinary source images")
+               f"vs {tally.n:,} ordinary source images")
     click.echo("  threshold   pixel: recall  false-pos   feature: recall  false-pos")
-    for (t, pr, pfp), (_, fr, ffp) in zip(calibration_table(pp, op), calibration_table(pf, of)):
+    for (t, pr, pfp), (_, fr, ffp) in zip(calibration_table(pp, tally.pixel), calibration_table(pf, tally.feature)):
         click.echo(f"  {t:9.2f}  {pr:14.4f}  {pfp:9.4%}  {fr:16.4f}  {ffp:9.4%}")
-    rec, fpr = rates((pp >= pixel_threshold) | (pf >= threshold), (op >= pixel_threshold) | (of >= threshold))
-    click.echo(f"  combined at --pixel-threshold {pixel_threshold} and --threshold {threshold}: "
-               f"recall {rec:.4f}, false-positive rate {fpr:.4%}")
+    rec = float(((pp >= pt) | (pf >= ft)).mean()) if len(pp) else 0.0
+    click.echo(f"  combined at --pixel-threshold {pt} and --threshold {ft}: "
+               f"recall {rec:.4f}, false-positive rate {tally.either / max(tally.n, 1):.4%}")
     png = Path(out).with_suffix(".calibration.png")
-    plot_calibration({"pixel": (pp, op, pixel_threshold), "feature": (pf, of, threshold)}, png)
+    plot_calibration({"pixel": (pp, tally.pixel, pt), "feature": (pf, tally.feature, ft)}, png)
     click.echo(f"histogram: {png}")

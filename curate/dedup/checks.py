@@ -19,36 +19,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import pixel as px
-from .cache import Embeddings
+from .cache import ChunkResult, Embeddings, TargetSide
 from .index import best_match, build_index
 
 DEFAULT_THRESHOLD = 0.96  # model features; see README: calibrated with `curate dedup --calibrate`
 DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
 
 
-@dataclass
-class Checks:
-    """Each check's best match for every source row, and the target indexes it used."""
+class Indexes:
+    """The target's FAISS indexes, built alike on every rank: its pixel views, and its
+    model embeddings (None without the feature check)."""
 
-    exact: tuple[np.ndarray, np.ndarray]  # (is a byte-identical copy, target row)
-    pixel: tuple[np.ndarray, np.ndarray]  # (best pixel similarity, target row)
-    feature: tuple[np.ndarray, np.ndarray]  # (best feature similarity or -1, target row)
-    pixel_index: object
-    feature_index: object
-    target_embeddings: Embeddings
-    index_description: dict[str, str]
-
-    def duplicates(self, pixel_threshold: float, threshold: float) -> Duplicates:
-        return find_duplicates(self.exact, self.pixel, self.feature, pixel_threshold, threshold)
+    def __init__(self, target: TargetSide, kind: str):
+        self.target = target
+        self.pixel, pdesc = pixel_index(target.content, kind)
+        self.feature, fdesc = build_index(target.emb.vecs, kind) if target.emb is not None else (None, "off")
+        self.description = {"pixel": pdesc, "feature": fdesc}
 
 
-def run_checks(src: px.Content, tgt: px.Content, semb: Embeddings, temb: Embeddings, n_source: int,
-               index_kind: str) -> Checks:
-    """Index the target's pixel views and embeddings; run every source row through all three checks."""
-    pindex, pdesc = pixel_index(tgt, index_kind)
-    findex, fdesc = build_index(temb.vecs, index_kind)
-    return Checks(exact_matches(src, tgt), pixel_best(pindex, src), feature_best(findex, semb, temb, n_source),
-                  pindex, findex, temb, {"pixel": pdesc, "feature": fdesc})
+def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: int, workers: int) -> ChunkResult:
+    """Every check's best match for the source rows [start, stop), computed in this process."""
+    from .cache import embed
+
+    content = px.content_pass(source, views=False, threads=8, rows=(start, stop))
+    exact, exact_t = exact_matches(content, ix.target.content)
+    psim, ppos = pixel_best(ix.pixel, content)
+    n = stop - start
+    fsim, fpos = np.full(n, -1.0, np.float32), np.zeros(n, np.int64)
+    if ix.feature is not None:
+        emb = embed(lm, source, d, batch_size, workers, False, rows=(start, stop))
+        emb.rows = emb.rows - start
+        fsim, fpos = feature_best(ix.feature, emb, ix.target.emb, n)
+    return ChunkResult(start, stop, exact, exact_t, psim.astype(np.float32), ppos.astype(np.int64), fsim, fpos,
+                       content.readable)
 
 
 @dataclass
@@ -86,6 +89,13 @@ def exact_matches(src: px.Content, tgt: px.Content) -> tuple[np.ndarray, np.ndar
     where = np.searchsorted(tgt.hashes[order], src.hashes)
     first = order[np.clip(where, 0, max(len(order) - 1, 0))] if len(order) else np.zeros(len(exact), np.int64)
     return exact, first.astype(np.int64)
+
+
+def chunk_duplicates(r: ChunkResult, pixel_threshold: float, threshold: float) -> Duplicates:
+    """The duplicates among one chunk's rows (manifest row numbers)."""
+    dup = find_duplicates((r.exact, r.exact_t), (r.psim, r.ppos), (r.fsim, r.fpos), pixel_threshold, threshold)
+    dup.rows += r.start
+    return dup
 
 
 def find_duplicates(exact: tuple, pixel: tuple, feature: tuple, pixel_threshold: float,

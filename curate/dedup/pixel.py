@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from manifests import Manifest
+from manifests.shards import Address, read_bytes
 
 HASH_BYTES = 16
 SIDE = 16
@@ -41,6 +42,7 @@ PARAMS = f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}"  # part of th
 class Content:
     hashes: np.ndarray  # S16 per manifest row; b"" when the file cannot be read
     pixel: np.ndarray  # float16 (n, 256) or, for a target, (n, VIEWS, 256)
+    readable: np.ndarray  # bool per row: the image could be read and decoded
 
 
 def descriptor(img) -> np.ndarray:
@@ -66,44 +68,53 @@ def crop_views(img) -> list:
     return views
 
 
-def _one(path: str, views: bool) -> tuple[bytes, np.ndarray]:
+def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
     from PIL import Image
 
     from manifests.images import DECODE_ERRORS
 
     shape = (VIEWS, SIDE * SIDE) if views else (SIDE * SIDE,)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(where)
     except OSError:
-        return b"", np.zeros(shape, np.float32)
+        return b"", np.zeros(shape, np.float32), False
     digest = hashlib.sha256(data).digest()[:HASH_BYTES]
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("L", (4 * SIDE, 4 * SIDE))  # JPEG: decode at reduced size, much faster
             grey = im.convert("L")
     except DECODE_ERRORS:
-        return digest, np.zeros(shape, np.float32)
+        return digest, np.zeros(shape, np.float32), False
     if not views:
-        return digest, descriptor(grey)
-    return digest, np.stack([descriptor(v) for v in crop_views(grey)])
+        return digest, descriptor(grey), True
+    return digest, np.stack([descriptor(v) for v in crop_views(grey)]), True
 
 
-def content_pass(manifest: Manifest, views: bool, threads: int = 8, progress: bool = False) -> Content:
-    """Hashes and pixel descriptors of every row, in manifest order (threads overlap the I/O)."""
+def content_pass(manifest: Manifest, views: bool, threads: int = 8, progress: bool = False,
+                 rows: tuple[int, int] | None = None) -> Content:
+    """Hashes and pixel descriptors of every row (or of rows [start, stop)), in manifest order;
+    threads overlap the I/O."""
     from tqdm import tqdm
 
-    hashes, pixel = [], []
-    bar = tqdm(total=manifest.num_rows, desc=f"hash+pixels {manifest.path.name}", unit="img",
-               disable=not progress, leave=False)
+    from manifests.shards import AddressColumns
+
+    if rows is None:
+        batches = manifest.iter_addresses(batch_size=4096)
+    else:
+        t = manifest.read_range(*rows, ["path", *manifest.address_columns])
+        batches = iter([(rows[0], AddressColumns(t, str(manifest.folder)))])
+    hashes, pixel, readable = [], [], []
+    bar = tqdm(total=manifest.num_rows if rows is None else rows[1] - rows[0],
+               desc=f"hash+pixels {manifest.path.name}", unit="img", disable=not progress, leave=False)
     with ThreadPoolExecutor(threads) as pool:
-        for batch in manifest.iter_batches(["path"], batch_size=4096):
-            paths = [manifest.resolve(p) for p in batch.column(0).to_pylist()]
-            for digest, vec in pool.map(_one, paths, [views] * len(paths)):
+        for _, where in batches:
+            addresses = [where.address(i) for i in range(len(where))]
+            for digest, vec, ok in pool.map(_one, addresses, [views] * len(addresses)):
                 hashes.append(digest)
                 pixel.append(vec.astype(np.float16))
-            bar.update(len(paths))
+                readable.append(ok)
+            bar.update(len(addresses))
     bar.close()
     dim = (0, VIEWS, SIDE * SIDE) if views else (0, SIDE * SIDE)
     return Content(np.array(hashes, dtype=f"S{HASH_BYTES}"),
-                   np.stack(pixel) if pixel else np.zeros(dim, np.float16))
+                   np.stack(pixel) if pixel else np.zeros(dim, np.float16), np.array(readable, dtype=bool))

@@ -1,5 +1,15 @@
 """``curate dedup``: find source images that are copies or near copies of target images.
-Writes duplicates.parquet: id (source), target_id, similarity, match, exact."""
+Writes duplicates.parquet: id (source), target_id, similarity, match, exact.
+
+Streaming and rank-sharded: the source is cut into chunks of ``--chunk-size`` rows; under
+torchrun rank r takes chunks r, r + world, ...; each rank computes hashes, pixel
+descriptors and embeddings for ITS chunks only, queries the (small, replicated) target
+indexes and writes one result file per chunk. Rank 0 then merges the chunk files in order,
+applying the thresholds. Peak memory per rank grows with the chunk and the target, never
+with the source; a killed run continues from its last finished chunk; a rerun with other
+thresholds reads the chunk files only. Chunks are the same whatever the world size, so the
+result is too.
+"""
 from __future__ import annotations
 
 import tempfile
@@ -14,23 +24,28 @@ from datl_torch.engine.config import DEVICES
 from manifests import ManifestMeta, UserError, input_hashes, open_manifest, write_table
 from manifests.cli import opt
 
-from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, Checks, Duplicates, run_checks
+from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, Duplicates, Indexes, chunk_duplicates
 
 
 @dataclass(kw_only=True)
 class DedupConfig:
     source: str = opt(help="Source manifest.")
     target: str = opt(help="Target manifest (every image of the target domain).")
-    model: str = opt(help="Feature extractor: a RUN_DIR, or timm:ARCH with --weights.")
+    model: str | None = opt(None, help="Feature extractor: a RUN_DIR, or timm:ARCH with --weights (needed by the "
+                                       "feature check).")
     weights: str | None = opt(None, help="Local state dict for --model timm:ARCH.")
     out: str = opt(short="-o", help="duplicates.parquet to write (id, target_id, similarity, match, exact).")
     threshold: float = opt(DEFAULT_THRESHOLD, help="Model-feature cosine similarity at or above which a source "
                                                    "image is a near copy.")
     pixel_threshold: float = opt(DEFAULT_PIXEL_THRESHOLD, help="Pixel-descriptor cosine similarity at or above "
                                  "which a source image is a near copy; 1 keeps only pixel-perfect copies.")
+    feature: bool = opt(True, negatable=True, help="Run the model-feature check; --no-feature: exact and pixel "
+                                                   "checks only, no model.")
+    chunk_size: int = opt(65_536, help="Source rows per chunk: the unit of work, memory and resume.")
     index: str = opt("auto", choices=("auto", "flat", "ivf"),
                      help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.")
-    cache: str | None = opt(None, help="Folder for cached embeddings [default: OUT's folder/embeddings].")
+    cache: str | None = opt(None, help="Folder for the target side and the per-chunk results "
+                                       "[default: OUT's folder/embeddings].")
     calibrate: bool = opt(False, help="Also plant edited copies of target images and print recall / false "
                                       "positives per threshold.")
     plant: int = opt(500, help="How many copies --calibrate plants.")
@@ -41,6 +56,11 @@ class DedupConfig:
     quiet: bool = opt(False, short="-q")
 
     def check(self) -> None:
+        if self.feature and not self.model:
+            raise UserError("curate dedup", "the feature check needs --model RUN_DIR (or timm:ARCH --weights FILE)",
+                            "pass --model, or --no-feature for the exact and pixel checks only")
+        if self.chunk_size < 1:
+            raise UserError("--chunk-size", f"{self.chunk_size} is not positive", "pass e.g. 65536")
         for name, t in (("--threshold", self.threshold), ("--pixel-threshold", self.pixel_threshold)):
             if not 0.0 < t <= 1.0:
                 raise UserError(name, f"{t} is outside (0, 1]", "pass a cosine similarity such as 0.96")
@@ -51,57 +71,99 @@ class DedupConfig:
 
 
 def run(cfg: DedupConfig) -> Path:
-    """Embed target and source (rank-sharded), run the three checks on rank 0, write the pairs."""
+    """Target side on rank 0, source chunks on every rank, the merge on rank 0."""
     from datl_torch.checkpoint import load_model
     from datl_torch.engine import dist
 
-    from .cache import content, embed, model_fingerprint
+    from .cache import chunk_folder, model_fingerprint, target_path, target_side
 
     cfg.check()
     sm, tm = open_manifest(cfg.source), open_manifest(cfg.target)
-    lm = load_model(cfg.model, cfg.weights, image_size=cfg.image_size)
-    fp = model_fingerprint(cfg.model, cfg.weights)
+    lm = load_model(cfg.model, cfg.weights, image_size=cfg.image_size) if cfg.feature else None
+    fp = model_fingerprint(cfg.model if cfg.feature else None, cfg.weights)
     progress = not cfg.quiet
     with dist.session(cfg.device) as d:
-        temb = embed(lm, tm, d, cfg.cache_dir, fp, cfg.batch_size, cfg.workers, progress)
-        semb = embed(lm, sm, d, cfg.cache_dir, fp, cfg.batch_size, cfg.workers, progress)
-        planted = planted_emb = None
-        if cfg.calibrate:
-            from .calibration import plant_copies
-
-            planted = open_manifest(plant_copies(tm, Path(tempfile.mkdtemp(prefix="datl-plant-")), cfg.plant))
-            planted_emb = embed(lm, planted, d, None, fp, cfg.batch_size, cfg.workers, progress)
-        if not d.main:
-            return Path(cfg.out)
-        if len(temb.rows) == 0:
+        tfile = target_path(cfg.cache_dir, tm, fp, lm.config.image_size if lm else None)
+        target = target_side(tfile, tm, lm, d, cfg.batch_size, cfg.workers, progress and d.main)
+        if not target.content.readable.any():
             raise UserError(cfg.target, "has no readable image", "check it with `datl manifest validate`")
-        if temb.rebuilt or semb.rebuilt:
-            click.echo("note: cached embeddings from another model were rebuilt, not mixed", err=True)
-        checks = run_checks(content(sm, cfg.cache_dir, False, progress), content(tm, cfg.cache_dir, True, progress),
-                            semb, temb, sm.num_rows, cfg.index)
-        dup = checks.duplicates(cfg.pixel_threshold, cfg.threshold)
-        write_duplicates(cfg, sm, tm, dup, checks)
-        if planted is not None:
-            from .calibration import report
-
-            report(checks, planted, planted_emb, cfg.pixel_threshold, cfg.threshold, Path(cfg.out), progress)
+        ix = Indexes(target, cfg.index)
+        folder = chunk_folder(cfg.cache_dir, sm, tfile, cfg.index, cfg.chunk_size)
+        run_chunks(cfg, sm, ix, lm, d, folder, progress)
+        dist.barrier(d)
+        if d.main:
+            merge(cfg, sm, tm, ix, lm, d, folder, progress)
     return Path(cfg.out)
 
 
-def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, checks: Checks) -> None:
-    sid = pa.concat_tables(sm.iter_take(dup.rows, ["id"]), promote_options="none") if len(dup.rows) else None
+def chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + size, n_rows)) for lo in range(0, n_rows, size)]
+
+
+def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
+    """This rank's chunks (c % world == rank), each skipped if its result file exists."""
+    from tqdm import tqdm
+
+    from .cache import chunk_file, load_chunk, save_chunk
+    from .checks import check_chunk
+
+    mine = [(c, lo, hi) for c, (lo, hi) in enumerate(chunks(sm.num_rows, cfg.chunk_size)) if c % d.world == d.rank]
+    for c, lo, hi in tqdm(mine, desc=f"dedup {sm.path.name}", unit="chunk", disable=not (progress and d.main),
+                          leave=False):
+        path = chunk_file(folder, c)
+        if load_chunk(path) is None:
+            save_chunk(path, check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers))
+
+
+def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
+    """Stream the chunk results in order, apply the thresholds, write the pairs."""
+    from .calibration import Tally
+    from .cache import chunk_file, load_chunk
+
+    parts: list[Duplicates] = []
+    tally = Tally(cfg.pixel_threshold, cfg.threshold)
+    unreadable = 0
+    for c, _ in enumerate(chunks(sm.num_rows, cfg.chunk_size)):
+        r = load_chunk(chunk_file(folder, c))
+        if r is None:
+            raise RuntimeError(f"chunk {c} of {sm.path} has no result in {folder}: a rank stopped early")
+        parts.append(chunk_duplicates(r, cfg.pixel_threshold, cfg.threshold))
+        ordinary = ~r.exact
+        tally.add(r.psim[ordinary], r.fsim[ordinary])
+        unreadable += int((~r.readable).sum())
+    if not parts:  # an empty source
+        parts = [Duplicates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                            np.zeros(0, dtype="<U7"))]
+    dup = Duplicates(*(np.concatenate([getattr(p, f) for p in parts])
+                       for f in ("rows", "target_rows", "similarity", "match")))
+    write_duplicates(cfg, sm, tm, dup, ix, unreadable)
+    if cfg.calibrate:
+        from .calibration import plant_copies, report
+
+        planted = open_manifest(plant_copies(tm, Path(tempfile.mkdtemp(prefix="datl-plant-")), cfg.plant))
+        here = type(d)(0, 1, d.local_rank, d.device)
+        report(ix, tally, planted, lm, here, cfg.batch_size, cfg.workers, Path(cfg.out), progress)
+
+
+def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int) -> None:
+    rows = dup.rows.astype(np.int64)
+    sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
     tid = tm.read(["id"]).column("id")  # the target is the small side
     table = pa.table({"id": sid.column("id") if sid is not None else pa.array([], pa.string()),
-                      "target_id": tid.take(pa.array(dup.target_rows)),
-                      "similarity": pa.array(dup.similarity, pa.float32()),
-                      "match": pa.array(dup.match.tolist(), pa.string()),
+                      "target_id": tid.take(pa.array(dup.target_rows.astype(np.int64))),
+                      "similarity": pa.array(dup.similarity.astype(np.float32), pa.float32()),
+                      "match": pa.array([str(m) for m in dup.match], pa.string()),
                       "exact": pa.array(dup.match == "exact")})
     write_table(cfg.out, table, ManifestMeta(stage="dedup", params={
         "threshold": cfg.threshold, "pixel_threshold": cfg.pixel_threshold, "model": cfg.model,
-        "index": checks.index_description}, inputs=input_hashes(source=cfg.source, target=cfg.target)))
+        "feature": cfg.feature, "index": ix.description, "unreadable_source_images": unreadable},
+        inputs=input_hashes(source=cfg.source, target=cfg.target)))
     counts = {k: int(np.sum(dup.match == k)) for k in ("exact", "pixel", "feature")}
-    desc = checks.index_description
-    click.echo(f"wrote {cfg.out}: {len(dup.rows):,} of {sm.num_rows:,} source images duplicate a target image "
+    desc = ix.description
+    click.echo(f"wrote {cfg.out}: {len(rows):,} of {sm.num_rows:,} source images duplicate a target image "
                f"({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {cfg.pixel_threshold}, "
                f"{counts['feature']:,} feature >= {cfg.threshold}); index: pixel {desc['pixel']}; "
                f"feature {desc['feature']}")
+    if unreadable:
+        click.echo(f"warning: {unreadable:,} source image(s) could not be read; they were checked by nothing "
+                   "(`datl manifest validate` lists them)", err=True)

@@ -23,14 +23,19 @@ from .device import autocast, place_model, to_device
 
 @torch.no_grad()
 def run_model(lm: LoadedModel, manifest: Manifest, d: dist.Dist, what: str = "logits", batch_size: int = 256,
-              workers: int = 0, progress: bool = True, desc: str = "") -> tuple[np.ndarray, np.ndarray, BadImageLog]:
+              workers: int = 0, progress: bool = True, desc: str = "",
+              rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, BadImageLog]:
     """(row indices, float32 outputs, unreadable-image log) for every readable row; full on rank 0.
 
     what: 'logits' (the classifier's) or 'features' (pooled pre-logits).
+    rows: (start, stop): only that range, all of it in this process (no sharding, no gather):
+    the unit of work of a caller that shards chunks across ranks itself.
     """
     cfg = lm.config
     tf = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
-    ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans))
+    ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans), rows=rows)
+    if rows is not None:
+        d = dist.Dist(0, 1, d.local_rank, d.device)
     mine = Subset(ds, range(d.rank, len(ds), d.world))
     place_model(lm.model, d.device).eval()
     fn = lm.logits if what == "logits" else lm.features

@@ -58,8 +58,9 @@ def test_exact_copies_found_with_a_useless_model_and_cache_reused(random_model, 
     assert sorted(zip(exact.column("id").to_pylist(), exact.column("target_id").to_pylist())) == \
         sorted((c[0], c[2]) for c in copies)
     assert all(s == 1.0 for s in exact.column("similarity").to_pylist())
-    caches = sorted((tmp_path / "embeddings").glob("*.npz"))
-    assert len(caches) == 4  # model embeddings and hashes + pixel descriptors, for source and target
+    caches = sorted((tmp_path / "embeddings").rglob("*.npz"))
+    # the target side, and one result file per chunk of the source (1,251 rows: one chunk)
+    assert [p.name.split(".")[1] for p in caches] == ["npz", "target"] and len(caches) == 2
     mtimes = [p.stat().st_mtime_ns for p in caches]
     res = cli("curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(random_model),
               "--out", str(tmp_path / "d2.parquet"), "--threshold", "0.5", "-q")
@@ -87,9 +88,9 @@ def test_a_changed_model_gets_its_own_embeddings(random_model, demo_small, tmp_p
     save_run(run, m, ModelConfig(arch="test_efficientnet", classes=["a", "b", "c"], image_size=[28, 28],
                                  in_chans=1, mean=[0.5], std=[0.5], num_features=m.num_features))
     assert cli(*args, "--out", str(tmp_path / "b.parquet")).returncode == 0
-    dims = sorted(np.load(p)["vecs"].shape[1] for p in (tmp_path / "cache").glob("target_unlabeled.*.npz")
-                  if ".content." not in p.name)
+    dims = sorted(np.load(p)["vecs"].shape[1] for p in (tmp_path / "cache").glob("target_unlabeled.target.*.npz"))
     assert dims == sorted([96, m.num_features])
+    assert len(list((tmp_path / "cache").glob("target_train.chunks.*"))) == 2  # source results per model too
 
 
 def test_ivf_matches_flat_on_planted_near_copies():

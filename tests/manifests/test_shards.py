@@ -1,0 +1,159 @@
+"""Shard-backed manifests: WebDataset tar shards and image Parquet files (HuggingFace layout),
+built, validated and read like loose files; bad shards counted, not fatal."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import assert_user_error, cli
+from PIL import Image
+
+from manifests import ImageDataset, Manifest
+from manifests.build import build_manifest
+from manifests.shard_build import write_tar_shards
+from manifests.shards import Address, read_bytes
+
+
+@pytest.fixture(scope="module")
+def tar_source(demo_small, tmp_path_factory) -> Path:
+    """The demo source as 3 tar shards of at most 500 samples, and its manifest."""
+    folder = tmp_path_factory.mktemp("tars")
+    write_tar_shards(Manifest(demo_small / "source.parquet"), folder / "shards", per_shard=500, prefix="src")
+    build_manifest(folder / "shards", folder / "source_shards.parquet")
+    return folder / "source_shards.parquet"
+
+
+def loose_bytes(m: Manifest) -> list[bytes]:
+    t = m.read(["path"])
+    return [Path(m.resolve(p)).read_bytes() for p in t.column("path").to_pylist()]
+
+
+def test_tar_shards_build_to_the_same_images_labels_and_classes(demo_small, tar_source):
+    loose, shards = Manifest(demo_small / "source.parquet"), Manifest(tar_source)
+    assert shards.classes == loose.classes and shards.num_rows == loose.num_rows == 1246
+    assert shards.address_columns == ["offset", "size"]
+    assert shards.read(["label"]).column(0).to_pylist() == loose.read(["label"]).column(0).to_pylist()
+    assert len({p for p in shards.read(["path"]).column(0).to_pylist()}) == 3  # 500 + 500 + 246
+    got = [read_bytes(w.address(i)) for _, w in shards.iter_addresses(300) for i in range(len(w))]
+    assert got == loose_bytes(loose)
+    ids = shards.read(["id"]).column(0).to_pylist()
+    assert ids[0].startswith("src-000000/") and len(set(ids)) == len(ids)
+
+
+def test_the_dataset_gives_the_same_tensors_from_shards_as_from_files(demo_small, tar_source):
+    a, b = ImageDataset(demo_small / "source.parquet", mode="RGB"), ImageDataset(tar_source, mode="RGB")
+    for i in (0, 499, 500, 1245):
+        assert b[i].error is None and np.array_equal(a[i].image.numpy(), b[i].image.numpy())
+        assert a[i].label == b[i].label
+
+
+def hf_parquet(path: Path, images: list[bytes], labels: list[int], names: list[str], binary: bool = False,
+               rows_per_group: int = 7) -> None:
+    """An image Parquet file as HuggingFace `datasets` writes one: an {bytes, path} struct
+    (or a plain binary column), an int label, ClassLabel names in the `huggingface` metadata."""
+    img = pa.array(images, pa.binary()) if binary else pa.array(
+        [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    hf = {"info": {"features": {"image": {"_type": "Image"},
+                                "label": {"names": names, "_type": "ClassLabel"}}}}
+    t = pa.table({"image": img, "label": pa.array(labels, pa.int64())})
+    t = t.replace_schema_metadata({b"huggingface": json.dumps(hf).encode()})
+    pq.write_table(t, path, row_group_size=rows_per_group)
+
+
+def test_image_parquet_files_build_with_classlabel_names(demo_small, tmp_path):
+    m = Manifest(demo_small / "target_test.parquet")
+    data, labels = loose_bytes(m), m.read(["label"]).column(0).to_pylist()
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    hf_parquet(folder / "train-00000.parquet", data[:30], labels[:30], m.classes)
+    hf_parquet(folder / "train-00001.parquet", data[30:], labels[30:], m.classes)
+    res = cli("datl", "manifest", "build", str(folder), "--out", str(tmp_path / "hf.parquet"))
+    assert res.returncode == 0, res.stderr
+    built = Manifest(tmp_path / "hf.parquet")
+    assert built.classes == m.classes and built.read(["label"]).column(0).to_pylist() == labels
+    assert built.address_columns == ["row", "image_column"]
+    got = [read_bytes(w.address(i)) for _, w in built.iter_addresses(16) for i in range(len(w))]
+    assert got == data
+    assert cli("datl", "manifest", "validate", str(tmp_path / "hf.parquet"), "-q").returncode == 0
+
+    # a plain binary column named otherwise, chosen with --image-column
+    (tmp_path / "bin").mkdir()
+    t = pa.table({"jpg": pa.array(data[:5], pa.binary())})
+    pq.write_table(t, tmp_path / "bin" / "part.parquet")
+    res = cli("datl", "manifest", "build", str(tmp_path / "bin"), "--out", str(tmp_path / "bin.parquet"),
+              "--image-column", "jpg")
+    assert res.returncode == 0, res.stderr
+    assert [read_bytes(Address(str(tmp_path / "bin" / "part.parquet"), row=i, column="jpg")) for i in range(5)] \
+        == data[:5]
+    assert not Manifest(tmp_path / "bin.parquet").has_labels
+    # ... and without it: one line naming the file and the columns it has
+    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "bin"), "--out", str(tmp_path / "x.parquet")),
+                      "part.parquet", "no image column 'image'", "jpg", "--image-column")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_bad_shards_are_counted_not_fatal(demo_small, tar_source, tmp_path):
+    """A truncated shard, a missing shard and a byte range past the end make unreadable
+    images (validate lists them, exit 2; the dataset skips them); the rest still read."""
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(tar_source.parent / "shards", folder)
+    build_manifest(folder, tmp_path / "m.parquet")
+    shards = sorted(folder.glob("*.tar"))
+    with open(shards[0], "r+b") as f:  # truncate the first shard in its middle
+        f.truncate(os.path.getsize(shards[0]) // 2)
+    shards[2].unlink()  # the last shard is gone
+    ds = ImageDataset(tmp_path / "m.parquet", mode="L")
+    bad = [i for i in range(len(ds)) if ds[i].error is not None]
+    assert 0 < sum(i < 500 for i in bad) < 500 and all(i in bad for i in range(1000, 1246))
+    assert not any(500 <= i < 1000 for i in bad)
+    assert "past the end of its shard" in ds[499].error and "src-000002.tar" in ds[1000].error
+    res = cli("datl", "manifest", "validate", str(tmp_path / "m.parquet"), "-q")
+    assert res.returncode == 2 and f"{len(bad)} of 1246 image" in res.stderr
+
+    # a corrupt tar and a mixed-label shard folder are build errors: one line, nothing written
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.tar").write_bytes(b"not a tar" * 100)
+    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "junk"), "--out", str(tmp_path / "j.parquet")),
+                      "a.tar", "not a readable tar")
+    (tmp_path / "mixed").mkdir()
+    with tarfile.open(tmp_path / "mixed" / "s.tar", "w") as tf:
+        for name, data in (("a.png", png()), ("a.cls", b"0"), ("b.png", png())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "mixed"), "--out", str(tmp_path / "k.parquet")),
+                      "s.tar", "sample 'b' has no .cls")
+    assert not (tmp_path / "j.parquet").exists() and not (tmp_path / "k.parquet").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def png(value: int = 7) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((4, 4), value, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_unlabeled_tar_shards_without_classes_txt(tmp_path):
+    (tmp_path / "s").mkdir()
+    with tarfile.open(tmp_path / "s" / "x.tar", "w") as tf:
+        for i in range(3):
+            info = tarfile.TarInfo(f"dir/k{i}.png")
+            data = png(i)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    rows, classes = build_manifest(tmp_path / "s", tmp_path / "u.parquet")
+    m = Manifest(tmp_path / "u.parquet")
+    assert rows == 3 and classes is None and not m.has_labels
+    assert m.read(["id"]).column(0).to_pylist() == ["x/dir/k0", "x/dir/k1", "x/dir/k2"]
+    ds = ImageDataset(m, mode="L")
+    assert [int(ds[i].image.max() * 255 + 0.5) for i in range(3)] == [0, 1, 2]
