@@ -1,12 +1,14 @@
 """Test helpers: run the real CLIs, check the one-line error contract, make tiny real data."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from manifests import ManifestMeta, write_manifest
@@ -77,3 +79,23 @@ def subset_manifest(src: Path, out: Path, families: tuple[str, ...]) -> Path:
                      pa.array(remap[t.column("label").to_numpy()], pa.int32()))
     t = t.set_column(t.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
     return write_manifest(out, t, ManifestMeta(classes=[m.classes[i] for i in keep], stage="test-subset"))
+
+
+def loose_bytes(m) -> list[bytes]:
+    """The encoded bytes of every image of a manifest of loose files, in row order."""
+    t = m.read(["path"])
+    return [Path(m.resolve(p)).read_bytes() for p in t.column("path").to_pylist()]
+
+
+def hf_parquet(path: Path, images: list[bytes], labels: list[int], names: list[str], binary: bool = False,
+               rows_per_group: int = 7) -> None:
+    """An image Parquet file as HuggingFace `datasets` writes one: an {bytes, path} struct
+    (or a plain binary column), an int label, ClassLabel names in the `huggingface` metadata."""
+    img = pa.array(images, pa.binary()) if binary else pa.array(
+        [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    hf = {"info": {"features": {"image": {"_type": "Image"},
+                                "label": {"names": names, "_type": "ClassLabel"}}}}
+    t = pa.table({"image": img, "label": pa.array(labels, pa.int64())})
+    t = t.replace_schema_metadata({b"huggingface": json.dumps(hf).encode()})
+    pq.write_table(t, path, row_group_size=rows_per_group)

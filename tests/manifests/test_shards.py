@@ -3,7 +3,6 @@ built, validated and read like loose files; bad shards counted, not fatal."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_user_error, cli
+from helpers import assert_user_error, cli, hf_parquet, loose_bytes
 from PIL import Image
 
 from manifests import ImageDataset, Manifest
@@ -28,11 +27,6 @@ def tar_source(demo_small, tmp_path_factory) -> Path:
     write_tar_shards(Manifest(demo_small / "source.parquet"), folder / "shards", per_shard=500, prefix="src")
     build_manifest(folder / "shards", folder / "source_shards.parquet")
     return folder / "source_shards.parquet"
-
-
-def loose_bytes(m: Manifest) -> list[bytes]:
-    t = m.read(["path"])
-    return [Path(m.resolve(p)).read_bytes() for p in t.column("path").to_pylist()]
 
 
 def test_tar_shards_build_to_the_same_images_labels_and_classes(demo_small, tar_source):
@@ -52,20 +46,6 @@ def test_the_dataset_gives_the_same_tensors_from_shards_as_from_files(demo_small
     for i in (0, 499, 500, 1245):
         assert b[i].error is None and np.array_equal(a[i].image.numpy(), b[i].image.numpy())
         assert a[i].label == b[i].label
-
-
-def hf_parquet(path: Path, images: list[bytes], labels: list[int], names: list[str], binary: bool = False,
-               rows_per_group: int = 7) -> None:
-    """An image Parquet file as HuggingFace `datasets` writes one: an {bytes, path} struct
-    (or a plain binary column), an int label, ClassLabel names in the `huggingface` metadata."""
-    img = pa.array(images, pa.binary()) if binary else pa.array(
-        [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
-        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-    hf = {"info": {"features": {"image": {"_type": "Image"},
-                                "label": {"names": names, "_type": "ClassLabel"}}}}
-    t = pa.table({"image": img, "label": pa.array(labels, pa.int64())})
-    t = t.replace_schema_metadata({b"huggingface": json.dumps(hf).encode()})
-    pq.write_table(t, path, row_group_size=rows_per_group)
 
 
 def test_image_parquet_files_build_with_classlabel_names(demo_small, tmp_path):
