@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from manifests import UserError
 from manifests.cli import CONTEXT, run_cli
 from manifests.commands import demo_data, manifest
 
@@ -31,26 +30,33 @@ def cli() -> None:
 @click.option("--launcher", type=click.Choice(["none", "torchrun"]),
               help="torchrun: run every torch stage distributed (instead of the file's launcher:).")
 @click.option("--nproc-per-node", type=int, default=1, show_default=True, help="Processes per node with torchrun.")
+@click.option("--nnodes", type=int, help="Nodes, each running this same command [default: SLURM_NNODES, or 1].")
+@click.option("--node-rank", type=int, help="This node's rank, 0..nnodes-1 [default: SLURM_NODEID, or 0].")
+@click.option("--rdzv-endpoint", help="Node 0's HOST:PORT for torchrun's rendezvous "
+                                      "[default under SLURM: the job's first node, port 29500].")
 @click.option("--dry-run", is_flag=True, help="List the stages and whether each is up to date; run nothing.")
 @click.option("--quiet", "-q", is_flag=True)
 def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, device: str | None,
-        launcher: str | None, nproc_per_node: int, dry_run: bool, quiet: bool) -> None:
+        launcher: str | None, nproc_per_node: int, nnodes: int | None, node_rank: int | None,
+        rdzv_endpoint: str | None, dry_run: bool, quiet: bool) -> None:
     """Run every stage of PIPELINE (default: pipeline.yaml) that is not up to date.
 
     Each stage runs its own command (pretrain, curate ..., finetune) with its log in
     OUT/logs/; a stage whose inputs, parameters and code are unchanged is skipped,
     a killed run resumes where it stopped. Prints the comparison table at the end.
+    On several nodes, run the same command on each (--nnodes, --node-rank,
+    --rdzv-endpoint, or SLURM's environment): node 0 runs the pipeline, the others
+    join its torch stages.
     """
     from . import pipeline as pl
     from . import runner
+    from .launch import from_environment
 
     pipe = pl.load(pipeline, out)
-    if device:
-        pipe.device = device
-    if launcher == "torchrun":
-        if nproc_per_node < 1:
-            raise UserError("--nproc-per-node", f"{nproc_per_node} is not positive", "pass 1 or more")
-        pipe.launcher = ("torchrun", nproc_per_node)
+    pipe.device = device or pipe.device
+    if launcher == "torchrun" or (launcher is None and pipe.launcher is not None):
+        nproc = nproc_per_node if launcher == "torchrun" else pipe.launcher.nproc
+        pipe.launcher = from_environment(nproc, nnodes, node_rank, rdzv_endpoint)
     elif launcher == "none":
         pipe.launcher = None
     if dry_run:
@@ -62,12 +68,19 @@ def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, dev
     except runner.StageFailed as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2 if e.rc == 2 else 1) from None
+    if pipe.launcher is None or pipe.launcher.node_rank == 0:
+        print_results(pipe)
+
+
+def print_results(pipe) -> None:
+    """The comparison table, if the pipeline has a compare stage that wrote one."""
+    import json
+
+    from .pipeline import COMPARE
+    from .report import table
+
     results = pipe.out / "results.json"
-    if pl.COMPARE in pipe.stages and results.exists():
-        import json
-
-        from .report import table
-
+    if COMPARE in pipe.stages and results.exists():
         click.echo("")
         click.echo(table(json.loads(results.read_text())))
         click.echo(f"\nresults: {results}  report: {pipe.out / 'report.md'}")

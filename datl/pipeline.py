@@ -33,6 +33,7 @@ from typing import Any
 
 from manifests import UserError
 
+from .launch import Launcher
 from .stages import KINDS, SEEDED, option_names
 
 COMPARE = "compare"
@@ -55,7 +56,7 @@ class Pipeline:
     out: Path
     device: str
     seeds: list[int]
-    launcher: tuple[str, int] | None
+    launcher: Launcher | None
     stages: dict[str, Stage]  # in an order where every stage follows what it reads
     arms: list[str]
     plot: str | None = None
@@ -165,7 +166,7 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
         lm = _mapping(path, "launcher", raw["launcher"])
         if set(lm) != {"torchrun"} or not isinstance(lm["torchrun"], int) or lm["torchrun"] < 1:
             raise _err(path, "launcher", "must be {torchrun: N} with N processes per node", "e.g. {torchrun: 8}")
-        launcher = ("torchrun", lm["torchrun"])
+        launcher = Launcher(lm["torchrun"])
 
     stages: dict[str, Stage] = {}
     for name, spec in _mapping(path, "stages", raw.get("stages")).items():

@@ -142,6 +142,17 @@ def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, qui
         forced |= pipe.downstream(names)
     logs = pipe.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    if pipe.launcher is not None and pipe.launcher.nnodes > 1:
+        from .nodes import Nodes
+
+        if pipe.launcher.node_rank > 0:
+            return Nodes.follow(pipe, quiet)
+        with Nodes.lead(pipe) as nodes:
+            return _run_stages(pipe, forced, logs, quiet, nodes)
+    return _run_stages(pipe, forced, logs, quiet, None)
+
+
+def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes) -> dict:
     cache = pipe.out / "cache"
     done: dict[str, str] = {}
     t_all = time.time()
@@ -171,6 +182,8 @@ def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, qui
             argv = command_line(stage.kind, folder, {k: v if v.startswith("timm:") else str(pipe.ref_path(v))
                                                      for k, v in stage.inputs.items()},
                                 stage.params, pipe.device, cache, pipe.launcher, resume)
+            if nodes is not None and KINDS[stage.kind].torch:
+                nodes.launch(folder, argv)
             _execute(argv, log, stage)
         seconds = time.time() - t0
         _write_json(folder / STAMP, {"key": key, "kind": stage.kind, "params": stage.params,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .launch import Launcher
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -98,7 +100,7 @@ def param_flags(params: dict[str, Any], negatable: set[str] = frozenset()) -> li
 
 
 def command_line(kind: str, folder: Path, inputs: dict[str, str], params: dict[str, Any], device: str,
-                 cache: Path, launcher: tuple[str, int] | None, resume: bool = False) -> list[str]:
+                 cache: Path, launcher: Launcher | None, resume: bool = False) -> list[str]:
     """The full argv that runs one stage."""
     k = KINDS[kind]
     args = list(k.command[1:])
@@ -111,7 +113,6 @@ def command_line(kind: str, folder: Path, inputs: dict[str, str], params: dict[s
         args += ["--device", device]
     if resume:
         args.append("--resume")
-    if k.torch and launcher is not None and launcher[0] == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={launcher[1]}", script(k.command[0]), *args]
+    if k.torch and launcher is not None:
+        return [sys.executable, "-m", "torch.distributed.run", *launcher.prefix(), script(k.command[0]), *args]
     return [script(k.command[0]), *args]
