@@ -102,7 +102,7 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
     from datl_torch.engine import dist
 
     if d.main and not path.exists():
-        content = px.content_pass(target, views=True, threads=8, progress=progress)
+        content = px.content_pass(target, views=True, progress=progress)
         arrays = {"hashes": content.hashes, "pixel": content.pixel, "readable": content.readable}
         if lm is not None:
             here = dist.Dist(0, 1, d.local_rank, d.device)

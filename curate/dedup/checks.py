@@ -15,33 +15,46 @@ target image it matched (``match`` says which check):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import pixel as px
 from .cache import ChunkResult, Embeddings, TargetSide
-from .index import best_match, build_index
+from .index import best_match, cached_index, describe
 
 DEFAULT_THRESHOLD = 0.96  # model features; see README: calibrated with `curate dedup --calibrate`
 DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
 
 
 class Indexes:
-    """The target's FAISS indexes, built alike on every rank: its pixel views, and its
-    model embeddings (None without the feature check)."""
+    """The target's FAISS indexes, the same on every rank: its pixel views, and its model
+    embeddings (None without the feature check). Rank 0 builds them once per target, model
+    and index kind into the cache (IVF training is the costly part); every rank reads them."""
 
-    def __init__(self, target: TargetSide, kind: str):
+    def __init__(self, target: TargetSide, kind: str, stem: Path, d):
+        from datl_torch.engine import dist
+
+        def views() -> np.ndarray:
+            return target.content.pixel.reshape(-1, target.content.pixel.shape[-1])
+
         self.target = target
-        self.pixel, pdesc = pixel_index(target.content, kind)
-        self.feature, fdesc = build_index(target.emb.vecs, kind) if target.emb is not None else (None, "off")
-        self.description = {"pixel": pdesc, "feature": fdesc}
+        for name, vectors in (("pixel", views), ("feature", (lambda: target.emb.vecs) if target.emb else None)):
+            if vectors is not None and d.main:
+                cached_index(stem.with_name(f"{stem.name}.{name}-{kind}.faiss"), vectors, kind, build=True)
+        dist.barrier(d)
+        self.pixel = cached_index(stem.with_name(f"{stem.name}.pixel-{kind}.faiss"), views, kind, build=False)
+        self.feature = cached_index(stem.with_name(f"{stem.name}.feature-{kind}.faiss"), None, kind, build=False) \
+            if target.emb is not None else None
+        self.description = {"pixel": describe(self.pixel),
+                            "feature": describe(self.feature) if self.feature is not None else "off"}
 
 
 def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: int, workers: int) -> ChunkResult:
     """Every check's best match for the source rows [start, stop), computed in this process."""
     from .cache import embed
 
-    content = px.content_pass(source, views=False, threads=8, rows=(start, stop))
+    content = px.content_pass(source, views=False, rows=(start, stop))
     exact, exact_t = exact_matches(content, ix.target.content)
     psim, ppos = pixel_best(ix.pixel, content)
     n = stop - start
@@ -62,13 +75,8 @@ class Duplicates:
     match: np.ndarray  # "exact" | "pixel" | "feature"
 
 
-def pixel_index(tgt: px.Content, kind: str):
-    """Index over every crop view of every target image; position // VIEWS is the target row."""
-    views = tgt.pixel.reshape(-1, tgt.pixel.shape[-1])
-    return build_index(views, kind)
-
-
 def pixel_best(index, src: px.Content) -> tuple[np.ndarray, np.ndarray]:
+    """Best similarity to any crop view of any target image; position // VIEWS is the target row."""
     sims, pos = best_match(index, src.pixel)
     return sims, pos // px.VIEWS
 

@@ -87,7 +87,7 @@ def run(cfg: DedupConfig) -> Path:
         target = target_side(tfile, tm, lm, d, cfg.batch_size, cfg.workers, progress and d.main)
         if not target.content.readable.any():
             raise UserError(cfg.target, "has no readable image", "check it with `datl manifest validate`")
-        ix = Indexes(target, cfg.index)
+        ix = Indexes(target, cfg.index, tfile.with_suffix(""), d)
         folder = chunk_folder(cfg.cache_dir, sm, tfile, cfg.index, cfg.chunk_size)
         run_chunks(cfg, sm, ix, lm, d, folder, progress)
         dist.barrier(d)
