@@ -137,3 +137,28 @@ def test_unlabeled_tar_shards_without_classes_txt(tmp_path):
     assert m.read(["id"]).column(0).to_pylist() == ["x/dir/k0", "x/dir/k1", "x/dir/k2"]
     ds = ImageDataset(m, mode="L")
     assert [int(ds[i].image.max() * 255 + 0.5) for i in range(3)] == [0, 1, 2]
+
+
+def test_malformed_addressing_is_exit_2_and_a_missing_image_column_is_counted(demo_small, tmp_path):
+    from manifests import ManifestMeta, write_manifest
+
+    bad = pa.table({"id": ["a"], "path": ["x.tar"], "offset": pa.array([0], pa.int64())})
+    pq.write_table(bad.replace_schema_metadata({b"datl": ManifestMeta().to_json()}), tmp_path / "bad.parquet")
+    assert_user_error(cli("datl", "manifest", "validate", str(tmp_path / "bad.parquet")),
+                      "bad.parquet", "'offset' column but no 'size'")
+    hf_parquet(tmp_path / "imgs.parquet", loose_bytes(Manifest(demo_small / "target_test.parquet"))[:3], [0, 1, 2],
+               [str(d) for d in range(10)])
+    m = write_manifest(tmp_path / "m.parquet", pa.table({
+        "id": ["a", "b"], "path": ["imgs.parquet"] * 2, "row": pa.array([0, 1], pa.int64()),
+        "image_column": ["image", "nope"]}), ManifestMeta())
+    ds = ImageDataset(m, mode="L")
+    assert ds[0].error is None and "no image column 'nope'" in ds[1].error
+
+
+def test_demo_data_shards_cli(tmp_path):
+    res = cli("datl", "demo-data", "--out", str(tmp_path / "d"), "--fraction", "0.02", "--shards", "-q")
+    assert res.returncode == 0, res.stderr
+    loose, shards = Manifest(tmp_path / "d" / "source.parquet"), Manifest(tmp_path / "d" / "source_shards.parquet")
+    assert shards.num_rows == loose.num_rows and shards.classes == loose.classes
+    assert (tmp_path / "d" / "shards" / "classes.txt").read_text().splitlines() == loose.classes
+    assert cli("datl", "manifest", "validate", str(shards.path), "-q").returncode == 0
