@@ -14,3 +14,19 @@ def demo_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_small")
     build_demo(out, seed=0, fraction=0.05, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def random_model(tmp_path_factory) -> Path:
+    """A deliberately useless model run folder: test_resnet, random init, never trained, 3 classes."""
+    import torch
+
+    from datl_torch.checkpoint import ModelConfig, save_run
+    from datl_torch.modeling import create_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("rand") / "run"
+    m = create_model("test_resnet", 3, 1)
+    save_run(out, m, ModelConfig(arch="test_resnet", classes=["a", "b", "c"], image_size=[28, 28], in_chans=1,
+                                 mean=[0.5], std=[0.5], num_features=m.num_features))
+    return out

@@ -10,22 +10,9 @@ import pytest
 from helpers import assert_user_error, cli, mobilenet_weights
 
 from curate.dedup import AUGMENTATIONS, build_index, ivf_params, plant_copies
-from manifests import Manifest, ManifestMeta, write_manifest
 from datl_torch.checkpoint import ModelConfig, save_run
 from datl_torch.modeling import create_model
-
-
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    """A deliberately useless model: random init, never trained."""
-    import torch
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("rand") / "run"
-    m = create_model("test_resnet", 3, 1)
-    save_run(out, m, ModelConfig(arch="test_resnet", classes=["a", "b", "c"], image_size=[28, 28], in_chans=1,
-                                 mean=[0.5], std=[0.5], num_features=m.num_features))
-    return out
+from manifests import Manifest, ManifestMeta, write_manifest
 
 
 @pytest.fixture()

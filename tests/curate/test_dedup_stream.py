@@ -14,20 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import BIN, assert_user_error, cli
 
-from datl_torch.checkpoint import ModelConfig, save_run
-from datl_torch.modeling import create_model
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("m") / "run"
-    m = create_model("test_resnet", 3, 1)
-    save_run(out, m, ModelConfig(arch="test_resnet", classes=["a", "b", "c"], image_size=[28, 28], in_chans=1,
-                                 mean=[0.5], std=[0.5], num_features=m.num_features))
-    return out
 
 
 def table(path: Path) -> list[tuple]:
@@ -42,20 +28,20 @@ def dedup_args(demo_small: Path, model: Path, out: Path, cache: Path, *extra: st
 
 
 @pytest.fixture(scope="module")
-def reference(demo_small, model, tmp_path_factory) -> list[tuple]:
+def reference(demo_small, random_model, tmp_path_factory) -> list[tuple]:
     """One chunk holding the whole source, one process."""
     tmp = tmp_path_factory.mktemp("ref")
-    res = cli(*dedup_args(demo_small, model, tmp / "d.parquet", tmp / "cache"))
+    res = cli(*dedup_args(demo_small, random_model, tmp / "d.parquet", tmp / "cache"))
     assert res.returncode == 0, res.stderr
     rows = table(tmp / "d.parquet")
     assert len(rows) >= 5, rows  # loose thresholds: something to compare
     return rows
 
 
-def test_chunks_and_ranks_do_not_change_the_result(demo_small, model, reference, tmp_path):
+def test_chunks_and_ranks_do_not_change_the_result(demo_small, random_model, reference, tmp_path):
     """13 chunks instead of one: the same pairs; similarities agree to float32 rounding (FAISS
     and the model batch differently). 13 chunks on 2 ranks: the same chunks, identical result."""
-    res = cli(*dedup_args(demo_small, model, tmp_path / "a.parquet", tmp_path / "c1", "--chunk-size", "97"))
+    res = cli(*dedup_args(demo_small, random_model, tmp_path / "a.parquet", tmp_path / "c1", "--chunk-size", "97"))
     assert res.returncode == 0, res.stderr
     chunked = table(tmp_path / "a.parquet")
     assert [r[:2] + r[3:] for r in chunked] == [r[:2] + r[3:] for r in reference]
@@ -63,16 +49,16 @@ def test_chunks_and_ranks_do_not_change_the_result(demo_small, model, reference,
     assert len(list((tmp_path / "c1").glob("source.chunks.*/chunk-*.npz"))) == 13  # ceil(1246 / 97)
 
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            str(BIN / "curate"), *dedup_args(demo_small, model, tmp_path / "b.parquet", tmp_path / "c2",
+            str(BIN / "curate"), *dedup_args(demo_small, random_model, tmp_path / "b.parquet", tmp_path / "c2",
                                              "--chunk-size", "97", "--device", "cpu")[1:]]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert table(tmp_path / "b.parquet") == chunked
 
 
-def test_kill_9_then_rerun_continues_from_the_last_chunk(demo_small, model, reference, tmp_path):
+def test_kill_9_then_rerun_continues_from_the_last_chunk(demo_small, random_model, reference, tmp_path):
     cache = tmp_path / "cache"
-    argv = [str(BIN / "curate"), *dedup_args(demo_small, model, tmp_path / "d.parquet", cache,
+    argv = [str(BIN / "curate"), *dedup_args(demo_small, random_model, tmp_path / "d.parquet", cache,
                                              "--chunk-size", "25")[1:]]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -87,16 +73,16 @@ def test_kill_9_then_rerun_continues_from_the_last_chunk(demo_small, model, refe
     proc.wait()
     finished = {p.name: p.stat().st_mtime_ns for p in cache.glob("source.chunks.*/chunk-*.npz")}
     assert 8 <= len(finished) < 50 and not (tmp_path / "d.parquet").exists()
-    res = cli(*dedup_args(demo_small, model, tmp_path / "d.parquet", cache, "--chunk-size", "25"))
+    res = cli(*dedup_args(demo_small, random_model, tmp_path / "d.parquet", cache, "--chunk-size", "25"))
     assert res.returncode == 0, res.stderr
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("source.chunks.*/chunk-*.npz")}
     assert len(after) == 50 and all(after[k] == v for k, v in finished.items())  # kept, not recomputed
     uninterrupted = tmp_path / "u.parquet"
-    assert cli(*dedup_args(demo_small, model, uninterrupted, tmp_path / "c2", "--chunk-size", "25")).returncode == 0
+    assert cli(*dedup_args(demo_small, random_model, uninterrupted, tmp_path / "c2", "--chunk-size", "25")).returncode == 0
     assert table(tmp_path / "d.parquet") == table(uninterrupted)
 
     # other thresholds: only the merge runs, no chunk is recomputed
-    res = cli(*dedup_args(demo_small, model, tmp_path / "e.parquet", cache, "--chunk-size", "25",
+    res = cli(*dedup_args(demo_small, random_model, tmp_path / "e.parquet", cache, "--chunk-size", "25",
                           "--threshold", "0.95", "--pixel-threshold", "0.95"))  # the last value counts
     assert res.returncode == 0, res.stderr
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("source.chunks.*/chunk-*.npz")} == after
