@@ -17,18 +17,28 @@ Estimators (``--method``):
   ``--calibration``, then EM on the calibrated posteriors (with p_s the calibration
   set's label frequencies, the prior those posteriors now carry).
 
-``--temperature T`` smooths the result. For ``mean`` it is the paper's: each image's
-logits are divided by T before the softmax. For the other methods, which need
-calibrated posteriors, it applies to the final estimate instead: P_t ∝ P_t^(1/T),
-the same flattening as if log P_t were the logits. T = 1 leaves the estimate as is.
+``--temperature T`` smooths the result. For ``mean`` it is the paper's, and its default
+(T = 2): each image's logits are divided by T before the softmax. For the other methods,
+which need calibrated posteriors and are consistent under label shift, the default is
+T = 1 (no flattening: at T = 2 EM's exact answer on a known shift is pulled halfway to
+uniform); a T given explicitly applies to the final estimate, P_t ∝ P_t^(1/T), the same
+flattening as if log P_t were the logits.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from manifests import UserError
 
 METHODS = ("mean", "em", "bbse", "em-bcts")
+PAPER_TEMPERATURE = 2.0  # Ngiam et al.'s smoothing, the default for `mean` only
+
+
+def default_temperature(method: str) -> float:
+    """The paper's T = 2 for ``mean``; no flattening (T = 1) for the consistent estimators."""
+    return PAPER_TEMPERATURE if method == "mean" else 1.0
 NEEDS_CALIBRATION = ("bbse", "em-bcts")
 
 
@@ -61,21 +71,42 @@ def estimate_mean(logits: np.ndarray, temperature: float = 2.0, chunk: int = 65_
     return normalise(total)
 
 
-def estimate_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9,
-                steps: int | None = None) -> np.ndarray:
-    """Saerens et al. 2002. ``probs``: posteriors under ``p_source`` (rows sum to 1)."""
+@dataclass
+class EMResult:
+    p: np.ndarray
+    iterations: int
+    converged: bool
+    last_change: float  # L1 change of the last iteration
+
+
+def run_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9,
+           steps: int | None = None) -> EMResult:
+    """Saerens et al. 2002. ``probs``: posteriors under ``p_source`` (rows sum to 1). Stops when
+    an iteration changes P_t by less than ``tol`` (L1), or at ``max_iter`` (not converged);
+    ``steps`` runs exactly that many iterations."""
     p_s = normalise(p_source)
     ok = p_s > 0
-    p = p_s.copy()
-    for _ in range(steps or max_iter):
+    p, change = p_s.copy(), float("inf")
+    for i in range(1, (steps or max_iter) + 1):
         ratio = np.where(ok, p / np.where(ok, p_s, 1.0), 0.0)
         q = probs * ratio
         q /= np.clip(q.sum(axis=1, keepdims=True), 1e-300, None)
         new = q.mean(axis=0)
-        if steps is None and np.abs(new - p).sum() < tol:
-            return normalise(new)
+        change = float(np.abs(new - p).sum())
         p = new
-    return normalise(p)
+        if steps is None and change < tol:
+            return EMResult(normalise(p), i, True, change)
+    return EMResult(normalise(p), steps or max_iter, steps is not None, change)
+
+
+def estimate_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9,
+                steps: int | None = None) -> np.ndarray:
+    """Saerens et al. 2002: P_t only (see :func:`run_em`)."""
+    return run_em(probs, p_source, max_iter, tol, steps).p
+
+
+def em_facts(r: EMResult) -> dict:
+    return {"em_iterations": r.iterations, "em_converged": r.converged, "em_last_change": r.last_change}
 
 
 def estimate_bbse(target_pred: np.ndarray, cal_pred: np.ndarray, cal_labels: np.ndarray, k: int) -> np.ndarray:
@@ -126,7 +157,8 @@ def estimate(method: str, target_logits: np.ndarray, p_source: np.ndarray | None
         if p_source is None:
             raise UserError("--method em", "needs the source prior",
                             "pass --source SOURCE.parquet, or a checkpoint that recorded its class prior")
-        return smooth(estimate_em(softmax(target_logits), p_source), temperature), {}
+        r = run_em(softmax(target_logits), p_source)
+        return smooth(r.p, temperature), em_facts(r)
     if cal_logits is None or cal_labels is None or len(cal_labels) == 0:
         raise UserError(f"--method {method}", "needs held-out labeled source images",
                         "pass --calibration HELDOUT_SOURCE.parquet (labeled with the source classes)")
@@ -135,5 +167,5 @@ def estimate(method: str, target_logits: np.ndarray, p_source: np.ndarray | None
         return smooth(p, temperature), {}
     t, b = fit_bcts(cal_logits, cal_labels)
     p_cal = np.bincount(cal_labels, minlength=k) / len(cal_labels)
-    p = estimate_em(apply_bcts(target_logits, t, b), p_cal)
-    return smooth(p, temperature), {"bcts_temperature": t}
+    r = run_em(apply_bcts(target_logits, t, b), p_cal)
+    return smooth(r.p, temperature), {"bcts_temperature": t, **em_facts(r)}

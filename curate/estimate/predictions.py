@@ -34,8 +34,9 @@ def write_predictions(path, classes: list[str], parts: dict, meta_params: dict) 
                                                              params=meta_params))
 
 
-def read_predictions(path) -> tuple[list[str], dict]:
-    """classes and {set: (logits, labels)} from a --save-predictions file."""
+def read_predictions(path) -> tuple[list[str], dict, dict]:
+    """classes, {set: (logits, labels)} and the file's params (model, class_prior) from a
+    --save-predictions file."""
     path = Path(path)
     if not path.exists():
         raise UserError(path, "does not exist", "write it with `curate estimate --save-predictions`")
@@ -48,4 +49,4 @@ def read_predictions(path) -> tuple[list[str], dict]:
         sub = t.filter(pc.equal(t.column("set"), name))
         logits = sub.column("logits").combine_chunks().flatten().to_numpy().reshape(sub.num_rows, len(meta.classes))
         out[name] = (logits, sub.column("label").fill_null(-1).to_numpy())
-    return list(meta.classes), out
+    return list(meta.classes), out, dict(meta.params)

@@ -14,7 +14,7 @@ from datl_torch.engine.config import DEVICES
 from manifests import ManifestMeta, UserError, input_hashes, open_manifest, write_table
 from manifests.cli import opt
 
-from .estimators import METHODS, NEEDS_CALIBRATION, estimate
+from .estimators import METHODS, NEEDS_CALIBRATION, default_temperature, estimate
 from .predictions import read_predictions, write_predictions
 
 MODEL_CLASSES = "estimate with a model trained on these classes"
@@ -28,11 +28,15 @@ class EstimateConfig:
     out: str = opt(short="-o", help="prior.parquet to write (label, class_name, p_target).")
     method: str = opt("mean", choices=METHODS,
                       help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.")
-    temperature: float = opt(2.0, help="Smoothing: mean divides each image's logits by T; other methods flatten "
-                                       "the result to P^(1/T).")
+    temperature: float | None = opt(None, help="Smoothing: mean divides each image's logits by T; other methods "
+                                               "flatten the result to P^(1/T) [default: 2.0 (the paper's) for mean; "
+                                               "1, no flattening, for em, bbse, em-bcts].")
     calibration: str | None = opt(None, help="Held-out labeled source manifest (needed by bbse and em-bcts).")
-    source: str | None = opt(None, help="Source manifest: P_s(y) from its label counts (default: the "
-                                        "checkpoint's prior).")
+    source: str | None = opt(None, help="Source manifest: its label counts are P_s(y) when the model recorded "
+                                        "no training prior, or with --source-prior source.")
+    source_prior: str = opt("checkpoint", choices=("checkpoint", "source"), noun="source prior",
+                            help="P_s(y) for em: the checkpoint's training prior (what its posteriors carry), "
+                                 "or --source's label frequencies.")
     save_predictions: str | None = opt(None, help="Also write per-image logits here, to re-estimate without "
                                                   "the model.")
     predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running "
@@ -42,9 +46,15 @@ class EstimateConfig:
     device: str = opt("auto", choices=DEVICES)
     quiet: bool = opt(False, short="-q")
 
+    @property
+    def t(self) -> float:
+        """The temperature in force: the one given, or the method's default."""
+        return self.temperature if self.temperature is not None else default_temperature(self.method)
+
     def check(self) -> None:
-        if self.temperature <= 0:
-            raise UserError("--temperature", f"{self.temperature} is not positive", "pass T > 0 (1 = no smoothing)")
+        if not self.t > 0:
+            raise UserError("--temperature", f"{self.temperature} is not a positive number",
+                            "pass T > 0 (1 = no smoothing)")
         if self.method in NEEDS_CALIBRATION and not (self.calibration or self.predictions):
             raise UserError(f"--method {self.method}", "needs held-out labeled source images",
                             "pass --calibration HELDOUT_SOURCE.parquet")
@@ -74,8 +84,8 @@ def run(cfg: EstimateConfig) -> Path:
 
 
 def read_predictions_file(path: str) -> Logits:
-    classes, parts = read_predictions(path)
-    return Logits(classes, parts["target"][0], *parts["calibration"])
+    classes, parts, params = read_predictions(path)
+    return Logits(classes, parts["target"][0], *parts["calibration"], class_prior=params.get("class_prior"))
 
 
 def model_logits(cfg: EstimateConfig, d) -> Logits:
@@ -102,31 +112,46 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
         parts["calibration"] = (t.column("id").take(pa.array(crow)).to_pylist(), out.calibration,
                                 out.calibration_labels.tolist())
     if cfg.save_predictions and d.main:
-        write_predictions(cfg.save_predictions, classes, parts, {"model": cfg.model})
+        write_predictions(cfg.save_predictions, classes, parts, {"model": cfg.model,
+                                                                 "class_prior": lm.config.class_prior})
     return out
 
 
 def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
-    """P_s(y): the --source manifest's label frequencies, else the checkpoint's training prior."""
+    """P_s(y): the checkpoint's training prior (the prior its posteriors carry), unless it has
+    none or --source-prior source; then --source's label frequencies. Says so when the two differ."""
+    checkpoint = np.asarray(logits.class_prior) if logits.class_prior else None
     if not cfg.source:
-        return np.asarray(logits.class_prior) if logits.class_prior else None
+        return checkpoint
     sm = open_manifest(cfg.source)
     sm.require_classes(logits.classes, "the model", MODEL_CLASSES)
     counts, _ = sm.label_counts()
-    return counts / counts.sum()
+    counted = counts / counts.sum()
+    use_source = checkpoint is None or cfg.source_prior == "source"
+    if checkpoint is not None and (gap := float(np.abs(counted - checkpoint).sum())) > 1e-3:
+        used, other = ("--source's label frequencies", "the checkpoint's training prior") if use_source else \
+            ("the checkpoint's training prior", "--source's label frequencies")
+        click.echo(f"note: {cfg.source}'s label frequencies differ from the checkpoint's training prior "
+                   f"(L1 {gap:.3f}); using {used}, not {other} (--source-prior)", err=True)
+    return counted if use_source else checkpoint
 
 
 def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
     classes = logits.classes
-    p, facts = estimate(cfg.method, logits.target, source_prior(cfg, logits), cfg.temperature, logits.calibration,
+    p, facts = estimate(cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration,
                         logits.calibration_labels)
     table = pa.table({"label": pa.array(np.arange(len(classes), dtype=np.int32)),
                       "class_name": pa.array(classes, pa.string()), "p_target": pa.array(p, pa.float64())})
-    params = {"method": cfg.method, "temperature": cfg.temperature, "model": cfg.model,
-              "n_target": len(logits.target), **facts}
+    params = {"method": cfg.method, "temperature": cfg.t, "temperature_default": cfg.temperature is None,
+              "model": cfg.model, "n_target": len(logits.target), **facts}
     write_table(cfg.out, table, ManifestMeta(classes=classes, stage="estimate", params=params, inputs=input_hashes(
         target=cfg.target, calibration=cfg.calibration, source=cfg.source, predictions=cfg.predictions)))
-    click.echo(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {cfg.method} "
-               f"(T={cfg.temperature}); top:")
+    click.echo(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {cfg.method} (T={cfg.t:g}); top:")
     for i in np.argsort(-p)[:10]:
         click.echo(f"  {classes[i]:<24} {p[i]:.4f}")
+    if "em_iterations" in facts:
+        if facts["em_converged"]:
+            click.echo(f"EM converged after {facts['em_iterations']} iterations")
+        else:
+            click.echo(f"warning: EM stopped at its cap of {facts['em_iterations']} iterations without converging "
+                       f"(last change {facts['em_last_change']:.2e} in L1); the estimate may be off", err=True)
