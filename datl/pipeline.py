@@ -192,10 +192,10 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
 
 
 def _expand_compare(path: Path, spec: dict, seeds: list[int], stages: dict[str, Stage]):
-    unknown = set(spec) - {"pretrain", "finetune", "arms", "plot"}
+    unknown = set(spec) - {"pretrain", "finetune", "arms", "plot", "baseline"}
     if unknown:
         raise _err(path, f"compare key '{sorted(unknown)[0]}'", "is not a compare key",
-                   "use pretrain, finetune, arms, plot")
+                   "use pretrain, finetune, arms, plot, baseline")
     recipe = dict(_mapping(path, "compare pretrain", spec.get("pretrain")))
     _check_params(path, "compare pretrain", "pretrain", recipe)
     if "model" not in recipe:
@@ -230,7 +230,12 @@ def _expand_compare(path: Path, spec: dict, seeds: list[int], stages: dict[str, 
     plot = spec.get("plot")
     if plot:
         report_inputs["plot"] = str(plot)
-    stages[COMPARE] = Stage(COMPARE, COMPARE, report_inputs, {"seeds": seeds, "arms": list(arms)})
+    baseline = spec.get("baseline", "uniform" if "uniform" in arms else None)
+    if baseline is not None and baseline not in arms:
+        raise _err(path, "compare baseline", f"'{baseline}' is not one of the arms",
+                   f"name one of {', '.join(arms)}")
+    stages[COMPARE] = Stage(COMPARE, COMPARE, report_inputs, {"seeds": seeds, "arms": list(arms),
+                                                              "baseline": baseline})
     return list(arms), plot
 
 

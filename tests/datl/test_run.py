@@ -46,6 +46,7 @@ compare:
   arms:
     adaptive: "@sample_adaptive.s{{seed}}/sample.parquet"
     scratch: null
+  baseline: scratch
   plot: "@weights/weights.png"
 """
 
@@ -77,6 +78,13 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(tmp_path):
     ad = results["arms"]["adaptive"]
     assert ad["pretrain_size"] == 64 and results["arms"]["scratch"]["pretrain_size"] == 0
     assert len(ad["per_seed"]) == 2 and min(ad["per_seed"].values()) <= ad["test_accuracy"] <= max(ad["per_seed"].values())
+    # a with-replacement sample of 64 draws from ~750 images: fewer distinct images than draws
+    sample_ids = Manifest(out / "sample_adaptive.s0" / "sample.parquet").read(["id"]).column(0).to_pylist()
+    assert ad["distinct_images"] == len(set(sample_ids)) < 64
+    vs = ad["vs_baseline"]
+    diffs = [ad["per_seed"][s] - results["arms"]["scratch"]["per_seed"][s] for s in ("0", "1")]
+    assert vs["baseline"] == "scratch" and vs["n_pairs"] == 2 and abs(vs["diff_mean"] - sum(diffs) / 2) < 1e-12
+    assert vs["ci95"][0] <= vs["diff_mean"] <= vs["ci95"][1] and "vs_baseline" not in results["arms"]["scratch"]
     assert "adaptive" in first.stdout.split("results:")[0].splitlines()[-3]  # the table is printed
     assert "![weights](weights/weights.png)" in (out / "report.md").read_text()
     assert (out / "logs" / "pretrain.adaptive.s1.log").read_text().startswith("$ ")
