@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import click
 
 from manifests import (Manifest, ManifestMeta, UserError, check_same_classes, input_hashes, open_manifest,
-                       write_manifest)
+                       refuse_clobber, write_manifest)
 from manifests.cli import opt
 
 BATCH = 262_144
@@ -60,6 +60,7 @@ def run(cfg: SampleConfig) -> Path:
     """Draw the sample and write it: the source's columns + weight + draw, paths rebased to OUT's folder."""
     from .weight import read_excluded_ids, read_weights
 
+    refuse_clobber({"--out": cfg.out}, {"--source": cfg.source, "--weights": cfg.weights, "--exclude": cfg.exclude})
     if (cfg.weights is None) == (not cfg.uniform):
         raise UserError("--weights", "pass either --weights or --uniform" if not cfg.uniform
                         else "--weights and --uniform both given", "pass exactly one of them")

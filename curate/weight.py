@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import click
 
 from manifests import (Manifest, ManifestError, ManifestMeta, UserError, atomic_output, check_same_classes,
-                       input_hashes, open_manifest, write_table)
+                       input_hashes, open_manifest, refuse_clobber, write_table)
 from manifests.cli import opt
 
 PRIOR_COLUMNS = ("label", "class_name", "p_target")
@@ -35,6 +35,9 @@ class WeightConfig:
 
 def run(cfg: WeightConfig) -> Path:
     """Write weights.parquet (and its plot); report classes dropped for want of source images."""
+    plot = None if cfg.no_plot else (cfg.plot or str(Path(cfg.out).with_suffix(".png")))
+    refuse_clobber({"--out": cfg.out, "--plot": plot}, {"--source": cfg.source, "--prior": cfg.prior,
+                                                       "--exclude": cfg.exclude})
     sm = open_manifest(cfg.source)
     classes, p_target = read_prior(cfg.prior)
     result = compute_weights(sm, classes, p_target, read_excluded_ids(cfg.exclude))
@@ -50,8 +53,7 @@ def run(cfg: WeightConfig) -> Path:
     if "n_excluded" in t.column_names:
         msg += f", {sum(t.column('n_excluded').to_pylist()):,} source images excluded as duplicates"
     click.echo(msg)
-    if not cfg.no_plot:
-        plot = cfg.plot or str(Path(cfg.out).with_suffix(".png"))
+    if plot is not None:
         plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
         click.echo(f"plot: {plot}")
     return Path(cfg.out)

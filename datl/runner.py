@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from functools import lru_cache
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from manifests import UserError, atomic_output, file_sha256
+from manifests import OWNED, UserError, atomic_output, claim_folder, file_sha256, remove_owned
 
 from .pipeline import COMPARE, Pipeline, Stage, ref_file, ref_stage
 from .stages import KINDS, command_line
@@ -140,8 +139,8 @@ def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, qui
                 raise UserError("--from", f"no stage '{s}'", f"use one of {', '.join(_top_names(pipe))}")
             names |= hit
         forced |= pipe.downstream(names)
-    logs = pipe.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    check_owned(pipe)
+    logs = claim_folder(pipe.out / "logs", "logs")
     if pipe.launcher is not None and pipe.launcher.nnodes > 1:
         from .nodes import Nodes
 
@@ -200,6 +199,21 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
     return done
 
 
+def owned(folder: Path) -> bool:
+    """datl made it: its marker, or a stamp or pending key of a datl from before the marker."""
+    return any((folder / f).exists() for f in (OWNED, STAMP, PENDING))
+
+
+def check_owned(pipe: Pipeline) -> None:
+    """Before anything runs: every stage folder that exists is datl's, or the run is refused."""
+    for name in pipe.stages:
+        folder = pipe.out / name
+        if folder.exists() and not (folder.is_dir() and owned(folder)):
+            raise UserError(folder, f"is in the way of stage '{name}' and was not made by datl (no {OWNED} marker)",
+                            "move it away, rename the stage, or choose another out:; datl never deletes what it "
+                            "did not make")
+
+
 def _top_names(pipe: Pipeline) -> list[str]:
     """Names --from accepts: every stage, per-seed stages without their .sN, arms' pretrain.ARM."""
     import re
@@ -217,8 +231,10 @@ def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
     resumable = (stage.kind in KINDS and KINDS[stage.kind].resumes and pending == key and stage.name not in forced
                  and (folder / "state.pt").exists())
     if not resumable and folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+        if owned(folder):
+            (folder / OWNED).touch()  # a stage folder of a datl from before the marker
+        remove_owned(folder)  # only a folder datl made; anything else in the way is refused
+    claim_folder(folder, f"stage {stage.name}")
     _write_json(folder / PENDING, {"key": key})
     return resumable
 

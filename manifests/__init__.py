@@ -2,14 +2,14 @@
 streamed and atomic IO, ``ImageDataset``, and the bundled demo data."""
 from .errors import ManifestError, UserError
 from .images import load_image, probe_images
-from .io import (Manifest, atomic_output, file_sha256, input_hashes, open_manifest, require_file, write_manifest,
-                 write_table)
+from .io import (OWNED, Manifest, atomic_output, claim_folder, file_sha256, input_hashes, open_manifest,
+                 refuse_clobber, remove_owned, require_file, write_manifest, write_table)
 from .schema import LABEL, ManifestMeta, check_same_classes, check_schema
 
 __all__ = [
-    "BadImageLog", "Batch", "ImageDataset", "LABEL", "Manifest", "ManifestError", "ManifestMeta", "Sample",
-    "UserError", "atomic_output", "check_same_classes", "check_schema", "collate_skip_bad", "file_sha256",
-    "input_hashes", "load_image", "open_manifest", "probe_images", "require_file", "write_manifest", "write_table",
+    "OWNED", "BadImageLog", "Batch", "ImageDataset", "LABEL", "Manifest", "ManifestError", "ManifestMeta", "Sample",
+    "UserError", "atomic_output", "check_same_classes", "check_schema", "claim_folder", "collate_skip_bad", "file_sha256",
+    "input_hashes", "load_image", "open_manifest", "probe_images", "refuse_clobber", "remove_owned", "require_file", "write_manifest", "write_table",
 ]
 
 _TORCH_NAMES = {"BadImageLog", "Batch", "ImageDataset", "Sample", "collate_skip_bad"}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from .errors import UserError
-from .io import Manifest, write_manifest
+from .io import Manifest, claim_folder, remove_owned, write_manifest
 from .schema import ManifestMeta
 
 SIZE = 28
@@ -246,6 +245,7 @@ def build_demo(out: str | os.PathLike, seed: int = 0, fraction: float = 1.0, pro
         raise UserError(out, "exists and is a file", "pass a folder for the demo data")
     if not force and is_built(out, seed, fraction):
         return False
+    claim_folder(out, "demo data")  # never writes into, or deletes from, a folder datl did not make
     rng = np.random.default_rng(seed)
     classes = source_classes()
     items: list[tuple[str, Item]] = []
@@ -265,18 +265,17 @@ def build_demo(out: str | os.PathLike, seed: int = 0, fraction: float = 1.0, pro
 
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".images.building"
-    if staging.exists():
-        shutil.rmtree(staging)
+    remove_owned(staging)  # a build that was interrupted
     src_rel = [f"source/{fam}/{it.id}.png" for fam, it in items]
     tgt_rel = [f"target/{i}.png" for i in t_ids]
+    claim_folder(staging, "demo images")
     _save_pngs(staging, src_rel + tgt_rel, [it.image for _, it in items] + list(tx), progress)
     src_paths = [f"images/{p}" for p in src_rel]
     tgt_paths = [f"images/{p}" for p in tgt_rel]
     # Swap the finished image folder in, then write the manifests (each atomically).
     for name in MANIFESTS:
         (out / f"{name}.parquet").unlink(missing_ok=True)
-    if (out / "images").exists():
-        shutil.rmtree(out / "images")
+    remove_owned(out / "images")
     staging.rename(out / "images")
 
     params = _params(seed, fraction)

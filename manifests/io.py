@@ -266,3 +266,50 @@ def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
     if not p.exists():
         raise UserError(p, f"{what} does not exist", fix)
     return p
+
+
+# -- never destroy what datl did not make ----------------------------------------
+OWNED = ".datl-owned"  # the marker in every folder datl creates and may empty or remove
+
+
+def claim_folder(path: str | os.PathLike, what: str) -> Path:
+    """Create ``path`` as a datl folder (with the OWNED marker), or accept it if datl made it or
+    it is empty. A non-empty folder datl did not make is refused: nothing in it is touched."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(p, f"is a file, not a folder for the {what}", "pass another --out")
+    if p.is_dir() and not (p / OWNED).exists() and any(p.iterdir()):
+        raise UserError(p, f"is a folder datl did not create (no {OWNED} marker) and it is not empty",
+                        f"pass a new or empty folder for the {what}; datl never writes into or deletes other folders")
+    p.mkdir(parents=True, exist_ok=True)
+    (p / OWNED).touch()
+    return p
+
+
+def remove_owned(path: str | os.PathLike) -> None:
+    """Delete a folder datl made (it holds the OWNED marker); refuse any other."""
+    import shutil
+
+    p = Path(path)
+    if not p.exists():
+        return
+    if not p.is_dir() or not (p / OWNED).exists():
+        raise UserError(p, f"exists and was not made by datl (no {OWNED} marker)",
+                        "move it away or choose another output folder; datl never deletes what it did not make")
+    shutil.rmtree(p)
+
+
+def refuse_clobber(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
+    """An output that is an input, or the same file as another output, is refused before any work."""
+    seen: dict[str, str] = {}
+    ins = {os.path.realpath(v): k for k, v in inputs.items() if v is not None}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if real in ins:
+            raise UserError(flag, f"{path} is also the {ins[real]} input: writing it would destroy that input",
+                            "write the output to another path")
+        if real in seen:
+            raise UserError(flag, f"{path} is also the {seen[real]} output", "give each output its own path")
+        seen[real] = flag

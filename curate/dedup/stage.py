@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from datl_torch.engine.config import DEVICES
-from manifests import ManifestMeta, UserError, input_hashes, open_manifest, write_table
+from manifests import ManifestMeta, UserError, input_hashes, open_manifest, refuse_clobber, write_table
 from manifests.cli import opt
 
 from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, Duplicates, Indexes, chunk_duplicates
@@ -56,6 +56,7 @@ class DedupConfig:
     quiet: bool = opt(False, short="-q")
 
     def check(self) -> None:
+        refuse_clobber({"--out": self.out}, {"--source": self.source, "--target": self.target})
         if self.feature and not self.model:
             raise UserError("curate dedup", "the feature check needs --model RUN_DIR (or timm:ARCH --weights FILE)",
                             "pass --model, or --no-feature for the exact and pixel checks only")

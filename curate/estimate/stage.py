@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from datl_torch.engine.config import DEVICES
-from manifests import ManifestMeta, UserError, input_hashes, open_manifest, write_table
+from manifests import ManifestMeta, UserError, input_hashes, open_manifest, refuse_clobber, write_table
 from manifests.cli import opt
 
 from .estimators import METHODS, NEEDS_CALIBRATION, default_temperature, estimate
@@ -52,6 +52,9 @@ class EstimateConfig:
         return self.temperature if self.temperature is not None else default_temperature(self.method)
 
     def check(self) -> None:
+        refuse_clobber({"--out": self.out, "--save-predictions": self.save_predictions},
+                       {"--target": self.target, "--calibration": self.calibration, "--source": self.source,
+                        "--predictions": self.predictions})
         if not self.t > 0:
             raise UserError("--temperature", f"{self.temperature} is not a positive number",
                             "pass T > 0 (1 = no smoothing)")

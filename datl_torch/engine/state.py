@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from manifests import UserError, atomic_output
+from manifests import UserError, atomic_output, claim_folder
 
 from ..checkpoint import METRICS, STATE
 from ..modeling import unwrap
@@ -22,7 +22,7 @@ def prepare_out(out: Path, resume: bool) -> None:
         return
     if (out / STATE).exists():
         raise UserError(out, "already holds a run", "pass --resume to continue it, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "run folder")  # a folder datl did not make is refused, never emptied
     (out / METRICS).unlink(missing_ok=True)
 
 
