@@ -77,8 +77,8 @@ def test_torchrun_two_processes_gloo(digits_animals, tmp_path):
                           "--log-every", "2", "--device", "cpu", *FAST],
                          capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "model.safetensors",
-                                                      "state.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [".datl-owned", "config.json", "metrics.jsonl",
+                                                      "model.safetensors", "state.pt"]
     assert [r["step"] for r in _metrics(out)] == [2, 4, 6]  # one writer, not two
     assert read_config(out).arch == "test_resnet"
 
