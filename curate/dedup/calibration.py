@@ -100,11 +100,6 @@ class Tally:
         return float(hist[int(round((t + 1.0) * 1000.0)):].sum() / total) if total else 0.0
 
 
-def rates(planted: np.ndarray, ordinary: np.ndarray) -> tuple[float, float]:
-    """(recall on planted copies, false-positive rate on ordinary source images) of boolean hits."""
-    return (float(planted.mean()) if len(planted) else 0.0, float(ordinary.mean()) if len(ordinary) else 0.0)
-
-
 def calibration_table(planted: np.ndarray, ordinary: np.ndarray, thresholds=THRESHOLDS) -> list[tuple]:
     """(threshold, recall on planted copies, false-positive rate on ordinary source images);
     ``ordinary`` is a Tally histogram."""

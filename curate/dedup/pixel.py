@@ -61,11 +61,6 @@ def normalise(thumbs: np.ndarray) -> np.ndarray:
     return np.divide(v, n, out=np.zeros_like(v), where=n > 1e-6)
 
 
-def descriptor(img) -> np.ndarray:
-    """Mean-free, L2-normalised 16x16 grey thumbnail (zeros for a flat image)."""
-    return normalise(thumbnail(img))
-
-
 def crop_views(img) -> list:
     """The whole image and its grid of crops (see the module docstring)."""
     w, h = img.size

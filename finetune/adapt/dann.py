@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .net import DomainDiscriminator, grl_lambda, reverse_gradient
 from .registry import Method, register
