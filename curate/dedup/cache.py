@@ -118,7 +118,10 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
 
 def chunk_folder(cache_dir: Path, source: Manifest, target_file: Path, index: str, chunk_size: int) -> Path:
     """Keyed by everything a chunk's result depends on (the target key holds the model's)."""
-    return cache_dir / f"{source.path.stem}.chunks.{_key(file_sha256(source.path), target_file.name, index, chunk_size)}"
+    from .index import INDEX_FORMAT
+
+    key = _key(file_sha256(source.path), target_file.name, index, INDEX_FORMAT, chunk_size)
+    return cache_dir / f"{source.path.stem}.chunks.{key}"
 
 
 def chunk_file(folder: Path, c: int) -> Path:

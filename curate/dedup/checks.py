@@ -21,7 +21,7 @@ import numpy as np
 
 from . import pixel as px
 from .cache import ChunkResult, Embeddings, TargetSide
-from .index import best_match, cached_index, describe
+from .index import INDEX_FORMAT, PIXEL_REDUCE, best_match, cached_index, describe
 
 DEFAULT_THRESHOLD = 0.96  # model features; see README: calibrated with `curate dedup --calibrate`
 DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
@@ -39,13 +39,16 @@ class Indexes:
             return target.content.pixel.reshape(-1, target.content.pixel.shape[-1])
 
         self.target = target
+        def file(name: str) -> Path:
+            return stem.with_name(f"{stem.name}.{name}-{kind}-{INDEX_FORMAT}.faiss")
+
+        reduce = {"pixel": PIXEL_REDUCE, "feature": None}
         for name, vectors in (("pixel", views), ("feature", (lambda: target.emb.vecs) if target.emb else None)):
             if vectors is not None and d.main:
-                cached_index(stem.with_name(f"{stem.name}.{name}-{kind}.faiss"), vectors, kind, build=True)
+                cached_index(file(name), vectors, kind, build=True, reduce=reduce[name])
         dist.barrier(d)
-        self.pixel = cached_index(stem.with_name(f"{stem.name}.pixel-{kind}.faiss"), views, kind, build=False)
-        self.feature = cached_index(stem.with_name(f"{stem.name}.feature-{kind}.faiss"), None, kind, build=False) \
-            if target.emb is not None else None
+        self.pixel = cached_index(file("pixel"), views, kind, build=False)
+        self.feature = cached_index(file("feature"), None, kind, build=False) if target.emb is not None else None
         self.description = {"pixel": describe(self.pixel),
                             "feature": describe(self.feature) if self.feature is not None else "off"}
 

@@ -104,15 +104,16 @@ def default_workers() -> int:
 
 
 def _part(path: str, views: bool, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hashes, thumbnails and readability of rows [lo, hi) of the manifest at ``path``."""
+    """Hashes, descriptors and readability of rows [lo, hi) of the manifest at ``path``; normalised
+    here, in the worker, so the parent's serial share stays small."""
     from manifests.shards import AddressColumns
 
     m = Manifest(path)
     where = AddressColumns(m.read_range(lo, hi, ["path", *m.address_columns]), str(m.folder))
     out = [_one(where.address(i), views) for i in range(len(where))]
     dim = (0, VIEWS, SIDE * SIDE) if views else (0, SIDE * SIDE)
-    return (np.array([o[0] for o in out], dtype=f"S{HASH_BYTES}"),
-            np.stack([o[1] for o in out]) if out else np.zeros(dim, np.uint8),
+    thumbs = np.stack([o[1] for o in out]) if out else np.zeros(dim, np.uint8)
+    return (np.array([o[0] for o in out], dtype=f"S{HASH_BYTES}"), normalise(thumbs).astype(np.float16),
             np.array([o[2] for o in out], dtype=bool))
 
 
@@ -147,6 +148,6 @@ def content_pass(manifest: Manifest, views: bool, workers: int | None = None, pr
     bar.close()
     dim = (0, VIEWS, SIDE * SIDE) if views else (0, SIDE * SIDE)
     hashes = np.concatenate([r[0] for r in results]) if results else np.zeros(0, f"S{HASH_BYTES}")
-    thumbs = np.concatenate([r[1] for r in results]) if results else np.zeros(dim, np.uint8)
+    pixel = np.concatenate([r[1] for r in results]) if results else np.zeros(dim, np.float16)
     readable = np.concatenate([r[2] for r in results]) if results else np.zeros(0, bool)
-    return Content(hashes, normalise(thumbs).astype(np.float16), readable)
+    return Content(hashes, pixel, readable)

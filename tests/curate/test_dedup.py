@@ -96,6 +96,22 @@ def test_ivf_matches_flat_on_planted_near_copies():
     assert (pi[:, 0] == np.arange(500)).mean() >= 0.99
 
 
+def test_reduced_ivf_reranks_exactly():
+    """The pixel index's candidates come from a PCA-64 IVF, its similarities from the full vectors."""
+    rng = np.random.default_rng(1)
+    smooth = rng.normal(size=(20_000, 16)) @ rng.normal(size=(16, 256))  # low-rank, like thumbnails
+    target = smooth + 0.3 * rng.normal(size=smooth.shape)
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    copies = target[:500] + 0.01 * rng.normal(size=(500, 256))
+    copies = (copies / np.linalg.norm(copies, axis=1, keepdims=True)).astype(np.float32)
+    index, desc = build_index(target, "ivf", reduce=64)
+    assert "64 PCA dimensions" in desc and "re-ranked exactly" in desc
+    sims, pos = index.search(copies, 1)
+    assert (pos[:, 0] == np.arange(500)).mean() >= 0.99
+    exact = np.einsum("ij,ij->i", copies.astype(np.float64), target[pos[:, 0]])
+    np.testing.assert_allclose(sims[:, 0], exact, atol=1e-5)  # the full-dimension cosine, not the PCA one
+
+
 def test_bad_input(random_model, demo_small, tmp_path):
     src, target = demo_small / "source.parquet", demo_small / "target_unlabeled.parquet"
     base = ["curate", "dedup", "--source", str(src), "--model", str(random_model), "--out", str(tmp_path / "d.parquet")]
