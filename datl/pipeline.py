@@ -5,13 +5,16 @@ The file (see the repository's pipeline.yaml, and the README)::
     out: demo/run                 # every stage writes OUT/<stage name>/
     device: auto                  # auto | cpu | cuda, given to every torch stage
     seeds: 3                      # or a list, e.g. [0, 1, 2]
+    sizes: [1500, 6000]           # optional: a sweep over pretraining-set sizes (see below)
     launcher: {torchrun: 2}       # optional: torch stages under torchrun --nproc-per-node 2
     stages:
-      NAME: {run: KIND, inputs: {KEY: REF}, params: {FLAG: VALUE}, per_seed: false}
+      NAME: {run: KIND, inputs: {KEY: REF}, params: {FLAG: VALUE}, per_seed: false, per_size: false}
     compare:
       pretrain: {FLAG: VALUE}     # one recipe and budget for every arm
-      finetune: {inputs: {train: REF, test: REF}, params: {FLAG: VALUE}}
+      finetune: {inputs: {train: REF, test: REF, val: REF}, params: {FLAG: VALUE}}
       arms: {ARM: REF or null}    # the manifest each arm pretrains on; null = from scratch
+      baseline: ARM               # optional (default: uniform): paired differences against it
+      select: [ARM, ARM]          # optional: the report chooses among these on val accuracy
       plot: REF                   # optional: the weight plot the report links
 
 A REF is ``@stage`` (that stage's folder), ``@stage/file`` (a file in it), a path
@@ -19,6 +22,12 @@ relative to the pipeline file, or (for a model input) ``timm:ARCH``. A ``per_see
 ``NAME.s1``, ...: ``{seed}`` in its refs and params is replaced, and it gets ``--seed``.
 Refs of arms and of the fine-tuning may use ``{seed}`` too. Arms expand to
 ``pretrain.ARM.sN`` and ``finetune.ARM.sN``; ``compare`` reads every fine-tuning result.
+
+A size sweep: with ``sizes:``, a ``per_size`` stage runs once per size, as ``NAME.z1500``
+(``NAME.z1500.s0`` when per seed too), with ``{size}`` replaced in its refs and params; an arm
+whose ref holds ``{size}`` becomes one arm per size, ``ARM@1500``, ... The baseline is then
+taken at the same size (``uniform@1500`` for ``adaptive@1500``), and the report plots test
+accuracy against size for every swept arm, with 95% intervals (``compare/sweep.png``).
 
 Everything is checked before anything runs: unknown kinds, keys and parameters, refs
 to stages that do not exist, missing input files and cycles are user errors naming
@@ -92,9 +101,12 @@ def _err(path: Path, where: str, problem: str, fix: str) -> UserError:
     return UserError(f"{path}: {where}", problem, fix)
 
 
-def _fill(value: Any, seed: int | None) -> Any:
+def _fill(value: Any, seed: int | None, size: int | None = None) -> Any:
     if isinstance(value, str) and seed is not None:
-        return value.replace("{seed}", str(seed))
+        value = value.replace("{seed}", str(seed))
+    if isinstance(value, str) and size is not None:
+        value = value.replace("{size}", str(size))
+        return int(value) if value.isdigit() else value  # `size: "{size}"` is a number once filled
     return value
 
 
@@ -108,10 +120,10 @@ def _mapping(path: Path, where: str, value: Any) -> dict:
 
 def _check_stage(path: Path, name: str, spec: Any) -> tuple[str, dict, dict, bool]:
     spec = _mapping(path, f"stage '{name}'", spec)
-    unknown = set(spec) - {"run", "inputs", "params", "per_seed"}
+    unknown = set(spec) - {"run", "inputs", "params", "per_seed", "per_size"}
     if unknown:
         raise _err(path, f"stage '{name}'", f"unknown key '{sorted(unknown)[0]}'",
-                   "use run, inputs, params and per_seed")
+                   "use run, inputs, params, per_seed and per_size")
     kind = spec.get("run")
     if kind not in KINDS:
         raise _err(path, f"stage '{name}'", f"unknown stage kind '{kind}'", f"run: one of {', '.join(KINDS)}")
@@ -125,7 +137,7 @@ def _check_stage(path: Path, name: str, spec: Any) -> tuple[str, dict, dict, boo
             raise _err(path, f"stage '{name}' input '{key}'", "is required", f"add inputs: {{{key}: REF}}")
     params = _mapping(path, f"stage '{name}' params", spec.get("params"))
     _check_params(path, f"stage '{name}'", kind, params)
-    return kind, inputs, params, bool(spec.get("per_seed", False))
+    return kind, inputs, params, bool(spec.get("per_seed", False)), bool(spec.get("per_size", False))
 
 
 def _check_params(path: Path, where: str, kind: str, params: dict) -> None:
@@ -149,10 +161,10 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
         raise UserError(path, f"is not valid YAML{f' (line {line + 1})' if line is not None else ''}",
                         "fix the syntax") from None
     raw = _mapping(path, "the file", raw)
-    unknown = set(raw) - {"out", "device", "seeds", "launcher", "stages", "compare"}
+    unknown = set(raw) - {"out", "device", "seeds", "sizes", "launcher", "stages", "compare"}
     if unknown:
         raise _err(path, f"key '{sorted(unknown)[0]}'", "is not a pipeline key",
-                   "use out, device, seeds, launcher, stages, compare")
+                   "use out, device, seeds, sizes, launcher, stages, compare")
     out_dir = Path(out) if out else path.parent / str(raw.get("out", "runs/pipeline"))
     device = str(raw.get("device", "auto"))
     if device not in ("auto", "cpu", "cuda"):
@@ -161,6 +173,10 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise _err(path, "seeds", "must be a count or a list of integers", "e.g. seeds: 3")
+    sizes = raw.get("sizes") or []
+    if not (isinstance(sizes, list) and all(isinstance(z, int) and not isinstance(z, bool) and z > 0 for z in sizes)
+            and len(set(sizes)) == len(sizes)):
+        raise _err(path, "sizes", "must be a list of distinct positive integers", "e.g. sizes: [1500, 3000, 6000]")
     launcher = None
     if raw.get("launcher"):
         lm = _mapping(path, "launcher", raw["launcher"])
@@ -174,28 +190,44 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
         if "." in name or "/" in name or name == COMPARE:
             raise _err(path, f"stage '{name}'", "names may not hold '.' or '/' or be 'compare'",
                        "rename it, e.g. sample_uniform")
-        kind, inputs, params, per_seed = _check_stage(path, name, spec)
-        for seed in (seeds if per_seed else [None]):
-            full = name if seed is None else f"{name}.s{seed}"
-            p = {k: _fill(v, seed) for k, v in params.items()}
-            if seed is not None and kind in SEEDED:
-                p.setdefault("seed", seed)
-            stages[full] = Stage(full, kind, {k: _fill(str(v), seed) for k, v in inputs.items()}, p, seed=seed)
+        kind, inputs, params, per_seed, per_size = _check_stage(path, name, spec)
+        if per_size and not sizes:
+            raise _err(path, f"stage '{name}'", "is per_size but the pipeline has no sizes",
+                       "add sizes: [...] at the top, or drop per_size")
+        for size in (sizes if per_size else [None]):
+            for seed in (seeds if per_seed else [None]):
+                full = name + (f".z{size}" if size is not None else "") + (f".s{seed}" if seed is not None else "")
+                p = {k: _fill(v, seed, size) for k, v in params.items()}
+                if seed is not None and kind in SEEDED:
+                    p.setdefault("seed", seed)
+                stages[full] = Stage(full, kind, {k: str(_fill(str(v), seed, size)) for k, v in inputs.items()}, p,
+                                     seed=seed)
 
     arms: list[str] = []
     plot = None
     if raw.get("compare") is not None:
-        arms, plot = _expand_compare(path, _mapping(path, COMPARE, raw["compare"]), seeds, stages)
+        arms, plot = _expand_compare(path, _mapping(path, COMPARE, raw["compare"]), seeds, sizes, stages)
     pipe = Pipeline(path, out_dir, device, seeds, launcher, stages, arms, plot)
     _link(pipe)
     return pipe
 
 
-def _expand_compare(path: Path, spec: dict, seeds: list[int], stages: dict[str, Stage]):
-    unknown = set(spec) - {"pretrain", "finetune", "arms", "plot", "baseline"}
+def _swept_arms(arms: dict, sizes: list[int]) -> dict:
+    """ARM -> ref, with every arm whose ref holds {size} replaced by ARM@SIZE for each size."""
+    out = {}
+    for arm, ref in arms.items():
+        if sizes and ref is not None and "{size}" in str(ref):
+            out.update({f"{arm}@{z}": str(_fill(str(ref), None, z)) for z in sizes})
+        else:
+            out[arm] = ref
+    return out
+
+
+def _expand_compare(path: Path, spec: dict, seeds: list[int], sizes: list[int], stages: dict[str, Stage]):
+    unknown = set(spec) - {"pretrain", "finetune", "arms", "plot", "baseline", "select"}
     if unknown:
         raise _err(path, f"compare key '{sorted(unknown)[0]}'", "is not a compare key",
-                   "use pretrain, finetune, arms, plot, baseline")
+                   "use pretrain, finetune, arms, plot, baseline, select")
     recipe = dict(_mapping(path, "compare pretrain", spec.get("pretrain")))
     _check_params(path, "compare pretrain", "pretrain", recipe)
     if "model" not in recipe:
@@ -207,9 +239,10 @@ def _expand_compare(path: Path, spec: dict, seeds: list[int], stages: dict[str, 
             raise _err(path, f"compare finetune input '{key}'", "is required", f"add inputs: {{{key}: REF}}")
     ft_params = dict(_mapping(path, "compare finetune params", ft.get("params")))
     _check_params(path, "compare finetune", "finetune", ft_params)
-    arms = _mapping(path, "compare arms", spec.get("arms"))
-    if not arms:
+    named = _mapping(path, "compare arms", spec.get("arms"))
+    if not named:
         raise _err(path, "compare arms", "is empty", "name at least one arm, e.g. adaptive: '@sample/sample.parquet'")
+    arms = _swept_arms(named, sizes)
     report_inputs = {}
     for arm, ref in arms.items():
         for seed in seeds:
@@ -230,12 +263,21 @@ def _expand_compare(path: Path, spec: dict, seeds: list[int], stages: dict[str, 
     plot = spec.get("plot")
     if plot:
         report_inputs["plot"] = str(plot)
-    baseline = spec.get("baseline", "uniform" if "uniform" in arms else None)
-    if baseline is not None and baseline not in arms:
+    baseline = spec.get("baseline", "uniform" if "uniform" in named else None)
+    if baseline is not None and baseline not in named:
         raise _err(path, "compare baseline", f"'{baseline}' is not one of the arms",
-                   f"name one of {', '.join(arms)}")
+                   f"name one of {', '.join(named)}")
+    select = spec.get("select")
+    if select is not None:
+        if not (isinstance(select, list) and len(select) >= 2 and all(a in arms for a in select)):
+            raise _err(path, "compare select", "must list two or more of the arms",
+                       f"e.g. select: [{', '.join(list(arms)[:2])}]")
+        if "val" not in ft_inputs:
+            raise _err(path, "compare select", "chooses on validation accuracy, and the fine-tuning has no val input",
+                       "add finetune inputs: {val: REF} (a labeled target split disjoint from test)")
     stages[COMPARE] = Stage(COMPARE, COMPARE, report_inputs, {"seeds": seeds, "arms": list(arms),
-                                                              "baseline": baseline})
+                                                              "baseline": baseline, "select": select,
+                                                              "sizes": sizes})
     return list(arms), plot
 
 

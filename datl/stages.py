@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from manifests.demo import MANIFESTS as DEMO_MANIFESTS
+
 from .launch import Launcher
 
 
@@ -31,8 +33,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "demo-data": Kind(("datl", "demo-data"), "manifests.commands:demo_data", {}, (),
-                      ("source.parquet", "target_unlabeled.parquet", "target_train.parquet",
-                       "target_test.parquet"), None, extra=("--quiet",)),
+                      tuple(f"{name}.parquet" for name in DEMO_MANIFESTS), None, extra=("--quiet",)),
     "pretrain": Kind(("pretrain",), "pretrain.cli:cli", {"train": "--manifest", "init": "--init"}, ("train",),
                      ("model.safetensors", "config.json", "metrics.jsonl"), None, torch=True, extra=("--quiet",),
                      resumes=True),
@@ -47,7 +48,7 @@ KINDS: dict[str, Kind] = {
                    extra=("--plot", "{dir}/weights.png")),
     "sample": Kind(("curate", "sample"), "curate.cli:sample", {"source": "--source", "weights": "--weights", "exclude": "--exclude"},
                    ("source",), ("sample.parquet",), "sample.parquet"),
-    "finetune": Kind(("finetune",), "finetune.cli:cli", {"train": "--train", "test": "--test",
+    "finetune": Kind(("finetune",), "finetune.cli:cli", {"train": "--train", "test": "--test", "val": "--val",
                                                          "checkpoint": "--checkpoint", "unlabeled": "--unlabeled",
                                                          "train_target": "--train-target"}, ("train", "test"),
                      ("metrics.json", "predictions.parquet"), None, torch=True, extra=("--quiet",), resumes=True),

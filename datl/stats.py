@@ -31,3 +31,15 @@ def paired_difference(arm: dict[str, float], baseline: dict[str, float], name: s
     out["p_value"] = 1.0 if se == 0 and mean == 0 else (0.0 if se == 0 else
                                                         float(2 * stats.t.sf(abs(mean / se), n - 1)))
     return out
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the 95% Student t interval of the mean over seeds (lo = hi = mean below 2)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half

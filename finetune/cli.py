@@ -17,16 +17,17 @@ def cli(**kw) -> None:
 
     A new head replaces the checkpoint's; target images are converted to the
     checkpoint's channels and size. Writes the run folder (as `pretrain` does) plus
-    OUT/metrics.json (test_accuracy, per_class_accuracy, n_test, params) and
-    OUT/predictions.parquet (id, label, pred). The model evaluated is the last one:
-    nothing is selected on test labels.
+    OUT/metrics.json (test_accuracy, per_class_accuracy, n_test, params; with
+    --val also val_accuracy and n_val) and OUT/predictions.parquet (id, label,
+    pred). The model evaluated is the last one: nothing is selected on test labels.
     """
     from .evaluate import METRICS_JSON
     from .train import run
 
     out = run(FinetuneConfig(**kw))
-    acc = json.loads((out / METRICS_JSON).read_text())["test_accuracy"]
-    click.echo(f"wrote {out}: test_accuracy {acc:.4f}")
+    metrics = json.loads((out / METRICS_JSON).read_text())
+    val = f", val_accuracy {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+    click.echo(f"wrote {out}: test_accuracy {metrics['test_accuracy']:.4f}{val}")
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ class FinetuneConfig(TrainConfig):
     image_size: int | None = opt(None, help="Override the checkpoint's image size.")
     in_chans: int | None = opt(None, help="Input channels with --model (default: from the images).")
     test: str = opt(help="Labeled target manifest to evaluate on (same classes).")
+    val: str | None = opt(None, help="Labeled target validation manifest (same classes), evaluated beside --test: "
+                                     "choose settings on its val_accuracy, report test_accuracy.")
     checkpoint: str | None = opt(None, short="-c", help="Run folder of `pretrain` whose backbone to fine-tune.")
     backbone_lr_mult: float = opt(1.0, help="Backbone learning rate = lr x this (e.g. 0.1 for a gentler fine-tune).")
     adapt: str = opt(adapt.NONE, choices=adapt.names(), noun="method", help="Domain adaptation toward --unlabeled.")

@@ -59,11 +59,18 @@ def write_predictions(path: Path, p: Predictions, classes: list[str]) -> None:
     write_table(path, table, ManifestMeta(classes=classes, stage="finetune-predictions"))
 
 
-def evaluate(model: nn.Module, model_cfg: ModelConfig, test: Manifest, device, out: Path, cfg) -> dict:
-    """Predict ``test`` with the trained model; write predictions.parquet and metrics.json."""
-    preds = predict(model, model_cfg, test, device, batch_size=max(cfg.batch_size, 256))
+def evaluate(model: nn.Module, model_cfg: ModelConfig, test: Manifest, device, out: Path, cfg,
+             val: Manifest | None = None) -> dict:
+    """Predict ``test`` (and ``val``) with the trained model; write predictions.parquet (test's) and
+    metrics.json, which holds val_accuracy and n_val when there is a validation set."""
+    batch = max(cfg.batch_size, 256)
+    preds = predict(model, model_cfg, test, device, batch_size=batch)
     write_predictions(out / PREDICTIONS, preds, model_cfg.classes)
     metrics = {**accuracy(preds, model_cfg.classes), "params": cfg.params()}
+    if val is not None:
+        v = predict(model, model_cfg, val, device, batch_size=batch)
+        metrics.update(val_accuracy=float((v.preds == v.labels).mean()) if len(v.labels) else 0.0,
+                       n_val=len(v.labels))
     with atomic_output(out / METRICS_JSON) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics

@@ -33,6 +33,10 @@ def run(cfg: FinetuneConfig) -> Path:
         classes = train.require_labels()
         test.require_classes(classes, cfg.manifest, "evaluate on a test set labeled with the same classes, "
                                                     "in the same order")
+        val = open_manifest(cfg.val) if cfg.val else None
+        if val is not None:
+            val.require_classes(classes, cfg.manifest, "validate on a set labeled with the same classes, "
+                                                       "in the same order")
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
         hook = schedule = None
@@ -43,7 +47,7 @@ def run(cfg: FinetuneConfig) -> Path:
                                              if len(list(extra.parameters())) else [])
         out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
         if d.main:
-            evaluate(model, model_cfg, test, d.device, out, cfg)
+            evaluate(model, model_cfg, test, d.device, out, cfg, val)
         dist.barrier(d)
         return out
 

@@ -86,9 +86,12 @@ def demo_data(out: Path, seed: int, fraction: float, force: bool, shards: bool, 
 
     Source (82 classes): real MNIST digits, Animal-MNIST silhouettes and glyphs
     rendered from matplotlib's fonts. Target: scikit-learn's real handwritten
-    digits. Writes source.parquet, target_unlabeled.parquet, target_train.parquet
-    and target_test.parquet under OUT. A no-op when OUT already holds the demo
-    built with the same seed and fraction.
+    digits. Writes under OUT: source.parquet (the pool to draw from), split into
+    source_train.parquet and source_calibration.parquet (held out, for em-bcts);
+    target_train, target_val and target_test (labeled, disjoint), target_unlabeled
+    (every target image but the test images) and target_all (every one, for
+    dedup). A no-op when OUT already holds the demo built with the same seed and
+    fraction.
     """
     from .demo import MANIFESTS, build_demo
 

@@ -8,9 +8,21 @@ Source pool (labeled, 82 classes, a miniature JFT mixing unrelated families):
   that draws all 62 characters, with random affine, stroke and noise augmentation.
 
 Target: scikit-learn's 1,797 real handwritten 8x8 digits, upscaled the way MNIST was
-normalised (bicubic to a 20x20 box, centred in 28x28): ``target_unlabeled`` (all of
-them, no labels), ``target_train`` (10 labeled a class), ``target_test`` (the rest),
-labeled with the target's own classes ``0..9``.
+normalised (bicubic to a 20x20 box, centred in 28x28), split per class so that no choice
+ever sees a test image:
+
+- ``target_train``: 10 labeled images a class, to fine-tune on;
+- ``target_val``: 10 other labeled images a class: every choice of a setting is made here;
+- ``target_test``: half of the rest, labeled: only ever reported;
+- ``target_unlabeled``: every image that is not a test image (train, val and the other half
+  of the rest), without labels: the pool P_t(y) is estimated on;
+- ``target_all``: every target image, test included, without labels: what dedup checks
+  the source against (a source copy of a test image must not reach pretraining either).
+
+The target's classes are ``0..9``. The source is split too: ``source_calibration`` (8% of
+each class, labeled) is held out from ``source_train`` (the rest), on which the source
+classifier trains, so that em-bcts can calibrate that classifier on images it never saw.
+``source`` is the whole pool the pretraining sets are drawn from.
 
 Every image is a 28x28 grey PNG, white on black like MNIST.
 
@@ -41,8 +53,11 @@ ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", 
 GLYPHS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 GLYPH_TOTAL = 10_000
 TRAIN_PER_CLASS = 10
-MANIFESTS = ("source", "target_unlabeled", "target_train", "target_test")
-DEMO_FORMAT = 1  # bump when the images a seed gives change
+VAL_PER_CLASS = 10
+CALIBRATION_FRACTION = 0.08
+MANIFESTS = ("source", "source_train", "source_calibration", "target_all", "target_unlabeled", "target_train",
+             "target_val", "target_test")
+DEMO_FORMAT = 2  # bump when the images or splits a seed gives change
 _DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -202,6 +217,31 @@ def target_images() -> tuple[np.ndarray, np.ndarray]:
     return out, d.target.astype(np.int64)
 
 
+def target_splits(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """"train" | "val" | "test" | "pool" per target image, drawn per class: TRAIN_PER_CLASS and
+    VAL_PER_CLASS labeled images (at most a quarter of the class each, for small fractions), then
+    half of the rest to test and half to the unlabeled pool."""
+    split = np.full(len(labels), "pool", dtype=object)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k_train = min(TRAIN_PER_CLASS, len(idx) // 4)
+        k_val = min(VAL_PER_CLASS, len(idx) // 4)
+        rest = len(idx) - k_train - k_val
+        split[idx[:k_train]] = "train"
+        split[idx[k_train:k_train + k_val]] = "val"
+        split[idx[k_train + k_val:k_train + k_val + (rest + 1) // 2]] = "test"
+    return split.astype(str)
+
+
+def calibration_rows(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of the source held out for calibration: CALIBRATION_FRACTION of each class (at least one)."""
+    rows = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        rows.append(rng.choice(idx, size=max(1, round(CALIBRATION_FRACTION * len(idx))), replace=False))
+    return np.sort(np.concatenate(rows))
+
+
 # -- the build ------------------------------------------------------------------
 def source_classes() -> list[str]:
     return ([f"mnist/{d}" for d in range(10)] + [f"animal/{a}" for a in ANIMALS]
@@ -257,11 +297,8 @@ def build_demo(out: str | os.PathLike, seed: int = 0, fraction: float = 1.0, pro
     tkeep = _subsample_per_class(ty, fraction, rng)
     tx, ty = tx[tkeep], ty[tkeep]
     t_ids = [f"digits-{i:04d}" for i in tkeep]
-    train_mask = np.zeros(len(ty), dtype=bool)
-    for c in range(10):
-        idx = np.flatnonzero(ty == c)
-        k = min(TRAIN_PER_CLASS, len(idx) // 2)
-        train_mask[rng.choice(idx, size=k, replace=False)] = True
+    split = target_splits(ty, rng)
+    calibration = calibration_rows(np.array([it.label for _, it in items]), rng)
 
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".images.building"
@@ -285,13 +322,21 @@ def build_demo(out: str | os.PathLike, seed: int = 0, fraction: float = 1.0, pro
         "label": pa.array([it.label for _, it in items], pa.int32()),
         "family": pa.array([fam for fam, _ in items], pa.string()),
     })
-    write_manifest(out / "source.parquet", src, ManifestMeta(classes=classes, stage="demo-data", params=params))
-    write_manifest(out / "target_unlabeled.parquet",
-                   pa.table({"id": pa.array(t_ids, pa.string()), "path": pa.array(tgt_paths, pa.string())}),
-                   ManifestMeta(stage="demo-data", params=params))
-    target_classes = [str(d) for d in range(10)]
-    for name, mask in (("target_train", train_mask), ("target_test", ~train_mask)):
+    src_meta = ManifestMeta(classes=classes, stage="demo-data", params=params)
+    write_manifest(out / "source.parquet", src, src_meta)
+    held = np.zeros(len(items), bool)
+    held[calibration] = True
+    write_manifest(out / "source_train.parquet", src.filter(pa.array(~held)), src_meta)
+    write_manifest(out / "source_calibration.parquet", src.filter(pa.array(held)), src_meta)
+    for name, mask in (("target_all", np.ones(len(ty), bool)), ("target_unlabeled", split != "test")):
         sel = np.flatnonzero(mask)
+        write_manifest(out / f"{name}.parquet",
+                       pa.table({"id": pa.array([t_ids[i] for i in sel], pa.string()),
+                                 "path": pa.array([tgt_paths[i] for i in sel], pa.string())}),
+                       ManifestMeta(stage="demo-data", params=params))
+    target_classes = [str(d) for d in range(10)]
+    for name in ("target_train", "target_val", "target_test"):
+        sel = np.flatnonzero(split == name.removeprefix("target_"))
         tab = pa.table({
             "id": pa.array([t_ids[i] for i in sel], pa.string()),
             "path": pa.array([tgt_paths[i] for i in sel], pa.string()),

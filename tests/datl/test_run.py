@@ -28,7 +28,7 @@ stages:
           params: {{workers: 0}}}}
   dedup:
     run: dedup
-    inputs: {{source: "@data/source.parquet", target: "@data/target_unlabeled.parquet", model: "@source_model"}}
+    inputs: {{source: "@data/source.parquet", target: "@data/target_all.parquet", model: "@source_model"}}
     params: {{workers: 0}}
   weights:
     run: weight
@@ -41,12 +41,13 @@ stages:
 compare:
   pretrain: {{model: test_resnet, steps: 3, batch_size: 16, workers: 0}}
   finetune:
-    inputs: {{train: "@data/target_train.parquet", test: "@data/target_test.parquet"}}
+    inputs: {{train: "@data/target_train.parquet", val: "@data/target_val.parquet", test: "@data/target_test.parquet"}}
     params: {{steps: 3, batch_size: 16, workers: 0}}
   arms:
     adaptive: "@sample_adaptive.s{{seed}}/sample.parquet"
     scratch: null
   baseline: scratch
+  select: [scratch, adaptive]
   plot: "@weights/weights.png"
 """
 
@@ -85,7 +86,13 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(tmp_path):
     diffs = [ad["per_seed"][s] - results["arms"]["scratch"]["per_seed"][s] for s in ("0", "1")]
     assert vs["baseline"] == "scratch" and vs["n_pairs"] == 2 and abs(vs["diff_mean"] - sum(diffs) / 2) < 1e-12
     assert vs["ci95"][0] <= vs["diff_mean"] <= vs["ci95"][1] and "vs_baseline" not in results["arms"]["scratch"]
-    assert "adaptive" in first.stdout.split("results:")[0].splitlines()[-3]  # the table is printed
+    # the choice between arms is made on validation accuracy, which every fine-tuning reports
+    val = {a: sum(r["val_per_seed"].values()) / 2 for a, r in results["arms"].items()}
+    sel = results["selection"]
+    assert sel["val_accuracy"] == val and sel["chosen"] == max(["scratch", "adaptive"], key=lambda a: (val[a], a == "scratch"))
+    assert sel["test_accuracy"] == results["arms"][sel["chosen"]]["test_accuracy"]
+    assert "chosen on validation accuracy" in first.stdout
+    assert "adaptive" in first.stdout.split("results:")[0].splitlines()[-4]  # the table is printed
     assert "![weights](weights/weights.png)" in (out / "report.md").read_text()
     assert (out / "logs" / "pretrain.adaptive.s1.log").read_text().startswith("$ ")
     assert Manifest(out / "sample_adaptive.s1" / "sample.parquet").meta.params["seed"] == 1
@@ -139,6 +146,8 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
      ("is in a cycle", "source_model")),
     (("batch_size: 16, workers: 0, save_every: 2", "batch_sise: 16"), ("stage 'source_model' param 'batch_sise'",)),
     (("params: {{size: {size}}}", "params: {{size: {size}}}\n    oops: 1"), ("stage 'sample_adaptive'", "'oops'")),
+    (("select: [scratch, adaptive]", "select: [scratch, nope]"), ("compare select", "two or more of the arms")),
+    (('val: "@data/target_val.parquet", ', ""), ("compare select", "no val input")),
 ])
 def test_bad_pipelines_are_refused_before_anything_runs(tmp_path, edit, fragments):
     text = PIPELINE.replace(*edit).format(size=64, source_steps=4)

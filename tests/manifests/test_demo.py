@@ -35,14 +35,21 @@ def test_demo_shape_and_splits(demo_small):
     assert "glyph/A" in src.classes and "glyph/a" in src.classes
     counts, _ = src.label_counts()
     assert (counts > 0).all()
-    unl = Manifest(demo_small / "target_unlabeled.parquet")
-    train = Manifest(demo_small / "target_train.parquet")
-    test = Manifest(demo_small / "target_test.parquet")
-    assert not unl.has_labels
-    assert train.classes == test.classes == [str(d) for d in range(10)]
-    ids = lambda m: set(m.read(["id"]).column("id").to_pylist())  # noqa: E731
-    assert ids(train).isdisjoint(ids(test)) and ids(train) | ids(test) == ids(unl)
-    assert (train.label_counts()[0] > 0).all()
+    m = {n: Manifest(demo_small / f"{n}.parquet") for n in MANIFESTS}
+    ids = {n: set(x.read(["id"]).column("id").to_pylist()) for n, x in m.items()}
+    # the source: a calibration split held out from the classifier's training split, together the pool
+    assert ids["source_train"].isdisjoint(ids["source_calibration"])
+    assert ids["source_train"] | ids["source_calibration"] == ids["source"]
+    assert m["source_calibration"].classes == src.classes and (m["source_calibration"].label_counts()[0] > 0).all()
+    # the target: train, val and test labeled and disjoint; the unlabeled pool is everything but test
+    assert not m["target_unlabeled"].has_labels and not m["target_all"].has_labels
+    assert m["target_train"].classes == m["target_val"].classes == m["target_test"].classes == [str(d) for d in range(10)]
+    train, val, test = ids["target_train"], ids["target_val"], ids["target_test"]
+    assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
+    assert ids["target_unlabeled"] == ids["target_all"] - test and train | val <= ids["target_unlabeled"]
+    assert test and len(ids["target_unlabeled"]) > len(train | val)  # a pool beyond the labeled images
+    for n in ("target_train", "target_val", "target_test"):
+        assert (m[n].label_counts()[0] > 0).all(), n
 
 
 def test_full_demo_sizes(tmp_path):
@@ -57,10 +64,12 @@ def test_full_demo_sizes(tmp_path):
     assert counts[fam == "animal"].tolist() == [1000] * 10
     assert (fam == "glyph").sum() == 62 and 9_900 <= counts[fam == "glyph"].sum() <= 10_100
     assert len(glyph_fonts()) >= 10
-    assert Manifest(tmp_path / "d" / "target_unlabeled.parquet").num_rows == 1797
-    train = Manifest(tmp_path / "d" / "target_train.parquet")
-    assert train.label_counts()[0].tolist() == [10] * 10
-    assert Manifest(tmp_path / "d" / "target_test.parquet").num_rows == 1697
+    assert Manifest(tmp_path / "d" / "target_all.parquet").num_rows == 1797
+    for name in ("target_train", "target_val"):
+        assert Manifest(tmp_path / "d" / f"{name}.parquet").label_counts()[0].tolist() == [10] * 10
+    assert Manifest(tmp_path / "d" / "target_test.parquet").num_rows == 801  # half of each class's rest, rounded up
+    assert Manifest(tmp_path / "d" / "target_unlabeled.parquet").num_rows == 1797 - 801
+    assert Manifest(tmp_path / "d" / "source_calibration.parquet").num_rows == 2006  # 8% of each class
     img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
         tmp_path / "d" / src.read(["path"]).column("path")[0].as_py()))
     assert img.shape == (28, 28) and img.dtype == np.uint8
