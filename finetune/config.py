@@ -27,8 +27,13 @@ class FinetuneConfig(TrainConfig):
     adapt: str = opt(adapt.NONE, choices=adapt.names(), noun="method", help="Domain adaptation toward --unlabeled.")
     unlabeled: str | None = opt(None, help="Unlabeled target manifest (needed by --adapt): a batch of it every step.")
     trade_off: float = opt(1.0, help="Weight of the transfer loss.")
-    trade_off_ramp: bool = opt(False, help="Warm the transfer loss up: trade-off x (2/(1+exp(-10p))-1), "
-                                           "p = fraction of steps done.")
+    trade_off_ramp: bool = opt(True, negatable=True,
+                               help="Ramp the transfer loss's weight on the network up, trade-off x "
+                                    "(2/(1+exp(-10p))-1), p = fraction of steps done: DANN's lambda_p, the same for "
+                                    "every --adapt method (JAN trains with it too).")
+    lr_schedule: str = opt("auto", choices=("auto", "anneal", "cosine"), noun="schedule",
+                           help="anneal: DANN's mu_0/(1+10p)^0.75 (JAN's too); cosine: warm-up + cosine as in "
+                                "pretrain; auto: anneal with --adapt or --train-target, else cosine.")
     bottleneck: int = opt(256, help="Width of the bottleneck layer the transfer loss sees (0: none); "
                                     "--adapt/--train-target only.")
     mmd_estimator: str = opt("unbiased", choices=("unbiased", "linear"), noun="estimator",
@@ -42,6 +47,17 @@ class FinetuneConfig(TrainConfig):
                                         "softmax at T to the --train domain's mean softmax of its class.")
     soft_weight: float = opt(0.1, help="Weight of the soft-label loss.")
     soft_temperature: float = opt(2.0, help="Temperature T of the soft labels.")
+    soft_labels_from: str | None = opt(None, help="Run folder of a model already trained on the --train domain: "
+                                                  "the soft labels are its per-class mean softmax at T over --train, "
+                                                  "computed once (Tzeng et al.'s way). Default: a moving average of "
+                                                  "the network being trained.")
+
+    @property
+    def schedule(self) -> str:
+        """The learning-rate schedule --lr-schedule resolves to: anneal or cosine."""
+        if self.lr_schedule != "auto":
+            return self.lr_schedule
+        return "anneal" if self.two_domain else "cosine"
 
     @property
     def two_domain(self) -> bool:
@@ -56,6 +72,10 @@ class FinetuneConfig(TrainConfig):
         if self.adapt != adapt.NONE and not self.unlabeled:
             raise UserError("--adapt", f"{self.adapt} needs --unlabeled TARGET_UNLABELED.parquet",
                             "pass the unlabeled target manifest, or --adapt none")
+        if self.lr_schedule not in ("auto", "anneal", "cosine"):
+            raise UserError("--lr-schedule", f"unknown schedule '{self.lr_schedule}'", "pass auto, anneal or cosine")
+        if self.soft_labels_from and not self.soft_labels:
+            raise UserError("--soft-labels-from", "only makes sense with --soft-labels", "add --soft-labels, or drop it")
         if self.soft_labels and not self.train_target:
             raise UserError("--soft-labels", "needs --train-target LABELED_TARGET.parquet (the images it trains)",
                             "pass a few labeled target images with --train-target, or drop --soft-labels")

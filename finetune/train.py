@@ -15,7 +15,7 @@ from datl_torch.checkpoint import ModelConfig, load_run, new_model
 from datl_torch.data import Cycle, image_spec, train_loader
 from datl_torch.engine import dist
 from datl_torch.engine.loop import fit
-from datl_torch.engine.optim import decay_groups
+from datl_torch.engine.optim import annealed, decay_groups
 from datl_torch.modeling import AdaptNet
 from manifests import UserError, open_manifest
 
@@ -39,10 +39,11 @@ def run(cfg: FinetuneConfig) -> Path:
                                                        "in the same order")
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
-        hook = schedule = None
+        hook = None
         extra = nn.ModuleList()
         if cfg.two_domain:
-            model, hook, schedule, extra = adaptation(cfg, model, model_cfg, classes, d)
+            model, hook, extra = adaptation(cfg, model, model_cfg, classes, train, d)
+        schedule = annealed if cfg.schedule == "anneal" else None
         groups = param_groups(model, cfg) + (decay_groups(extra, cfg.lr, cfg.weight_decay)
                                              if len(list(extra.parameters())) else [])
         out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
@@ -80,9 +81,10 @@ def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
     return decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
 
 
-def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, classes: list[str], d):
-    """The AdaptNet, the step's loss hook, the method's own learning-rate schedule (if its
-    paper has one), and the modules with their own parameters or state (method, soft labels)."""
+def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, classes: list[str], train, d):
+    """The AdaptNet, the step's loss hook, and the modules with their own parameters or state
+    (method, soft labels). The recipe (``--lr-schedule``, ``--trade-off-ramp``) is the run's, the
+    same whichever method."""
     from .adapt.confusion import SoftLabelLoss
     from .adapt.net import TwoDomainStep
 
@@ -99,6 +101,8 @@ def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, cl
     kind = adapt.get(cfg.adapt)
     method = kind.build(net.num_features, len(classes), cfg) if kind else None
     soft = SoftLabelLoss(len(classes), cfg.soft_temperature) if cfg.soft_labels else None
+    if soft is not None and cfg.soft_labels_from:
+        soft.fix(teacher_soft_labels(cfg.soft_labels_from, train, classes, cfg, d))
     extra = nn.ModuleList([m for m in (method, soft) if m is not None]).to(d.device)
     step_method = method
     if d.world > 1 and method is not None and any(p.requires_grad for p in method.parameters()):
@@ -114,4 +118,22 @@ def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, cl
     hook = TwoDomainStep(step_method, cycle(unlabeled, False), cfg.trade_off, d.device, cfg.label_smoothing,
                          ramp=cfg.trade_off_ramp, labeled_target=cycle(labeled_target, True), soft=soft,
                          soft_weight=cfg.soft_weight)
-    return net, hook, kind.lr_schedule if kind else None, extra
+    return net, hook, extra
+
+
+def teacher_soft_labels(run_dir: str, train, classes: list[str], cfg: FinetuneConfig, d) -> torch.Tensor:
+    """Tzeng et al.'s soft labels: the per-class mean softmax(z / T) over the --train images of a
+    model already trained on that domain (``run_dir``), computed once."""
+    from datl_torch.checkpoint import load_model
+    from datl_torch.engine.inference import run_model
+
+    from .adapt.confusion import soft_labels
+
+    lm = load_model(run_dir)
+    if lm.config.classes != classes:
+        raise UserError(run_dir, f"is a model of other classes than {cfg.manifest}",
+                        "pass a run trained on the --train manifest's classes")
+    here = dist.Dist(0, 1, d.local_rank, d.device)  # every rank computes the same table
+    rows, logits, _ = run_model(lm, train, here, "logits", max(cfg.batch_size, 256), 0, False)
+    labels = torch.as_tensor(train.read(["label"]).column("label").to_numpy()[rows], dtype=torch.long)
+    return soft_labels(torch.as_tensor(logits, dtype=torch.float32), labels, len(classes), cfg.soft_temperature)

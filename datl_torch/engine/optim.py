@@ -19,6 +19,12 @@ def decay_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: Call
             for (decay, mult), ps in groups.items()]
 
 
+def annealed(total: int, alpha: float = 10.0, beta: float = 0.75) -> Callable[[int], float]:
+    """DANN's learning-rate annealing (Ganin & Lempitsky 2015), which JAN (Long et al. 2017,
+    section 4) trains with too: mu_p = mu_0 / (1 + alpha p)^beta over the fraction p of total steps."""
+    return lambda step: (1.0 + alpha * step / max(total, 1)) ** -beta
+
+
 def warmup_cosine(total: int, warmup: float) -> Callable[[int], float]:
     """Linear warm-up over the first ``warmup`` fraction of ``total`` steps, then cosine decay to 0."""
     w = int(round(total * warmup))

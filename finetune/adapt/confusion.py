@@ -49,10 +49,12 @@ class SoftLabelLoss(nn.Module):
     similarities ("a 3 looks a bit like an 8") to the target, also to classes that have
     no labeled target image (the paper's semi-supervised setting).
 
-    The paper computes l once from a network trained on the labeled domain; here that
-    network is the one being trained, so ``update`` keeps each class's soft label as an
-    exponential moving average of its per-batch means (weight ``1 - momentum`` on the
-    newest; a class's first batch sets it), which forgets the early, untrained steps.
+    The paper computes l once from a network trained on the labeled domain: :meth:`fix`
+    (``finetune --soft-labels-from RUN_DIR``). Without one, the network is the one being
+    trained, so ``update`` keeps each class's soft label as an exponential moving average of
+    its per-batch means (weight ``1 - momentum`` on the newest; a class's first batch sets
+    it), which forgets the early, untrained steps: a departure from the paper, kept as the
+    default because it needs no second model.
     """
 
     def __init__(self, classes: int, temperature: float = 2.0, momentum: float = 0.99):
@@ -60,11 +62,21 @@ class SoftLabelLoss(nn.Module):
         self.temperature, self.momentum = temperature, momentum
         self.register_buffer("table", torch.full((classes, classes), 1.0 / classes))
         self.register_buffer("seen", torch.zeros(classes, dtype=torch.bool))
+        self.register_buffer("fixed", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fix(self, table: torch.Tensor) -> None:
+        """Use these soft labels (rows: classes) for the whole run; ``update`` then does nothing."""
+        self.table.copy_(table.to(self.table))
+        self.seen.fill_(True)
+        self.fixed.fill_(True)
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Fold one labeled-domain batch (logits, labels) into the soft labels; under
         torchrun, the batch of every rank (so the ranks keep one table)."""
+        if bool(self.fixed):
+            return
         sums, counts = class_softmax_sums(logits.float(), labels, self.table.shape[0], self.temperature)
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)

@@ -8,6 +8,8 @@ from .mmd import DEFAULT_MULTIPLIERS, gaussian_kernels, mmd2_linear, mmd2_unbias
 from .net import reverse_gradient
 from .registry import Method, register
 
+SOFTMAX_BANDWIDTH = 1.68  # JAN's code: the softmax layer's single Gaussian, exp(-d^2 / 1.68)
+
 
 class JointMMD(nn.Module):
     """JMMD^2 of the joint distributions of several layers, a scalar:
@@ -15,17 +17,24 @@ class JointMMD(nn.Module):
         D_L(P, Q) = || C^{Z^{s,1:|L|}}(P) - C^{Z^{t,1:|L|}}(Q) ||^2,
         estimated with the product kernel  k(a, b) = prod_l k_l(a^l, b^l)
 
-    where each k_l is the multi-Gaussian kernel of DAN on layer l (for the softmax layer
-    a single bandwidth, JAN's choice); the unbiased or linear estimator as in DAN."""
+    where each k_l is a Gaussian kernel sum on layer l. JAN's published code sets them so:
+    the feature layer gets DAN's five bandwidths, multiples (0.25 to 4) of the batch's mean
+    pairwise squared distance; the softmax layer ONE Gaussian of FIXED bandwidth,
+    k(a, b) = exp(-||a - b||^2 / 1.68). A bandwidth that followed the batch would, early in
+    training when the softmax outputs are nearly uniform and their distances tiny, blow
+    those tiny differences up to order-one kernel values. The unbiased or linear estimator
+    as in DAN."""
 
-    def __init__(self, multipliers=(DEFAULT_MULTIPLIERS, (1.0,)), estimator: str = "unbiased"):
+    def __init__(self, multipliers=(DEFAULT_MULTIPLIERS, (1.0,)), bandwidths=(None, SOFTMAX_BANDWIDTH),
+                 estimator: str = "unbiased"):
         super().__init__()
-        self.multipliers, self.estimator = multipliers, estimator
+        self.multipliers, self.bandwidths, self.estimator = multipliers, bandwidths, estimator
 
     def forward(self, source: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
         k = None
-        for s, t, m in zip(source, target, self.multipliers):
-            kl = gaussian_kernels(s, t, m)
+        for s, t, m, b in zip(source, target, self.multipliers, self.bandwidths):
+            base = None if b is None else torch.tensor(b, dtype=s.dtype, device=s.device)
+            kl = gaussian_kernels(s, t, m, base)
             k = kl if k is None else k * kl
         est = mmd2_unbiased if self.estimator == "unbiased" else mmd2_linear
         return est(k, len(source[0]))

@@ -16,11 +16,16 @@ class TwoDomainStep:
     """The loss of one training step, called by the shared loop as its loss hook:
 
         L = CE(labeled batch [+ labeled target batch])
-            + trade_off * w(p) * transfer(labeled batch, unlabeled batch)
+            + transfer(labeled batch, unlabeled batch), its gradient into the network x w(p)
             + soft_weight * L_soft(labeled target batch)
 
-    w(p) is 1, or with ``ramp`` DANN's 2 / (1 + exp(-10 p)) - 1 over the fraction p of
-    total steps, which starts the transfer loss at 0 while the features are still noise.
+    w(p) = trade_off, times with ``ramp`` DANN's lambda_p = 2 / (1 + exp(-10 p)) - 1 over the
+    fraction p of total steps, which starts the transfer loss at 0 while the features are
+    still noise. w weighs only what the NETWORK receives: the features and logits enter the
+    method through :func:`scale_gradient` (identity forward, gradient x w backward), so a
+    method's own adversary (DANN's and confusion's domain classifiers, JAN-A's maps) always
+    trains at full strength on its own loss, and DANN's reversal layer, at coefficient 1,
+    gets lambda_p once, from w. The logged ``transfer`` is the unweighted loss.
     The hook draws the unlabeled batch (and the labeled target batch of
     ``--train-target``) itself, so every domain arrives every step; all batches go
     through the network in one pass (BatchNorm sees both domains, as in the papers).
@@ -74,9 +79,10 @@ class TwoDomainStep:
         loss = F.cross_entropy(labeled, y, label_smoothing=self.label_smoothing)
         self.last = {"ce": loss.detach()}
         if self.method is not None:
-            fs, ft = f[:n].float(), f[n:n + m].float()
-            transfer, w = self.method(fs, ft, z[:n], z[n:n + m], progress), self.weight(progress)
-            loss = loss + w * transfer
+            w = self.weight(progress)
+            fs, ft, zs, zt = (scale_gradient(t, w) for t in (f[:n].float(), f[n:n + m].float(), z[:n], z[n:n + m]))
+            transfer = self.method(fs, ft, zs, zt, progress)
+            loss = loss + transfer
             self.last.update(transfer=transfer.detach(), transfer_weight=w)
         if self.soft is not None:
             self.soft.update(z[:n].detach(), y[:n])
@@ -107,6 +113,11 @@ class _Reverse(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor, coeff: float) -> torch.Tensor:
     """Identity forward; multiplies the gradient by -coeff backward (the gradient reversal layer)."""
     return _Reverse.apply(x, coeff)
+
+
+def scale_gradient(x: torch.Tensor, coeff: float) -> torch.Tensor:
+    """Identity forward; multiplies the gradient by coeff backward."""
+    return _Reverse.apply(x, -coeff)
 
 
 class DomainDiscriminator(nn.Sequential):

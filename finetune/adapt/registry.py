@@ -4,8 +4,9 @@ A method is one file in this folder holding an ``nn.Module`` subclass of :class:
 decorated ``@register("name")``. Its forward takes the bottleneck features and logits
 of the labeled (s) and unlabeled (t) batch and the fraction of total steps done, and
 returns the scalar transfer loss. It builds itself from the run's config
-(:meth:`Method.build`) and declares its own learning-rate schedule, if the paper has
-one (:meth:`Method.lr_schedule`). Adding a method is adding one file.
+(:meth:`Method.build`). The training recipe (learning-rate annealing, trade-off ramp) is
+the same for every method and lives in the run's config, not here, so that switching
+``--adapt`` changes only the transfer loss. Adding a method is adding one file.
 """
 from __future__ import annotations
 
@@ -29,11 +30,6 @@ class Method(nn.Module):
         """The method for a network whose bottleneck is ``width`` wide with ``classes`` outputs;
         ``cfg`` is the FinetuneConfig (for method options such as ``mmd_estimator``)."""
         return cls(width)
-
-    @staticmethod
-    def lr_schedule(total: int) -> Callable[[int], float] | None:
-        """The paper's learning-rate factor per step, or None for the shared warm-up + cosine."""
-        return None
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 
 from datl_torch.modeling import AdaptNet, create_model
 from finetune.adapt.confusion import DomainConfusion, SoftLabelLoss, confusion_loss, soft_label_loss, soft_labels
-from finetune.adapt.dann import DomainAdversarialLoss, dann_lr
-from finetune.adapt.jmmd import JAN, JointMMD
+from datl_torch.engine.optim import annealed
+from finetune.adapt.dann import DomainAdversarialLoss
+from finetune.adapt.jmmd import JAN, SOFTMAX_BANDWIDTH, JointMMD
 from finetune.adapt.mmd import DAN, MultiKernelMMD, gaussian_kernels, mmd2_unbiased
-from finetune.adapt.net import TwoDomainStep, grl_lambda, reverse_gradient
+from finetune.adapt.net import TwoDomainStep, grl_lambda, reverse_gradient, scale_gradient
 
 
 @pytest.mark.parametrize("est, n, tol", [("unbiased", 200, 0.02), ("linear", 2000, 0.07)])
@@ -79,28 +80,24 @@ def test_reversal_layer_multiplies_gradients_by_minus_lambda():
     assert torch.allclose(x.grad, -0.3 * torch.arange(3.0).expand(5, 3))
 
 
-def test_lambda_follows_the_schedule_over_total_steps_not_calls():
+def test_lambda_and_the_annealing_follow_total_steps():
     assert grl_lambda(0.0) == 0.0
     assert grl_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
     assert grl_lambda(1.0) == pytest.approx(0.9999092, abs=1e-6)
-    loss = DomainAdversarialLoss(4, hidden=8)
-    fs, ft = torch.randn(3, 4), torch.randn(3, 4)
-    for _ in range(5):  # calling it again at the same progress does not move lambda
-        loss(fs, ft, progress=0.25)
-    assert loss.last_lambda == pytest.approx(2 / (1 + math.exp(-2.5)) - 1)
-    assert dann_lr(0.0) == 1.0 and dann_lr(1.0) == pytest.approx(11 ** -0.75)
+    f = annealed(100)
+    assert f(0) == 1.0 and f(50) == pytest.approx(6 ** -0.75) and f(100) == pytest.approx(11 ** -0.75)
 
 
-def test_dann_gradient_reaches_features_reversed():
+def test_dann_reverses_at_coefficient_one_its_lambda_comes_from_the_step():
     torch.manual_seed(0)
     loss = DomainAdversarialLoss(4, hidden=8).eval()  # no dropout: one deterministic function
     fs, ft = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
-    loss(fs, ft, progress=1.0).backward()
+    loss(fs, ft, progress=0.3).backward()
     g_rev = fs.grad.clone()
     fs.grad = None
     d = torch.cat([torch.zeros(6), torch.ones(6)]).long()
     torch.nn.functional.cross_entropy(loss.discriminator(torch.cat([fs, ft])), d).backward()
-    assert torch.allclose(g_rev, -grl_lambda(1.0) * fs.grad, atol=1e-6)
+    assert torch.allclose(g_rev, -fs.grad, atol=1e-6)  # whatever the progress: no lambda inside the method
 
 
 def test_confusion_loss_is_minimal_at_the_uniform_domain_prediction():
@@ -165,7 +162,7 @@ def test_soft_label_loss_is_minimal_where_the_tempered_softmax_equals_the_soft_l
         assert float(soft_label_loss(at_min.detach() + torch.randn(2, 3, generator=g), labels, table, 2.0)) > best
 
 
-def test_two_domain_step_is_ce_plus_ramped_transfer_plus_soft_loss():
+def test_two_domain_step_is_ce_plus_transfer_plus_soft_loss_with_the_transfer_gradient_ramped():
     torch.manual_seed(0)
     net = AdaptNet(create_model("test_resnet", 3, 1), 3, 16).eval()  # eval: BatchNorm independent of batch makeup
     x, xt, xl = torch.randn(4, 1, 32, 32), torch.randn(5, 1, 32, 32), torch.randn(2, 1, 32, 32)
@@ -174,13 +171,20 @@ def test_two_domain_step_is_ce_plus_ramped_transfer_plus_soft_loss():
     step = TwoDomainStep(DAN(), iter([xt]), 0.5, "cpu", ramp=True, labeled_target=iter([(xl, yl)]), soft=soft,
                          soft_weight=0.3)
     loss = step(net, x, y, 0.25)
-    with torch.no_grad():
-        f = net.features(torch.cat([x, xt, xl]))
-        z = net.head(f)
-        expect = (F.cross_entropy(torch.cat([z[:4], z[9:]]), torch.cat([y, yl]))
-                  + 0.5 * grl_lambda(0.25) * DAN()(f[:4], f[4:9], z[:4], z[4:9], 0.25)
-                  + 0.3 * soft_label_loss(z[9:], yl, soft_labels(z[:4], y, 3, 2.0), 2.0))
-    assert float(loss.detach()) == pytest.approx(float(expect), rel=1e-5)
+    loss.backward()
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    f = net.features(torch.cat([x, xt, xl]))
+    z = net.head(f)
+    w = 0.5 * grl_lambda(0.25)
+    expect = (F.cross_entropy(torch.cat([z[:4], z[9:]]), torch.cat([y, yl]))
+              + w * DAN()(f[:4], f[4:9], z[:4], z[4:9], 0.25)
+              + 0.3 * soft_label_loss(z[9:], yl, soft_labels(z[:4].detach(), y, 3, 2.0), 2.0))
+    expect.backward()
+    for g, p in zip(got, net.parameters()):  # the network gets trade-off x lambda_p x the transfer gradient
+        assert torch.allclose(g, p.grad, atol=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expect.detach() - w * step.last["transfer"] + step.last["transfer"]),
+                                                 rel=1e-5)  # the value holds the unweighted transfer loss
     assert step.weight(0.0) == 0.0 and step.weight(1.0) == pytest.approx(0.5, rel=1e-4)
     assert step.last["transfer_weight"] == pytest.approx(0.5 * grl_lambda(0.25)) and set(step.last) == {"ce", "transfer", "transfer_weight", "soft"}
 
@@ -216,6 +220,9 @@ def test_bad_input(tmp_path, demo_small):
                           "--soft-temperature", "0"), "--soft-temperature", "> 0")
     assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
                           "--mmd-kernels", "best"), "--mmd-kernels", "unknown kernel weighting 'best'")
+    assert_user_error(cli(*base, "--lr-schedule", "step"), "--lr-schedule", "unknown schedule 'step'")
+    assert_user_error(cli(*base, "--train-target", str(d / "target_train.parquet"), "--soft-labels-from", str(d)),
+                      "--soft-labels-from", "--soft-labels")
     assert not (tmp_path / "ft").exists()
     junk = [tmp_path / f"junk{i}.png" for i in range(3)]
     for j in junk:
@@ -392,9 +399,9 @@ def test_resumed_adapt_run_equals_the_uninterrupted_one(tmp_path, demo_small):
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
 
 
-def test_the_registry_builds_every_method_from_a_config_and_only_dann_brings_a_schedule():
+def test_the_registry_builds_every_method_from_a_config_and_none_brings_its_own_schedule():
     """--adapt's choices are the registry's names; each method builds itself from the run's
-    config, returns a scalar, and declares its own schedule (DANN's annealing: mu_0/(1+10p)^0.75)."""
+    config and returns a scalar; the schedule and ramp are the run's (FinetuneConfig)."""
     from finetune import adapt
     from finetune.config import FinetuneConfig
 
@@ -407,9 +414,122 @@ def test_the_registry_builds_every_method_from_a_config_and_only_dann_brings_a_s
         method = kind.build(16, 3, cfg)
         loss = method(fs, ft, zs, zt, 0.5)
         assert loss.ndim == 0 and torch.isfinite(loss), name
-        schedule = kind.lr_schedule(100)
-        assert (schedule is not None) == (name == "dann"), name
-    assert adapt.get("dann").lr_schedule(100)(50) == pytest.approx(6 ** -0.75)
+        assert not hasattr(kind, "lr_schedule"), name  # the recipe is the run's, the same for every method
     assert adapt.get("none") is None
     assert adapt.get("jan-a").build(16, 3, cfg).maps is not None and adapt.get("jmmd").build(16, 3, cfg).maps is None
     assert adapt.get("mmd").build(16, 3, cfg).mmd.estimator == "linear"
+
+
+def _adversarial_grads(method, trade_off: float, ramp: bool, progress: float):
+    """Gradients of one TwoDomainStep on (the network, the method's own parameters)."""
+    torch.manual_seed(0)
+    net = AdaptNet(create_model("test_resnet", 3, 1), 3, 16).eval()
+    x, xt, y = torch.randn(6, 1, 32, 32), torch.randn(6, 1, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
+    method.eval()  # no dropout: one deterministic function
+    step = TwoDomainStep(method, iter([xt]), trade_off, "cpu", ramp=ramp)
+    method.zero_grad()
+    step(net, x, y, progress).backward()
+    return ([p.grad.clone() for p in net.bottleneck.parameters()],
+            [p.grad.clone() for p in method.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("name", ["dann", "confusion", "jan-a"])
+def test_the_adversary_trains_at_full_strength_whatever_the_trade_off_and_ramp(name):
+    """The discriminator's (JAN-A maps') gradient is the same at trade-off 1 without the ramp and at
+    trade-off 0.3 early in the ramp; the network's is scaled by trade-off x lambda_p; so DANN's
+    features get lambda_p once, never squared."""
+    from finetune import adapt
+    from finetune.config import FinetuneConfig
+
+    cfg = FinetuneConfig(manifest="t", out="o", test="x")
+
+    def grads(trade_off, ramp, progress):
+        torch.manual_seed(1)
+        method = adapt.get(name).build(16, 3, cfg)
+        return _adversarial_grads(method, trade_off, ramp, progress)
+
+    net_full, adv_full = grads(1.0, False, 0.1)
+    net_ramp, adv_ramp = grads(0.3, True, 0.1)
+    assert adv_full and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(adv_full, adv_ramp))
+    # the network: cross-entropy (same in both) + w x transfer; the difference isolates w
+    net_zero, _ = grads(0.0, False, 0.1)
+    w = 0.3 * grl_lambda(0.1)
+    for full, ramped, zero in zip(net_full, net_ramp, net_zero):
+        assert torch.allclose(ramped - zero, w * (full - zero), atol=1e-5)
+
+
+def test_scale_gradient_is_identity_forward_and_scales_backward():
+    x = torch.randn(4, 3, requires_grad=True)
+    y = scale_gradient(x, 0.25)
+    assert torch.equal(y, x)
+    (y * torch.arange(3.0)).sum().backward()
+    assert torch.allclose(x.grad, 0.25 * torch.arange(3.0).expand(4, 3))
+
+
+def test_jmmd_softmax_layer_has_jans_fixed_bandwidth_brute_force():
+    """JMMD^2 (unbiased) with the feature layer's five bandwidths from the batch and the softmax
+    layer's one Gaussian exp(-d^2 / 1.68), against a double loop over pairs."""
+    g = torch.Generator().manual_seed(3)
+    fs, ft = torch.randn(5, 3, generator=g), torch.randn(6, 3, generator=g) + 0.5
+    ps, pt = torch.randn(5, 4, generator=g).softmax(1), torch.randn(6, 4, generator=g).softmax(1)
+    got = float(JointMMD()([fs, ps], [ft, pt]))
+    f, p = torch.cat([fs, ft]).double(), torch.cat([ps, pt]).double()
+    n = len(f)
+    d2f = [[float(((f[i] - f[j]) ** 2).sum()) for j in range(n)] for i in range(n)]
+    base = sum(d2f[i][j] for i in range(n) for j in range(n)) / (n * n - n)
+
+    def k(i, j):
+        kf = sum(math.exp(-d2f[i][j] / (m * base)) for m in (0.25, 0.5, 1.0, 2.0, 4.0))
+        return kf * math.exp(-float(((p[i] - p[j]) ** 2).sum()) / SOFTMAX_BANDWIDTH)
+
+    S, T = range(5), range(5, 11)
+    expect = (sum(k(i, j) for i in S for j in S if i != j) / 20 + sum(k(i, j) for i in T for j in T if i != j) / 30
+              - 2 * sum(k(i, j) for i in S for j in T) / 30)
+    assert got == pytest.approx(expect, rel=1e-4)
+    # the softmax bandwidth does not follow the batch: scaling the softmax gaps changes the kernel
+    assert SOFTMAX_BANDWIDTH == 1.68
+
+
+def test_soft_labels_from_a_trained_model_are_its_class_means_and_stay_fixed(tmp_path, demo_small):
+    """--soft-labels-from RUN_DIR: the table is the teacher's per-class mean softmax(z / T) over
+    --train, computed once; training does not move it."""
+    import pyarrow.parquet as pq
+
+    from datl_torch.checkpoint import load_model
+    from datl_torch.engine import dist
+    from datl_torch.engine.inference import run_model
+    from manifests import Manifest
+
+    from datl_torch.checkpoint import ModelConfig, save_run
+
+    d = demo_small
+    src = Manifest(d / "source.parquet")
+    torch.manual_seed(0)  # a teacher of the source's classes, with a peaked softmax so classes differ clearly
+    teacher = create_model("test_resnet", len(src.classes), 1)
+    with torch.no_grad():
+        teacher.get_classifier().weight.mul_(50)
+    random_model = tmp_path / "teacher"
+    save_run(random_model, teacher, ModelConfig(arch="test_resnet", classes=src.classes, image_size=[28, 28],
+                                                in_chans=1, mean=[0.5], std=[0.5], num_features=teacher.num_features))
+    out = tmp_path / "ft"
+    res = cli("finetune", "--model", "test_resnet", "--train", str(d / "source.parquet"), "--test",
+              str(d / "source_calibration.parquet"), "--train-target", str(d / "source_calibration.parquet"),
+              "--soft-labels", "--soft-labels-from", str(random_model), "--soft-temperature", "3",
+              "--steps", "3", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q", "--device", "cpu",
+              "--save-every", "1", "--stop-after-steps", "2")
+    assert res.returncode == 0, res.stderr
+    state = torch.load(out / "state.pt", weights_only=False)
+    table = next(v for k, v in _flatten(state) if k.endswith("soft.table"))
+    lm = load_model(str(random_model))
+    rows, logits, _ = run_model(lm, src, dist.Dist(0, 1, 0, torch.device("cpu")), "logits", 256, 0, False)
+    labels = torch.as_tensor(pq.read_table(d / "source.parquet", columns=["label"]).column(0).to_numpy()[rows])
+    expect = soft_labels(torch.as_tensor(logits), labels.long(), len(src.classes), 3.0)
+    assert torch.allclose(table, expect, atol=1e-5)
+
+
+def _flatten(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, obj
