@@ -42,7 +42,7 @@ class SampleConfig:
     replacement: bool = opt(True, negatable=True, help="With: class counts ~ Multinomial(N, P_t), the paper's. "
                                                        "Without: N distinct rows ('elastic').")
     exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: never draw these ids.")
-    seed: int = opt(0)
+    seed: int = opt(0, bounds="[0, inf)")
 
     def draws(self, eligible: int) -> int:
         """N: --size as a number, or every row with 'all' (without replacement)."""

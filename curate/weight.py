@@ -90,7 +90,15 @@ def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
     """(classes, p_target) from a prior.parquet written by `curate estimate`."""
     classes, t = read_stage_table(path, PRIOR_COLUMNS, "a prior", "curate estimate")
     p = np.zeros(len(classes))
-    p[t.column("label").to_numpy()] = t.column("p_target").to_numpy()
+    values = t.column("p_target").to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if len(bad):
+        name = t.column("class_name")[int(bad[0])].as_py()
+        raise UserError(path, f"p_target of class '{name}' is {values[bad[0]]:g} ({len(bad)} class(es) not a finite "
+                              f"number >= 0)", "re-estimate the prior with `curate estimate`")
+    if values.sum() <= 0:
+        raise UserError(path, "p_target sums to 0", "re-estimate the prior with `curate estimate`")
+    p[t.column("label").to_numpy()] = values
     return classes, p
 
 
@@ -147,8 +155,16 @@ def compute_weights(source: Manifest, prior_classes: list[str], p_target: np.nda
 
 
 def read_weights(path: str | Path) -> tuple[list[str], pa.Table]:
-    """(classes, table sorted by label) from a weights.parquet written by `curate weight`."""
-    return read_stage_table(path, ("label", "p_target", "weight"), "a weights table", "curate weight")
+    """(classes, table sorted by label) from a weights.parquet written by `curate weight`; every
+    weight and p_target must be a finite number >= 0."""
+    classes, t = read_stage_table(path, ("label", "p_target", "weight"), "a weights table", "curate weight")
+    for col in ("weight", "p_target"):
+        v = t.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(v) | (v < 0))
+        if len(bad):
+            raise UserError(path, f"{col} of label {t.column('label')[int(bad[0])].as_py()} is {v[bad[0]]:g} "
+                                  f"({len(bad)} row(s) not a finite number >= 0)", "recompute it with `curate weight`")
+    return classes, t
 
 
 # -- the plot ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The manifest contract (DESIGN.md): Parquet schema and metadata, validation,
 streamed and atomic IO, ``ImageDataset``, and the bundled demo data."""
-from .errors import ManifestError, UserError
+from .errors import ManifestError, RunFailed, UserError
 from .images import load_image, probe_images
 from .io import (OWNED, Manifest, atomic_output, claim_folder, file_sha256, input_hashes, open_manifest,
                  refuse_clobber, remove_owned, require_file, write_manifest, write_table)
@@ -8,7 +8,7 @@ from .schema import LABEL, ManifestMeta, check_same_classes, check_schema
 
 __all__ = [
     "OWNED", "BadImageLog", "Batch", "ImageDataset", "LABEL", "Manifest", "ManifestError", "ManifestMeta", "Sample",
-    "UserError", "atomic_output", "check_same_classes", "check_schema", "claim_folder", "collate_skip_bad", "file_sha256",
+    "RunFailed", "UserError", "atomic_output", "check_same_classes", "check_schema", "claim_folder", "collate_skip_bad", "file_sha256",
     "input_hashes", "load_image", "open_manifest", "probe_images", "refuse_clobber", "remove_owned", "require_file", "write_manifest", "write_table",
 ]
 

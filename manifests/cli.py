@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .errors import UserError
+from .errors import RunFailed, UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -27,15 +27,18 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def opt(default: Any = dataclasses.MISSING, *, help: str = "", flag: str | None = None,  # noqa: A002
         short: str | None = None, choices: Iterable[str] | None = None, negatable: bool = False,
         noun: str = "value", required: bool | None = None, show_default: bool | str = True,
-        default_factory: Callable[[], Any] | None = None, cli: bool = True) -> Any:
+        default_factory: Callable[[], Any] | None = None, cli: bool = True, bounds: str | None = None) -> Any:
     """A config field that is also a command-line option.
 
     ``flag`` overrides the flag name (default: ``--field-name``); ``short`` adds e.g. ``-o``;
     ``choices`` makes a :class:`OneOf` (``noun`` names a choice in its error); a bool field is a flag (``negatable``: ``--x/--no-x``);
     a field without a default is a required option; ``cli=False`` keeps it library-only.
+    ``bounds`` (numbers): the allowed interval, e.g. ``"(0, 1]"`` or ``"[1, inf)"``; every float
+    option refuses nan and inf whatever its bounds.
     """
     meta = {"help": help, "flag": flag, "short": short, "choices": tuple(choices) if choices else None, "noun": noun,
-            "negatable": negatable, "required": required, "show_default": show_default, "cli": cli}
+            "negatable": negatable, "required": required, "show_default": show_default, "cli": cli,
+            "bounds": bounds}
     kw: dict[str, Any] = {"metadata": {"cli": meta}}
     if default_factory is not None:
         kw["default_factory"] = default_factory
@@ -56,6 +59,35 @@ class OneOf(click.Choice):
         if value in self.choices:
             return value
         self.fail(f"unknown {self.noun} '{value}' (pass one of {', '.join(self.choices)})", param, ctx)
+
+
+class Number(click.ParamType):
+    """An int or float option checked at the command line, before any work: finite, and inside
+    ``bounds`` ("(0, 1]", "[1, inf)", ...); the error names the value and the interval."""
+
+    def __init__(self, kind: type, bounds: str | None = None):
+        self.kind, self.bounds = kind, bounds
+        self.name = "integer" if kind is int else "number"
+        if bounds:
+            lo, hi = (b.strip() for b in bounds[1:-1].split(","))
+            self.lo, self.hi = float(lo), float(hi)
+            self.lo_open, self.hi_open = bounds[0] == "(", bounds[-1] == ")"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        try:
+            v = self.kind(value)
+        except (TypeError, ValueError):
+            self.fail(f"'{value}' is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"'{value}' is not a finite number", param, ctx)
+        if self.bounds:
+            below = v < self.lo or (self.lo_open and v == self.lo)
+            above = v > self.hi or (self.hi_open and v == self.hi)
+            if below or above:
+                self.fail(f"{value} is outside {self.bounds} (pass a number in {self.bounds})", param, ctx)
+        return v
 
 
 def _base_type(hint: Any) -> Any:
@@ -84,7 +116,12 @@ def _option(f: dataclasses.Field, hint: Any) -> click.Option | None:
         else:
             kw.update(is_flag=True, default=bool(default))
     else:
-        kw["type"] = OneOf(meta["choices"], meta["noun"]) if meta["choices"] else kind
+        if meta["choices"]:
+            kw["type"] = OneOf(meta["choices"], meta["noun"])
+        elif kind in (int, float):
+            kw["type"] = Number(kind, meta["bounds"])
+        else:
+            kw["type"] = kind
         required = meta["required"] if meta["required"] is not None else not has_default
         kw["required"] = required
         if not required:
@@ -127,6 +164,9 @@ def run_cli(command: click.Command, prog_name: str, args: list[str] | None = Non
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except RunFailed as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

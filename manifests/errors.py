@@ -20,5 +20,13 @@ class UserError(Exception):
         super().__init__(" ".join(text.split()))  # always one line
 
 
+class RunFailed(Exception):
+    """A run that cannot go on although its input was valid (e.g. the loss diverged). Exit code 1
+    and one line: what happened and what to do; anything worth keeping is saved first."""
+
+    def __init__(self, where: object, problem: str, fix: str):
+        super().__init__(" ".join(f"{where}: {problem}; fix: {fix}".split()))
+
+
 class ManifestError(UserError):
     """A manifest that does not meet the contract in DESIGN.md."""

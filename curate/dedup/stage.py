@@ -36,22 +36,24 @@ class DedupConfig:
     weights: str | None = opt(None, help="Local state dict for --model timm:ARCH.")
     out: str = opt(short="-o", help="duplicates.parquet to write (id, target_id, similarity, match, exact).")
     threshold: float = opt(DEFAULT_THRESHOLD, help="Model-feature cosine similarity at or above which a source "
-                                                   "image is a near copy.")
+                                                   "image is a near copy.", bounds="(0, 1]")
     pixel_threshold: float = opt(DEFAULT_PIXEL_THRESHOLD, help="Pixel-descriptor cosine similarity at or above "
-                                 "which a source image is a near copy; 1 keeps only pixel-perfect copies.")
+                                 "which a source image is a near copy; 1 keeps only pixel-perfect copies.",
+                                 bounds="(0, 1]")
     feature: bool = opt(True, negatable=True, help="Run the model-feature check; --no-feature: exact and pixel "
                                                    "checks only, no model.")
-    chunk_size: int = opt(65_536, help="Source rows per chunk: the unit of work, memory and resume.")
+    chunk_size: int = opt(65_536, help="Source rows per chunk: the unit of work, memory and resume.", bounds="[1, inf)")
     index: str = opt("auto", choices=("auto", "flat", "ivf"),
                      help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.")
     cache: str | None = opt(None, help="Folder for the target side and the per-chunk results "
                                        "[default: OUT's folder/embeddings].")
     calibrate: bool = opt(False, help="Also plant edited copies of target images and print recall / false "
                                       "positives per threshold.")
-    plant: int = opt(500, help="How many copies --calibrate plants.")
-    image_size: int | None = opt(None, help="Feature extractor input size (timm: models; default 224).")
-    batch_size: int = opt(256)
-    workers: int = opt(2)
+    plant: int = opt(500, help="How many copies --calibrate plants.", bounds="[1, inf)")
+    image_size: int | None = opt(None, help="Feature extractor input size (timm: models; default 224).",
+                                 bounds="[1, inf)")
+    batch_size: int = opt(256, bounds="[1, inf)")
+    workers: int = opt(2, bounds="[0, inf)")
     device: str = opt("auto", choices=DEVICES)
     quiet: bool = opt(False, short="-q")
 

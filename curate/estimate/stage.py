@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from datl_torch.engine.config import DEVICES
-from manifests import ManifestMeta, UserError, input_hashes, open_manifest, refuse_clobber, write_table
+from manifests import ManifestMeta, RunFailed, UserError, input_hashes, open_manifest, refuse_clobber, write_table
 from manifests.cli import opt
 
 from .estimators import METHODS, NEEDS_CALIBRATION, default_temperature, estimate
@@ -30,7 +30,7 @@ class EstimateConfig:
                       help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.")
     temperature: float | None = opt(None, help="Smoothing: mean divides each image's logits by T; other methods "
                                                "flatten the result to P^(1/T) [default: 2.0 (the paper's) for mean; "
-                                               "1, no flattening, for em, bbse, em-bcts].")
+                                               "1, no flattening, for em, bbse, em-bcts].", bounds="(0, inf)")
     calibration: str | None = opt(None, help="Held-out labeled source manifest (needed by bbse and em-bcts).")
     source: str | None = opt(None, help="Source manifest: its label counts are P_s(y) when the model recorded "
                                         "no training prior, or with --source-prior source.")
@@ -41,8 +41,8 @@ class EstimateConfig:
                                                   "the model.")
     predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running "
                                              "the model.")
-    batch_size: int = opt(256)
-    workers: int = opt(2, help="DataLoader workers.")
+    batch_size: int = opt(256, bounds="[1, inf)")
+    workers: int = opt(2, help="DataLoader workers.", bounds="[0, inf)")
     device: str = opt("auto", choices=DEVICES)
     quiet: bool = opt(False, short="-q")
 
@@ -141,8 +141,16 @@ def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
 
 def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
     classes = logits.classes
+    for name, z in (("target", logits.target), ("calibration", logits.calibration)):
+        if z is not None and len(z) and not np.isfinite(z).all():
+            n = int((~np.isfinite(z).all(axis=1)).sum())
+            raise RunFailed(cfg.model, f"gives non-finite logits for {n:,} {name} image(s) (a diverged model?)",
+                            "retrain the model (e.g. a lower --lr), or pass another")
     p, facts = estimate(cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration,
                         logits.calibration_labels)
+    if not (np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
+        raise RunFailed(cfg.model, f"{cfg.method} gave a prior that is not a distribution (non-finite, negative or "
+                                   f"all zero)", "try --method mean, or check the model and the calibration split")
     table = pa.table({"label": pa.array(np.arange(len(classes), dtype=np.int32)),
                       "class_name": pa.array(classes, pa.string()), "p_target": pa.array(p, pa.float64())})
     params = {"method": cfg.method, "temperature": cfg.t, "temperature_default": cfg.temperature is None,

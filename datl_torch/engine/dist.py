@@ -56,6 +56,15 @@ def setup(device_pref: str = "auto") -> Dist:
     return Dist(rank, world, local_rank, device)
 
 
+def all_finite(x: torch.Tensor, d: Dist) -> bool:
+    """Whether ``x`` is finite on every rank (all ranks get the same answer, so they stop together).
+    One device sync per call: the price of never stepping on a NaN loss."""
+    ok = torch.isfinite(x.detach()).all().to(torch.float32).reshape(1)
+    if d.world > 1:
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    return bool(ok.item())
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()

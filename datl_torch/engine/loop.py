@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from manifests import BadImageLog, Manifest, UserError
+from manifests import BadImageLog, Manifest, RunFailed, UserError
 
 from ..checkpoint import METRICS, ModelConfig, save_run
 from ..data import train_loader
@@ -70,6 +70,7 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     step = load_state(out, model, opt, sched, d, hook) if cfg.resume else 0
+    saved = step if cfg.resume else None  # the step of the last state written, if any
     if step and hasattr(hook, "seek"):
         hook.seek(step)
     stop_at = min(total, step + cfg.stop_after_steps) if cfg.stop_after_steps else total
@@ -83,6 +84,12 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
         for batch in loader:
             bad.add(batch.bad)
             loss = train_step(net, batch, cfg, d, hook, step / total)
+            if not dist.all_finite(loss, d):
+                bar.close()
+                raise RunFailed(out, f"the training loss became {float(loss.detach()):g} at step {step + 1} of "
+                                     f"{total} (lr {opt.param_groups[0]['lr']:.3g}); "
+                                     f"{keep_good_state(out, model, opt, sched, step, saved, d, hook)}",
+                                "lower --lr (or check the data) and rerun")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -93,8 +100,9 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
             if step % cfg.log_every == 0 or step == stop_at:
                 record = log.write(step, loss, opt, bad, getattr(hook, "last", {}))
                 bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-            if step % cfg.save_every == 0 and step < stop_at:
-                save_state(out, model, opt, sched, step, d, hook)
+            if step % cfg.save_every == 0 and step < stop_at and weights_finite(model, d):
+                save_state(out, model, opt, sched, step, d, hook)  # never a state with a non-finite weight
+                saved = step
             if step >= stop_at:
                 break
     bar.close()
@@ -107,6 +115,24 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
         tqdm.write(f"warning: {bad.summary()}")
     dist.barrier(d)
     return out
+
+
+def keep_good_state(out: Path, model: nn.Module, opt, sched, step: int, saved: int | None, d: dist.Dist,
+                    hook) -> str:
+    """After a non-finite loss: save the state as it is if every weight is still finite (the
+    update of the bad step has not happened), else keep the last state saved; say which."""
+    if weights_finite(model, d):
+        save_state(out, model, opt, sched, step, d, hook)
+        return f"the state before that step (finite weights) is saved in state.pt, step {step}"
+    if saved is not None:
+        return f"the weights were no longer finite; the last state saved, step {saved}, is kept in state.pt"
+    return "the weights were no longer finite and no state had been saved yet"
+
+
+def weights_finite(model: nn.Module, d: dist.Dist) -> bool:
+    """Every floating parameter and buffer (BatchNorm statistics too) is finite, on every rank."""
+    ok = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+    return dist.all_finite(torch.tensor(0.0 if ok else float("nan"), device=d.device), d)
 
 
 def train_step(net: nn.Module, batch, cfg: TrainConfig, d: dist.Dist, hook: LossHook | None,

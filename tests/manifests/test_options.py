@@ -96,3 +96,33 @@ def test_a_bad_choice_is_one_line_and_exit_2(tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown kind 'zz'" in lines[0] and "Traceback" not in res.stderr
+
+
+BAD_NUMBERS = [
+    ("pretrain", "--lr", "nan", "not a finite number"), ("pretrain", "--lr", "-1", "outside (0, inf)"),
+    ("pretrain", "--warmup", "2", "outside [0, 1]"), ("pretrain", "--hflip", "2", "outside [0, 1]"),
+    ("pretrain", "--stop-after-steps", "-1", "outside [1, inf)"), ("pretrain", "--save-every", "0", "outside [1"),
+    ("pretrain", "--log-every", "0", "outside [1"), ("pretrain", "--seed", "-1", "outside [0"),
+    ("pretrain", "--label-smoothing", "2", "outside [0, 1)"), ("pretrain", "--workers", "-1", "outside [0"),
+    ("pretrain", "--epochs", "nan", "not a finite number"), ("pretrain", "--image-size", "-4", "outside [1"),
+    ("pretrain", "--momentum", "inf", "not a finite number"), ("pretrain", "--batch-size", "x", "not an integer"),
+    ("finetune", "--trade-off", "nan", "not a finite number"), ("finetune", "--soft-temperature", "0", "outside (0"),
+    ("estimate", "--temperature", "nan", "not a finite number"), ("estimate", "--temperature", "0", "outside (0"),
+    ("dedup", "--plant", "-3", "outside [1"), ("dedup", "--chunk-size", "0", "outside [1"),
+    ("dedup", "--threshold", "1.5", "outside (0, 1]"), ("sample", "--seed", "-2", "outside [0"),
+]
+
+
+@pytest.mark.parametrize("kind, flag, value, problem", BAD_NUMBERS)
+def test_bad_numbers_are_refused_before_any_work(tmp_path, kind, flag, value, problem):
+    """Every numeric flag is checked where it is parsed: exit 2, one line naming the flag, the
+    value and the allowed interval; nothing is written (the inputs need not even exist)."""
+    from helpers import BIN, assert_user_error
+
+    from datl.stages import KINDS
+
+    out = tmp_path / "out"
+    argv = [str(BIN / KINDS[kind].command[0]), *KINDS[kind].command[1:], "--out", str(out), flag, value]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    assert_user_error(res, flag, problem)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
