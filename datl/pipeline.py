@@ -141,11 +141,26 @@ def _check_stage(path: Path, name: str, spec: Any) -> tuple[str, dict, dict, boo
 
 
 def _check_params(path: Path, where: str, kind: str, params: dict) -> None:
+    """Names the stage's command accepts, and values its option types accept (a number out of
+    its interval, an unknown choice), so a bad value stops the run before anything runs."""
+    import click
+
+    from .stages import click_command
+
     allowed = option_names(kind)
-    for key in params:
+    options = {p.name: p for p in click_command(kind).params}
+    for key, value in params.items():
         if key not in allowed:
             raise _err(path, f"{where} param '{key}'", f"{' '.join(KINDS[kind].command)} has no --"
                        f"{key.replace('_', '-')}", f"use one of {', '.join(sorted(allowed))}")
+        option = options.get(key)
+        if option is None or isinstance(value, bool) or value is None or (isinstance(value, str) and "{" in value):
+            continue  # flags, and values filled per seed or size
+        try:
+            option.type.convert(value, option, None)
+        except click.BadParameter as e:
+            raise _err(path, f"{where} param '{key}'", e.format_message(),
+                       f"fix the value (see `{' '.join(KINDS[kind].command)} --help`)") from None
 
 
 def load(path: str | Path, out: str | None = None) -> Pipeline:

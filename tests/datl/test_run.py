@@ -145,6 +145,8 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     (('inputs: {{train: "@data/source.parquet"}}', 'inputs: {{train: "@weights/weights.parquet"}}'),
      ("is in a cycle", "source_model")),
     (("batch_size: 16, workers: 0, save_every: 2", "batch_sise: 16"), ("stage 'source_model' param 'batch_sise'",)),
+    (("batch_size: 16, workers: 0, save_every: 2", "batch_size: 16, workers: 0, save_every: 0"),
+     ("stage 'source_model' param 'save_every'", "outside [1, inf)")),
     (("params: {{size: {size}}}", "params: {{size: {size}}}\n    oops: 1"), ("stage 'sample_adaptive'", "'oops'")),
     (("select: [scratch, adaptive]", "select: [scratch, nope]"), ("compare select", "two or more of the arms")),
     (('val: "@data/target_val.parquet", ', ""), ("compare select", "no val input")),
