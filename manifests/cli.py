@@ -167,6 +167,12 @@ def run_cli(command: click.Command, prog_name: str, args: list[str] | None = Non
     except RunFailed as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
+    except OSError as e:  # the file system refused (not a folder, permission, disk full): the user's to fix
+        where = e.filename or prog_name
+        problem = e.strerror or str(e)
+        click.echo(f"error: {where}: {_one_line(problem)} (errno {e.errno}); fix: check that the output's folder "
+                   f"exists, is a folder, is writable and has free space", err=True)
+        sys.exit(2)
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
