@@ -73,7 +73,7 @@ def test_estimate_and_finetune_read_shards_alike(demo_small, sharded, runs, tmp_
                   str(tmp_path / f"ft-{kind}"), "--steps", "3", *FAST)
         assert res.returncode == 0, res.stderr
         accs.append(json.loads((tmp_path / f"ft-{kind}" / "metrics.json").read_text()))
-    assert accs[0]["test_accuracy"] == accs[1]["test_accuracy"] and accs[0]["n_test"] == accs[1]["n_test"] == 50
+    assert accs[0]["test_accuracy"] == accs[1]["test_accuracy"] and accs[0]["n_test"] == accs[1]["n_test"] == 30
     assert accs[0]["per_class_accuracy"] == accs[1]["per_class_accuracy"]
 
 

@@ -96,4 +96,4 @@ def test_model_free_checks_need_no_model(demo_small, tmp_path):
     assert res.returncode == 0, res.stderr
     assert set(pq.read_table(tmp_path / "d.parquet").column("match").to_pylist()) <= {"exact", "pixel"}
     assert_user_error(cli(*base), "feature check needs --model", "--no-feature")
-    assert_user_error(cli(*base, "--no-feature", "--chunk-size", "0"), "--chunk-size", "not positive")
+    assert_user_error(cli(*base, "--no-feature", "--chunk-size", "0"), "--chunk-size", "outside [1, inf)")

@@ -217,7 +217,7 @@ def test_bad_input(tmp_path, demo_small):
     assert_user_error(cli(*base, "--train-target", str(d / "target_unlabeled.parquet")),
                       "target_unlabeled.parquet", "no labels")
     assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
-                          "--soft-temperature", "0"), "--soft-temperature", "> 0")
+                          "--soft-temperature", "0"), "--soft-temperature", "outside (0, inf)")
     assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
                           "--mmd-kernels", "best"), "--mmd-kernels", "unknown kernel weighting 'best'")
     assert_user_error(cli(*base, "--lr-schedule", "step"), "--lr-schedule", "unknown schedule 'step'")
