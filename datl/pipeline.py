@@ -43,7 +43,7 @@ from typing import Any
 from manifests import UserError
 
 from .launch import Launcher
-from .stages import KINDS, SEEDED, option_names
+from .stages import KINDS, SEEDED, click_command, option_names
 
 COMPARE = "compare"
 
@@ -144,8 +144,6 @@ def _check_params(path: Path, where: str, kind: str, params: dict) -> None:
     """Names the stage's command accepts, and values its option types accept (a number out of
     its interval, an unknown choice), so a bad value stops the run before anything runs."""
     import click
-
-    from .stages import click_command
 
     allowed = option_names(kind)
     options = {p.name: p for p in click_command(kind).params}

@@ -49,8 +49,13 @@ def accuracy(p: Predictions, classes: list[str]) -> dict:
     for k, name in enumerate(classes):
         mask = p.labels == k
         per_class[name] = float((p.preds[mask] == k).mean()) if mask.any() else None
-    return {"test_accuracy": float((p.preds == p.labels).mean()) if n else 0.0,
+    return {"test_accuracy": top1(p),
             "per_class_accuracy": per_class, "n_test": n, "n_unreadable": p.bad.count}
+
+
+def top1(p: Predictions) -> float:
+    """Top-1 accuracy, 0..1 (0 for no labeled image)."""
+    return float((p.preds == p.labels).mean()) if len(p.labels) else 0.0
 
 
 def write_predictions(path: Path, p: Predictions, classes: list[str]) -> None:
@@ -69,8 +74,7 @@ def evaluate(model: nn.Module, model_cfg: ModelConfig, test: Manifest, device, o
     metrics = {**accuracy(preds, model_cfg.classes), "params": cfg.params()}
     if val is not None:
         v = predict(model, model_cfg, val, device, batch_size=batch)
-        metrics.update(val_accuracy=float((v.preds == v.labels).mean()) if len(v.labels) else 0.0,
-                       n_val=len(v.labels))
+        metrics.update(val_accuracy=top1(v), n_val=len(v.labels))
     with atomic_output(out / METRICS_JSON) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
