@@ -6,6 +6,7 @@ nccl on CUDA and gloo on CPU. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,8 +94,15 @@ def check_in_sync(d: Dist, params, what: str = "parameters") -> None:
                            "the ranks trained apart; please report this")
 
 
-def cleanup(d: Dist) -> None:
+def cleanup(d: Dist, clean: bool = True) -> None:
+    """Tear the process group down. After a clean run, first free what still holds it (a
+    DistributedDataParallel reducer in a reference cycle keeps gloo's worker threads alive
+    into interpreter shutdown, where tearing them down can abort the process) and wait for
+    every rank, so no rank closes its connections while another still uses them."""
     if d.world > 1 and dist.is_initialized():
+        if clean:
+            gc.collect()
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -105,6 +113,8 @@ def session(device_pref: str = "auto") -> Iterator[Dist]:
     d = setup(device_pref)
     try:
         yield d
-    finally:
-        cleanup(d)
+    except BaseException:
+        cleanup(d, clean=False)
+        raise
+    cleanup(d)
 
