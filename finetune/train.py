@@ -30,13 +30,15 @@ def run(cfg: FinetuneConfig) -> Path:
     cfg.check()
     with dist.session(cfg.device) as d:
         train, test = open_manifest(cfg.manifest), open_manifest(cfg.test)
-        classes = train.require_labels()
+        classes, _ = train.require_training_labels("training")
         test.require_classes(classes, cfg.manifest, "evaluate on a test set labeled with the same classes, "
                                                     "in the same order")
+        test.require_training_labels("test")
         val = open_manifest(cfg.val) if cfg.val else None
         if val is not None:
             val.require_classes(classes, cfg.manifest, "validate on a set labeled with the same classes, "
                                                        "in the same order")
+            val.require_training_labels("validation")
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
         hook = None
@@ -92,9 +94,12 @@ def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, cl
     if cfg.adapt != adapt.NONE:
         unlabeled = open_manifest(cfg.unlabeled)
         unlabeled.require_classes(classes, cfg.manifest, SAME_CLASSES + ", or an unlabeled one", allow_unlabeled=True)
+        if not unlabeled.num_rows:
+            raise UserError(cfg.unlabeled, "has no rows", "pass the target images to adapt to")
     if cfg.train_target:
         labeled_target = open_manifest(cfg.train_target)
         labeled_target.require_classes(classes, cfg.manifest, SAME_CLASSES)
+        labeled_target.require_training_labels("--train-target")
     net = model if isinstance(model, AdaptNet) else AdaptNet(model, len(classes), cfg.bottleneck)
     if net is not model:  # a checkpoint of an --adapt run is an AdaptNet already, with its own bottleneck
         model_cfg.bottleneck, model_cfg.num_features = cfg.bottleneck, net.num_features

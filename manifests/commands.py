@@ -68,6 +68,9 @@ def manifest_validate(path: Path, files: bool, quiet: bool) -> None:
     what = f"{report.files_checked:,} images checked" if files else "image files not checked"
     classes = f", {report.classes} classes" if report.classes else ", unlabeled"
     click.echo(f"ok: {path}: {report.rows:,} rows{classes}, ids unique, {what}")
+    if report.unlabeled:
+        click.echo(f"note: {report.unlabeled:,} row(s) have no label: fine for a target or a source to curate, "
+                   "refused as a pretrain/finetune training, validation or test manifest")
 
 
 @click.command("demo-data", context_settings=CONTEXT)

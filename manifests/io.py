@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ManifestError, UserError
@@ -128,6 +129,23 @@ class Manifest:
         t = self._file.read_row_groups(groups, columns=cols)
         return t.slice(start - offsets[0], stop - start)
 
+    def files_fingerprint(self, start: int = 0, stop: int | None = None) -> str:
+        """A key that changes when any image file (or shard) behind rows [start, stop) changes:
+        the sha256 of each distinct file's path, size and modification time (or 'missing'), in
+        order of first use. One stat per distinct file; no image is read."""
+        stop = self.num_rows if stop is None else stop
+        h = hashlib.sha256()
+        paths = self.read_range(start, stop, ["path"]).column("path")
+        for p in pc.unique(paths.drop_null()).to_pylist() if len(paths) else []:
+            where = self.resolve(p)
+            try:
+                st = os.stat(where)
+                h.update(f"{where}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{where}\0missing\n".encode())
+        h.update(f"nulls {paths.null_count}".encode())
+        return h.hexdigest()[:20]
+
     def iter_addresses(self, batch_size: int = 4096):
         """(first row, AddressColumns) per batch of rows: where each image's bytes are."""
         from .shards import AddressColumns
@@ -144,7 +162,7 @@ class Manifest:
     def label_counts(self, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, int]:
         """Per-class row counts in one streamed pass, and the number of null labels.
 
-        Raises ManifestError for a label outside 0..K-1.
+        Raises ManifestError, naming the first row, for a label outside 0..K-1.
         """
         classes = self.require_labels()
         k = len(classes)
@@ -156,13 +174,45 @@ class Manifest:
             vals = col.drop_null().to_numpy(zero_copy_only=False)
             if vals.size == 0:
                 continue
-            lo, hi = int(vals.min()), int(vals.max())
-            if lo < 0 or hi >= k:
-                bad = lo if lo < 0 else hi
-                raise ManifestError(self.path, f"label {bad} is out of range for its {k} classes (0..{k - 1})",
-                                    "fix the labels or the class list in the datl metadata")
+            if int(vals.min()) < 0 or int(vals.max()) >= k:
+                row, bad = self._first_row(lambda v: (v < 0) | (v >= k))
+                raise ManifestError(self.path, f"label {bad} of row {row} is out of range for its {k} classes "
+                                               f"(0..{k - 1})", "fix the labels or the class list in the datl metadata")
             counts += np.bincount(vals, minlength=k)
         return counts, n_null
+
+    def require_training_labels(self, role: str) -> tuple[list[str], np.ndarray]:
+        """Classes and per-class counts of a manifest a model trains on or is scored on
+        (``role``: '--train', '--test', ...), checked before any work: labeled, not empty,
+        every row's label present and in range; else a one-line error naming the first
+        bad row."""
+        classes = self.require_labels()
+        counts, n_null = self.label_counts()
+        if n_null:
+            row, _ = self._first_row(None)
+            raise ManifestError(self.path, f"{n_null:,} of its {self.num_rows:,} rows have no label (first: {row}), "
+                                           f"and a {role} manifest needs every row labeled",
+                                "label those rows, or drop them from the manifest")
+        if not counts.sum():
+            raise ManifestError(self.path, "has no rows", f"pass a {role} manifest with labeled images")
+        return classes, counts
+
+    def _first_row(self, bad) -> tuple[str, int | None]:
+        """'id X (row N)' and label of the first row whose label is null (``bad`` None) or
+        for which ``bad(labels)`` holds; one more streamed pass, taken only on an error."""
+        start = 0
+        for batch in self.iter_batches(["id", LABEL]):
+            col = batch.column(1)
+            if bad is None:
+                hit = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+            else:
+                vals = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+                hit = np.flatnonzero(bad(vals) & ~col.is_null().to_numpy(zero_copy_only=False))
+            if hit.size:
+                i = int(hit[0])
+                return f"id {batch.column(0)[i].as_py()!r} (row {start + i})", col[i].as_py()
+            start += batch.num_rows
+        return "?", None
 
 
 def open_manifest(path: str | os.PathLike) -> Manifest:

@@ -20,6 +20,7 @@ class ValidationReport:
     classes: int | None
     files_checked: int = 0
     bad_files: list[str] = field(default_factory=list)  # "path: reason"
+    unlabeled: int = 0  # rows of a labeled manifest with a null label
 
 
 def allows_repeated_ids(m: Manifest) -> bool:
@@ -47,7 +48,7 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True, progres
     m = open_manifest(path)
     report = ValidationReport(rows=m.num_rows, classes=len(m.classes) if m.classes else None)
     if m.has_labels:
-        m.label_counts()  # raises on a label out of range
+        _, report.unlabeled = m.label_counts()  # raises on a label out of range
     ids = m.read(["id"]).column("id")
     if ids.null_count:
         raise ManifestError(m.path, f"{ids.null_count} row(s) have no id", "give every row an id")

@@ -25,8 +25,7 @@ def run(cfg: PretrainConfig) -> Path:
     cfg.check()
     with dist.session(cfg.device) as d:
         manifest = open_manifest(cfg.manifest)
-        classes = manifest.require_labels()
-        counts, _ = manifest.label_counts()
+        classes, counts = manifest.require_training_labels("training")
         size, in_chans = image_spec(manifest, cfg.image_size, cfg.in_chans)
         torch.manual_seed(cfg.seed)
         model, model_cfg = new_model(cfg.model, classes, size, in_chans, cfg.params(),

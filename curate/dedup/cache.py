@@ -93,7 +93,9 @@ def embed(lm, manifest: Manifest, d, batch_size: int, workers: int, progress: bo
 
 
 def target_path(cache_dir: Path, target: Manifest, fingerprint: str, image_size) -> Path:
-    key = _key(file_sha256(target.path), fingerprint, image_size, px.PARAMS)
+    """Keyed by the target manifest's bytes, every target image file's size and mtime (a
+    repaired or replaced image is read again), the model and the descriptor parameters."""
+    key = _key(file_sha256(target.path), target.files_fingerprint(), fingerprint, image_size, px.PARAMS)
     return cache_dir / f"{target.path.stem}.target.{key}.npz"
 
 
@@ -101,8 +103,10 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
     """Compute the target side on rank 0 (unless cached), then load it on every rank."""
     from datl_torch.engine import dist
 
-    if d.main and not path.exists():
+    if d.main and _load_target(path) is None:  # none yet, or unreadable (a killed disk, a bad copy)
         content = px.content_pass(target, views=True, progress=progress)
+        if not content.readable.any():  # before anything is cached
+            raise UserError(target.path, "has no readable image", "check it with `datl manifest validate`")
         arrays = {"hashes": content.hashes, "pixel": content.pixel, "readable": content.readable}
         if lm is not None:
             here = dist.Dist(0, 1, d.local_rank, d.device)
@@ -110,9 +114,19 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
             arrays.update(rows=emb.rows, vecs=emb.vecs)
         _save_npz(path, {"params": px.PARAMS, "features": lm is not None}, **arrays)
     dist.barrier(d)
-    with np.load(path, allow_pickle=False) as z:
-        content = px.Content(z["hashes"], z["pixel"], z["readable"])
-        emb = Embeddings(z["rows"], z["vecs"]) if "vecs" in z.files else None
+    side = _load_target(path)
+    if side is None:
+        raise UserError(path, "cannot be read back", "check the disk, delete the file and rerun")
+    return side
+
+
+def _load_target(path: Path) -> TargetSide | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            content = px.Content(z["hashes"], z["pixel"], z["readable"])
+            emb = Embeddings(z["rows"], z["vecs"]) if "vecs" in z.files else None
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
     return TargetSide(content, emb)
 
 
@@ -128,15 +142,20 @@ def chunk_file(folder: Path, c: int) -> Path:
     return folder / f"chunk-{c:06d}.npz"
 
 
-def save_chunk(path: Path, r: ChunkResult) -> None:
-    _save_npz(path, {"start": r.start, "stop": r.stop}, **{k: getattr(r, k) for k in ChunkResult.ARRAYS})
+def save_chunk(path: Path, r: ChunkResult, files: str) -> None:
+    """``files``: the chunk's images' fingerprint (Manifest.files_fingerprint) when computed."""
+    _save_npz(path, {"start": r.start, "stop": r.stop, "files": files},
+              **{k: getattr(r, k) for k in ChunkResult.ARRAYS})
 
 
-def load_chunk(path: Path) -> ChunkResult | None:
-    """A finished chunk, or None if there is none (or it cannot be read: it is recomputed)."""
+def load_chunk(path: Path, files: str | None = None) -> ChunkResult | None:
+    """A finished chunk, or None if there is none, it cannot be read, or (``files`` given) its
+    images changed since it was computed: it is then computed again."""
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            if files is not None and meta.get("files") != files:
+                return None
             return ChunkResult(int(meta["start"]), int(meta["stop"]), *(z[k] for k in ChunkResult.ARRAYS))
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError):
         return None

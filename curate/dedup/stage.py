@@ -113,9 +113,9 @@ def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress:
     mine = [(c, lo, hi) for c, (lo, hi) in enumerate(chunks(sm.num_rows, cfg.chunk_size)) if c % d.world == d.rank]
     for c, lo, hi in tqdm(mine, desc=f"dedup {sm.path.name}", unit="chunk", disable=not (progress and d.main),
                           leave=False):
-        path = chunk_file(folder, c)
-        if load_chunk(path) is None:
-            save_chunk(path, check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers))
+        path, files = chunk_file(folder, c), sm.files_fingerprint(lo, hi)
+        if load_chunk(path, files) is None:
+            save_chunk(path, check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers), files)
 
 
 def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
@@ -134,6 +134,9 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
         ordinary = ~r.exact
         tally.add(r.psim[ordinary], r.fsim[ordinary])
         unreadable += int((~r.readable).sum())
+    if sm.num_rows and unreadable == sm.num_rows:
+        raise UserError(sm.path, f"has no readable image (all {unreadable:,} unreadable)",
+                        "check it with `datl manifest validate`")
     if not parts:  # an empty source
         parts = [Duplicates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                             np.zeros(0, dtype="<U7"))]

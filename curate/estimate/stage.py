@@ -129,6 +129,8 @@ def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
     sm = open_manifest(cfg.source)
     sm.require_classes(logits.classes, "the model", MODEL_CLASSES)
     counts, _ = sm.label_counts()
+    if not counts.sum():
+        raise UserError(cfg.source, "has no labeled rows to count P_s(y) from", "pass the labeled source manifest")
     counted = counts / counts.sum()
     use_source = checkpoint is None or cfg.source_prior == "source"
     if checkpoint is not None and (gap := float(np.abs(counted - checkpoint).sum())) > 1e-3:

@@ -55,6 +55,19 @@ def test_exact_copies_found_with_a_useless_model_and_cache_reused(random_model, 
     assert [p.stat().st_mtime_ns for p in caches] == mtimes  # not re-embedded
     assert pq.read_table(tmp_path / "d2.parquet").num_rows >= t.num_rows  # lower threshold, more found
 
+    # an image file replaced since (same manifest bytes): read again, never answered from the cache
+    tgt = Manifest(target)
+    other = tgt.read(["id", "path"]).slice(1, 1)
+    shutil.copyfile(tgt.resolve(other.column("path")[0].as_py()), copies[0][1])
+    for cache in caches:  # and a corrupt cache file is recomputed, not a traceback
+        cache.write_bytes(b"not an npz")
+    res = cli("curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(random_model),
+              "--out", str(tmp_path / "d3.parquet"), "--threshold", "1.0", "-q")
+    assert res.returncode == 0, res.stderr
+    t3 = pq.read_table(tmp_path / "d3.parquet")
+    t3 = dict(zip(t3.column("id").to_pylist(), t3.column("target_id").to_pylist()))
+    assert t3[copies[0][0]] == other.column("id")[0].as_py() != copies[0][2]
+
 
 def test_a_changed_model_gets_its_own_embeddings(random_model, demo_small, tmp_path):
     import torch
@@ -122,6 +135,8 @@ def test_bad_input(random_model, demo_small, tmp_path):
     unreadable = write_manifest(tmp_path / "bad.parquet", pa.table({"id": ["x"], "path": ["nope.png"]}),
                                 ManifestMeta())
     assert_user_error(cli(*base, "--target", str(unreadable), "-q"), "bad.parquet", "no readable image")
+    assert_user_error(cli("curate", "dedup", "--source", str(unreadable), "--target", str(target), "--no-feature",
+                          "--out", str(tmp_path / "d.parquet"), "-q"), "bad.parquet", "no readable image")
     assert not (tmp_path / "d.parquet").exists()
 
 
