@@ -167,6 +167,8 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
     path = Path(path)
     if not path.exists():
         raise UserError(path, "does not exist", "pass a pipeline file, e.g. `datl run pipeline.yaml`")
+    if not path.is_file():
+        raise UserError(path, "is not a file", "pass a pipeline file, e.g. `datl run pipeline.yaml`")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -198,6 +200,9 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
         launcher = Launcher(lm["torchrun"])
 
     stages: dict[str, Stage] = {}
+    if not raw.get("stages"):
+        raise _err(path, "stages", "is missing or empty: there is nothing to run",
+                   "add stages (see the repository's pipeline.yaml)")
     for name, spec in _mapping(path, "stages", raw.get("stages")).items():
         name = str(name)
         if "." in name or "/" in name or name == COMPARE:

@@ -96,7 +96,7 @@ def param_flags(params: dict[str, Any], negatable: set[str] = frozenset()) -> li
             if key in negatable:
                 args.append("--no-" + key.replace("_", "-"))
         else:
-            args += [flag, str(value)]
+            args.append(f"{flag}={value}")  # one token: a value such as "--out=/x" stays a value
     return args
 
 
@@ -106,7 +106,7 @@ def command_line(kind: str, folder: Path, inputs: dict[str, str], params: dict[s
     k = KINDS[kind]
     args = list(k.command[1:])
     for key, path in inputs.items():
-        args += [k.inputs[key], path]
+        args.append(f"{k.inputs[key]}={path}")
     args += ["--out", str(folder / k.out_file) if k.out_file else str(folder)]
     args += param_flags(params, negatable(kind))
     args += [a.format(dir=folder, cache=cache) for a in k.extra]

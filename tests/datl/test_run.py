@@ -161,3 +161,20 @@ def test_bad_pipelines_are_refused_before_anything_runs(tmp_path, edit, fragment
 
 def test_missing_pipeline_file(tmp_path):
     assert_user_error(cli("datl", "run", str(tmp_path / "none.yaml")), "none.yaml", "does not exist")
+
+
+def test_empty_pipeline_and_a_folder_are_refused(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing here yet\n")
+    assert_user_error(cli("datl", "run", str(tmp_path / "empty.yaml")), "empty.yaml", "stages", "nothing to run")
+    assert_user_error(cli("datl", "run", str(tmp_path)), str(tmp_path), "is not a file")
+
+
+def test_a_param_value_that_looks_like_a_flag_stays_a_value(tmp_path):
+    """`model: "--out=/elsewhere"` must reach pretrain as the model's name, never as its --out."""
+    from datl.stages import command_line
+    from pretrain.cli import cli as pretrain_cli
+
+    argv = command_line("pretrain", tmp_path / "stage", {"train": "m.parquet"},
+                        {"model": "--out=/elsewhere", "steps": 3}, "cpu", tmp_path / "cache", None)
+    ctx = pretrain_cli.make_context("pretrain", argv[1:])
+    assert ctx.params["model"] == "--out=/elsewhere" and ctx.params["out"] == str(tmp_path / "stage")
