@@ -14,9 +14,11 @@ folder. Outputs are written atomically by the commands themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from functools import lru_cache
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from manifests import OWNED, UserError, atomic_output, claim_folder, file_sha256, remove_owned
+from manifests import OWNED, UserError, atomic_output, claim_folder, file_sha256, lock_folder, remove_owned
 
 from .pipeline import COMPARE, Pipeline, Stage, ref_file, ref_stage
 from .stages import KINDS, command_line
@@ -146,8 +148,10 @@ def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, qui
 
         if pipe.launcher.node_rank > 0:
             return Nodes.follow(pipe, quiet)
+        lock_folder(logs, "pipeline output")
         with Nodes.lead(pipe) as nodes:
             return _run_stages(pipe, forced, logs, quiet, nodes)
+    lock_folder(logs, "pipeline output")  # one `datl run` per output folder at a time
     return _run_stages(pipe, forced, logs, quiet, None)
 
 
@@ -244,12 +248,39 @@ def _execute(argv: list[str], log: Path, stage: Stage) -> None:
     with open(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
         f.flush()
-        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+        try:
+            rc = proc.wait()
+        except BaseException:  # Ctrl-C, or SIGTERM from a scheduler: the stage goes too
+            stop(proc)
+            raise
     if rc != 0:
         click.echo(" failed", err=True)
         lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
         last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
         raise StageFailed(stage.name, rc, last.removeprefix("error: "), log)
+
+
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """Stop a stage: SIGTERM (a stage writes nothing half-done; torchrun passes it on to its
+    workers), then SIGKILL if it is still running after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In the stage's process, before it runs: Linux sends it SIGTERM if `datl run` dies,
+    even by SIGKILL, so no stage outlives its runner. Elsewhere a no-op."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class StageFailed(Exception):

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -151,7 +152,31 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP (a scheduler, a closed terminal), raised where the main process is, so
+    that every ``finally`` runs: temporary files go, a stage's child is stopped. Not an
+    Exception, so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_MAIN_PID = [0]
+
+
+def _stopped(signum, frame) -> None:
+    if os.getpid() != _MAIN_PID[0]:  # a forked worker (DataLoader, dedup's pool): just go
+        os._exit(128 + signum)
+    raise Stopped(signum)
+
+
 def run_cli(command: click.Command, prog_name: str, args: list[str] | None = None) -> None:
+    import signal
+
+    _MAIN_PID[0] = os.getpid()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stopped)
     try:
         rc = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.UsageError as e:
@@ -176,6 +201,9 @@ def run_cli(command: click.Command, prog_name: str, args: list[str] | None = Non
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except Stopped as e:
+        click.echo(f"stopped by signal {e.signum}: no partial output was written", err=True)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         click.echo("interrupted: no partial output was written", err=True)
         sys.exit(130)

@@ -6,23 +6,81 @@ image Parquet file: manifests/shards.py) and decoded from memory.
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from collections import Counter
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ManifestError
 from .io import Manifest
 from .shards import Address, read_bytes
 
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
+GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, in every stage
+MAX_PIXELS = int(os.environ.get("DATL_MAX_PIXELS", 200_000_000))  # larger: counted unreadable, never decoded
+
+
+class ImageTooLarge(ValueError):
+    pass
+
+
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
+Image.MAX_IMAGE_PIXELS = None  # our own cap (MAX_PIXELS) replaces PIL's warning and error
 
 
-def load_image(where: str | Address, mode: str) -> Image.Image:
-    """Decode fully (so truncation surfaces here) and convert to ``mode`` ('L' or 'RGB')."""
-    with open_image(where) as im:
-        im.load()
-        return im.convert(mode)
+def load_image(where: str | Address, mode: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """THE decoding path of the project (training, inference, validation, dedup): read the
+    bytes, decode fully (so truncation surfaces here) and convert to ``mode`` ('L' or 'RGB')
+    faithfully, whatever the file's mode (see ``to_mode``). ``draft``: a size the caller will
+    shrink to anyway; a JPEG is then decoded at a reduced scale (at least that size).
+    Raises one of DECODE_ERRORS (ImageTooLarge beyond MAX_PIXELS) for an unreadable image."""
+    a = where if isinstance(where, Address) else Address(str(where))
+    return decode_bytes(read_bytes(a), mode, draft)
+
+
+def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # every case PIL warns about is handled explicitly here
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel cap "
+                                    "(DATL_MAX_PIXELS)")
+            if draft is not None and im.format == "JPEG":
+                im.draft(mode if mode in ("L", "RGB") else None, draft)
+            im.load()
+            im = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
+            return to_mode(im, mode)
+
+
+def to_mode(im: Image.Image, mode: str) -> Image.Image:
+    """``im`` as 'L' or 'RGB', explicitly per source mode:
+
+    - transparency (RGBA, LA, PA, palette or grey with a transparent colour): composited on
+      BACKGROUND (white), so a transparent pixel's hidden colour never becomes content;
+    - 16-bit and 32-bit integer grey (I;16, I): scaled from 0..65535 to 0..255 (PIL's own
+      convert clips at 255, which turns a 16-bit image into a silhouette);
+    - float grey (F): 0..1 scaled to 0..255, else clipped to 0..255;
+    - 1-bit, CMYK, YCbCr, LAB, HSV: PIL's conversion.
+    """
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = a * 255.0 if np.nanmax(a, initial=0.0) <= 1.0 else a
+        im = Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
+        im = im.convert("RGBA")  # as PIL recommends for palette transparency, instead of a warning
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        flat.alpha_composite(rgba)
+        im = flat.convert("RGB")
+    if im.mode != mode:
+        im = im.convert(mode)
+    return im
 
 
 def open_image(where: str | Address) -> Image.Image:

@@ -3,8 +3,10 @@ written atomically (temporary file in the same folder, then rename)."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -220,6 +222,36 @@ def open_manifest(path: str | os.PathLike) -> Manifest:
 
 
 # -- writing -----------------------------------------------------------------
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def remove_stale_temporaries(dest: Path) -> int:
+    """Delete the temporary files that a killed writer of ``dest`` left behind (SIGKILL
+    leaves no chance to clean up): those of this host whose process is gone. A live
+    writer's file, or another host's, is left alone. Returns how many were removed."""
+    removed = 0
+    for tmp in dest.parent.glob(f".{glob.escape(dest.name)}.{_HOST}-*.tmp"):
+        try:
+            pid = int(tmp.name[len(dest.name) + 2:].split(".")[0].split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the destination folder; rename it into place on success.
@@ -230,7 +262,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     dest = Path(path)
     if dest.parent and not dest.parent.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp"
+    remove_stale_temporaries(dest)
+    tmp = dest.parent / f".{dest.name}.{_HOST}-{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield tmp
         if tmp.exists():
@@ -334,6 +367,29 @@ def claim_folder(path: str | os.PathLike, what: str) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     (p / OWNED).touch()
     return p
+
+
+_LOCKS: dict[str, int] = {}  # folder -> open descriptor of its marker, flock'ed until this process ends
+
+
+def lock_folder(path: str | os.PathLike, what: str) -> None:
+    """Hold an exclusive lock on a datl folder (on its OWNED marker) for the rest of this
+    process, so two runs can never write one folder; the kernel releases it however the
+    process ends (SIGKILL included). A folder another process holds is refused."""
+    import fcntl
+
+    p = Path(path)
+    key = os.path.realpath(p)
+    if key in _LOCKS:
+        return
+    fd = os.open(p / OWNED, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(p, f"is the {what} of another datl process that is still running",
+                        "wait for it to finish, or pass another output folder") from None
+    _LOCKS[key] = fd
 
 
 def remove_owned(path: str | os.PathLike) -> None:

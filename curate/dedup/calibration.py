@@ -46,9 +46,9 @@ def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
     """Write augmented copies of ``n`` target images (one edit each, cycling through every
     kind) and a manifest of them whose ``target_id`` says which image each copies."""
     import pyarrow as pa
-    from PIL import Image
 
     from manifests import ManifestMeta, write_manifest
+    from manifests.images import GREY_MODES, load_image, open_image
 
     rng = np.random.default_rng(seed)
     t = target.read(["id", "path"])
@@ -57,8 +57,10 @@ def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
     ids, paths, of, kinds = [], [], [], []
     for j, i in enumerate(pick):
         kind = AUGMENTATIONS[j % len(AUGMENTATIONS)]
-        with Image.open(target.resolve(t.column("path")[int(i)].as_py())) as im:
-            img = augment(im.convert("L" if im.mode in ("L", "1", "P") else "RGB"), kind, rng)
+        where = target.resolve(t.column("path")[int(i)].as_py())
+        with open_image(where) as im:
+            mode = "L" if im.mode in GREY_MODES else "RGB"
+        img = augment(load_image(where, mode), kind, rng)
         name = f"planted-{j:05d}.png"
         img.save(folder / name)
         ids.append(f"planted-{j:05d}")

@@ -21,7 +21,6 @@ one descriptor each. Unreadable images get hash ``b""`` (no file) or a zero desc
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from dataclasses import dataclass
 
@@ -77,9 +76,7 @@ def crop_views(img) -> list:
 def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
     """(content hash, thumbnail(s) uint8, readable) of one image; a zero thumbnail, which
     normalises to a zero descriptor that matches nothing, when it cannot be read."""
-    from PIL import Image
-
-    from manifests.images import DECODE_ERRORS
+    from manifests.images import DECODE_ERRORS, decode_bytes
 
     shape = (VIEWS, SIDE * SIDE) if views else (SIDE * SIDE,)
     try:
@@ -87,10 +84,8 @@ def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
     except OSError:
         return b"", np.zeros(shape, np.uint8), False
     digest = hashlib.sha256(data).digest()[:HASH_BYTES]
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("L", (4 * SIDE, 4 * SIDE))  # JPEG: decode at reduced size, much faster
-            grey = im.convert("L")
+    try:  # the project's one decoding path; a JPEG is decoded at reduced size, much faster
+        grey = decode_bytes(data, "L", draft=(4 * SIDE, 4 * SIDE))
     except DECODE_ERRORS:
         return digest, np.zeros(shape, np.uint8), False
     if not views:

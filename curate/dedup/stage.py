@@ -146,9 +146,10 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
     if cfg.calibrate:
         from .calibration import plant_copies, report
 
-        planted = open_manifest(plant_copies(tm, Path(tempfile.mkdtemp(prefix="datl-plant-")), cfg.plant))
-        here = type(d)(0, 1, d.local_rank, d.device)
-        report(ix, tally, planted, lm, here, cfg.batch_size, cfg.workers, Path(cfg.out), progress)
+        with tempfile.TemporaryDirectory(prefix="datl-plant-") as tmp:  # removed however the report ends
+            planted = open_manifest(plant_copies(tm, Path(tmp), cfg.plant))
+            here = type(d)(0, 1, d.local_rank, d.device)
+            report(ix, tally, planted, lm, here, cfg.batch_size, cfg.workers, Path(cfg.out), progress)
 
 
 def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int) -> None:

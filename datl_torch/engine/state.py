@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from manifests import UserError, atomic_output, claim_folder
+from manifests import UserError, atomic_output, claim_folder, lock_folder
 
 from ..checkpoint import METRICS, STATE
 from ..modeling import unwrap
@@ -16,13 +16,16 @@ from . import dist
 
 
 def prepare_out(out: Path, resume: bool) -> None:
+    """Claim and lock the run folder (rank 0): never another's folder, never two runs in one."""
     if resume:
         if not (out / STATE).exists():
             raise UserError(out, f"has no {STATE} to resume from", "drop --resume to start a new run")
+        lock_folder(out, "run folder")
         return
     if (out / STATE).exists():
         raise UserError(out, "already holds a run", "pass --resume to continue it, or another --out")
     claim_folder(out, "run folder")  # a folder datl did not make is refused, never emptied
+    lock_folder(out, "run folder")
     (out / METRICS).unlink(missing_ok=True)
 
 

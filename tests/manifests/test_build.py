@@ -81,7 +81,7 @@ def test_validate_ok_and_each_failure(tmp_path):
     oob = tmp_path / "oob.parquet"
     write_manifest(oob, pa.table({"id": ["a", "b"], "path": rel[:2], "label": [0, 7]}),
                    ManifestMeta(classes=["a", "b"]))
-    assert_user_error(cli("datl", "manifest", "validate", str(oob), "-q"), "oob.parquet", "label 7 is out of range")
+    assert_user_error(cli("datl", "manifest", "validate", str(oob), "-q"), "oob.parquet", "label 7 of row id 'b' (row 1) is out of range")
 
     paths[1].write_bytes(paths[1].read_bytes()[:40])
     res = cli("datl", "manifest", "validate", str(good), "-q")

@@ -115,7 +115,7 @@ def test_foreign_parquet_without_datl_metadata_is_rejected_when_labeled(tmp_path
 def test_label_out_of_range_is_caught(tmp_path):
     write_manifest(tmp_path / "m.parquet", pa.table({"id": ["a", "b"], "path": ["p", "q"], "label": [0, 5]}),
                    ManifestMeta(classes=["x", "y"]))
-    with pytest.raises(ManifestError, match="label 5 is out of range for its 2 classes"):
+    with pytest.raises(ManifestError, match=r"label 5 of row id .b. \(row 1\) is out of range for its 2 classes"):
         Manifest(tmp_path / "m.parquet").label_counts()
 
 
