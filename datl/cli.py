@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import click
 
-from manifests.cli import CONTEXT, run_cli
+from manifests.cli import CONTEXT, Number, run_cli
 from manifests.commands import demo_data, manifest
 
 
@@ -70,6 +72,33 @@ def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, dev
         raise SystemExit(2 if e.rc == 2 else 1) from None
     if pipe.launcher is None or pipe.launcher.node_rank == 0:
         print_results(pipe)
+        from .html_report import build
+
+        click.echo(f"report: {build(pipe.out, pipeline=str(pipe.path), device=pipe.device)}")
+
+
+@cli.command("report")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--pipeline", help="The pipeline file, for the command line the page shows to reproduce the run.")
+@click.option("--evidence-classes", type=Number(int, "[0, inf)"), default=100, show_default=True,
+              help="Classes of highest weight that get thumbnails (source images, target images assigned to them).")
+@click.option("--per-class", type=Number(int, "[1, 64]"), default=8, show_default=True,
+              help="Thumbnails per class and side.")
+@click.option("--pairs", type=Number(int, "[0, inf)"), default=100, show_default=True,
+              help="Duplicate pairs shown per dedup stage, borderline ones first.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where the source classifier scores the target images for the evidence strips.")
+def report(out: Path, pipeline: str | None, evidence_classes: int, per_class: int, pairs: int, device: str) -> None:
+    """Write OUT/report.html: the curation of a `datl run` output folder on one page.
+
+    Every source class with its weight (sortable, filterable), the images behind the
+    weight of the top classes, the estimators side by side, the duplicate pairs
+    (borderline first), the results with their intervals and the stage timings.
+    Self-contained: open it offline; thumbnails lie in OUT/report_files/.
+    """
+    from .html_report import build
+
+    click.echo(f"wrote {build(out, pipeline, evidence_classes, per_class, pairs, device)}")
 
 
 def print_results(pipe) -> None:

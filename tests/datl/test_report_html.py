@@ -1,0 +1,204 @@
+"""datl report: the HTML page opened in a real headless Chromium (Debian's chromium and
+chromium-driver, driven by selenium), checked as a person would use it: the weights table
+sorts, filters and pages; a click shows a class's source and target thumbnails; duplicate
+pairs show both images; the results table has the paired interval; nothing is fetched from
+the network; no script error. And at 20,000 classes the page holds one page of rows."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from helpers import assert_user_error, cli
+
+from manifests import ManifestMeta, write_table
+
+PIPELINE = """
+out: out
+device: cpu
+seeds: 2
+stages:
+  data: {run: demo-data, params: {fraction: 0.03}}
+  source_model:
+    run: pretrain
+    inputs: {train: "@data/source.parquet"}
+    params: {model: test_resnet, steps: 30, batch_size: 32, workers: 0}
+  prior: {run: estimate, inputs: {model: "@source_model", target: "@data/target_unlabeled.parquet"},
+          params: {workers: 0}}
+  prior_em: {run: estimate, inputs: {model: "@source_model", target: "@data/target_unlabeled.parquet"},
+             params: {method: em, workers: 0}}
+  dedup:
+    run: dedup
+    inputs: {source: "@data/source.parquet", target: "@data/target_all.parquet", model: "@source_model"}
+    params: {workers: 0, threshold: 0.9, pixel_threshold: 0.9}
+  weights:
+    run: weight
+    inputs: {source: "@data/source.parquet", prior: "@prior/prior.parquet", exclude: "@dedup/duplicates.parquet"}
+  sample_adaptive:
+    run: sample
+    per_seed: true
+    inputs: {source: "@data/source.parquet", weights: "@weights/weights.parquet", exclude: "@dedup/duplicates.parquet"}
+    params: {size: 64}
+compare:
+  pretrain: {model: test_resnet, steps: 3, batch_size: 16, workers: 0}
+  finetune:
+    inputs: {train: "@data/target_train.parquet", val: "@data/target_val.parquet", test: "@data/target_test.parquet"}
+    params: {steps: 3, batch_size: 16, workers: 0}
+  arms:
+    adaptive: "@sample_adaptive.s{seed}/sample.parquet"
+    scratch: null
+  baseline: scratch
+"""
+
+
+def _install_chromium() -> str | None:
+    """None when chromium and chromedriver are there (installed with apt-get if missing and we
+    may), else the reason they are not."""
+    if shutil.which("chromium") and shutil.which("chromedriver"):
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "chromium/chromium-driver missing and apt-get cannot install them here (not root)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            return f"`{' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}"
+    return None if shutil.which("chromium") and shutil.which("chromedriver") else "apt-get gave no chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = _install_chromium()
+    if reason:
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def run_out(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    (tmp / "p.yaml").write_text(PIPELINE)
+    res = cli("datl", "run", str(tmp / "p.yaml"), "-q")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "report: " in res.stdout and (tmp / "out" / "report.html").exists()
+    return tmp / "out"
+
+
+def open_page(driver, page: Path):
+    driver.get(page.as_uri())
+    assert driver.find_element("css selector", "body").get_attribute("data-ready") == "1"
+    return driver
+
+
+def errors_and_fetches(driver) -> tuple[list, list]:
+    logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    fetched = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    return logs, [u for u in fetched if not u.startswith("file://")]
+
+
+def visible_rows(driver) -> list[list[str]]:
+    return [[td.text for td in tr.find_elements("css selector", "td")]
+            for tr in driver.find_elements("css selector", "#weights-table tr.class-row")]
+
+
+def loaded(driver, selector: str) -> list[int]:
+    return driver.execute_script(f"return [...document.querySelectorAll('{selector}')].map(i => i.naturalWidth)")
+
+
+def test_the_report_as_a_person_uses_it(run_out, browser):
+    d = open_page(browser, run_out / "report.html")
+    weights = {r["class_name"]: r for r in pa.parquet.read_table(run_out / "weights" / "weights.parquet").to_pylist()}
+    # every class is in the table, a page at a time, heaviest first by default
+    rows = visible_rows(d)
+    assert len(rows) == 50 and len(weights) == 82
+    top = max(weights.values(), key=lambda r: r["weight"])["class_name"]
+    assert rows[0][1] == top
+    assert "82 of 82 classes; page 1 of 2" in d.find_element("css selector", ".pager-info").text
+    # sort by class name, then filter
+    d.find_element("css selector", "#weights-table th[data-col=class_name]").click()
+    assert visible_rows(d)[0][1] == sorted(weights)[0]
+    box = d.find_element("css selector", "#class-filter")
+    box.send_keys("mnist/")
+    assert sorted(r[1] for r in visible_rows(d)) == sorted(n for n in weights if "mnist/" in n)
+    box.clear()
+    box.send_keys("glyph/Q")  # case-insensitive, as a search box is
+    assert sorted(r[1] for r in visible_rows(d)) == ["glyph/Q", "glyph/q"]
+    box.clear()
+    box.send_keys("animal/zebra")
+    (row,) = visible_rows(d)
+    assert float(row[5]) == pytest.approx(weights["animal/zebra"]["weight"], rel=1e-3)
+    # next page
+    box.clear()
+    box.send_keys(" ")
+    box.clear()
+    d.execute_script("document.getElementById('class-filter').dispatchEvent(new Event('input'))")
+    d.find_element("css selector", ".weights .next").click()
+    assert len(visible_rows(d)) == 32
+    # a click on the top class shows its source images and target images, all loaded
+    d.find_element("css selector", ".weights .prev").click()
+    d.find_element("css selector", "#weights-table th[data-col=weight]").click()  # back to weight, descending
+    d.find_element("css selector", "#weights-table tr.class-row").click()
+    assert f"Evidence for {top}" in d.find_element("css selector", "#evidence h3").text
+    src, tgt = loaded(d, "#evidence img.ev-source"), loaded(d, "#evidence img.ev-target")
+    assert len(src) == min(8, weights[top]["n_source"]) and len(tgt) == 8 and min(src + tgt) > 0
+    # duplicates: pairs with both thumbnails, borderline first
+    pairs = d.find_elements("css selector", "#duplicates-table tr.pair")
+    dup = pa.parquet.read_table(run_out / "dedup" / "duplicates.parquet")
+    assert len(pairs) == min(dup.num_rows, 100) > 0
+    assert min(loaded(d, "#duplicates-table img")) > 0 and len(loaded(d, "#duplicates-table img")) == 2 * len(pairs)
+    sims = [float(p.find_element("css selector", "td.sim").text) for p in pairs if "exact" not in p.text]
+    assert sims == sorted(sims)  # all thresholds are 0.9 here: nearest the threshold first
+    # estimators side by side, results with the paired interval, timings
+    assert "prior_em" in d.find_element("css selector", "#estimators-table").text
+    arms = {tr.get_attribute("data-arm"): tr.text for tr in d.find_elements("css selector", "#results-table tr.arm-row")}
+    assert set(arms) == {"adaptive", "scratch"} and "vs scratch" in arms["adaptive"] and "n=2" in arms["adaptive"]
+    stages = d.find_element("css selector", "#timings-table").text
+    assert "source_model" in stages and "dedup" in stages
+    errors, fetched = errors_and_fetches(d)
+    assert errors == [] and fetched == [], (errors, fetched)
+    files = list((run_out / "report_files" / "thumbs").iterdir())
+    assert files and max(f.stat().st_size for f in files) < 20_000  # thumbnails, not the images
+
+
+def test_twenty_thousand_classes_render_one_page(tmp_path, browser):
+    out = tmp_path / "big"
+    stage = out / "weights"
+    stage.mkdir(parents=True)
+    k = 20_000
+    rng = np.random.default_rng(0)
+    p_t = rng.dirichlet(np.ones(k))
+    table = pa.table({"label": pa.array(np.arange(k), pa.int32()), "class_name": [f"class_{i:05d}" for i in range(k)],
+                      "n_source": rng.integers(1, 1000, k), "p_source": np.full(k, 1 / k), "p_target": p_t,
+                      "weight": p_t * k, "n_excluded": np.zeros(k, np.int64)})
+    write_table(stage / "weights.parquet", table, ManifestMeta(stage="weight"))
+    (stage / "stamp.json").write_text(json.dumps({"kind": "weight", "inputs": {}, "params": {}, "seconds": 1.0}))
+    res = cli("datl", "report", str(out))
+    assert res.returncode == 0, res.stderr
+    d = open_page(browser, out / "report.html")
+    assert len(d.find_elements("css selector", "tr.class-row")) == 50  # not 20,000 DOM rows
+    assert visible_rows(d)[0][1] == f"class_{int(np.argmax(p_t)):05d}"
+    d.find_element("css selector", "#class-filter").send_keys("class_12345")
+    assert [r[1] for r in visible_rows(d)] == ["class_12345"]
+    d.find_element("css selector", "tr.class-row").click()
+    assert "only the" in d.find_element("css selector", "#evidence").text  # no evidence without a source: says so
+    assert errors_and_fetches(d) == ([], [])
+
+
+def test_report_of_a_folder_that_is_not_a_run(tmp_path):
+    assert_user_error(cli("datl", "report", str(tmp_path)), str(tmp_path), "no stage folder")
+    assert_user_error(cli("datl", "report", str(tmp_path / "nope")), "nope", "not a folder")
