@@ -152,6 +152,25 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
             report(ix, tally, planted, lm, here, cfg.batch_size, cfg.workers, Path(cfg.out), progress)
 
 
+PLAUSIBLE_SHARE = 0.05  # more of the source than this flagged as copies of the target is suspect
+
+
+def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig) -> str | None:
+    """A warning when the checks flag more than PLAUSIBLE_SHARE of the source, naming the check
+    that flags the most: a source is rarely a twentieth copies of one target, and a check whose
+    threshold suits one kind of image (digits) can call look-alikes copies on another."""
+    total = sum(counts.values())
+    if not n_source or total <= PLAUSIBLE_SHARE * n_source:
+        return None
+    check = max(counts, key=counts.get)
+    fix = {"pixel": f"raise --pixel-threshold (now {cfg.pixel_threshold})",
+           "feature": f"raise --threshold (now {cfg.threshold}) or use a stronger --model",
+           "exact": "check that the source does not contain the target itself"}[check]
+    return (f"warning: {total / n_source:.1%} of the source is flagged as copies of the target, "
+            f"{counts[check]:,} of them by the {check} check; that is implausible for most sources: look at the "
+            f"borderline pairs (`datl report`, `--calibrate`) and {fix}")
+
+
 def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int) -> None:
     rows = dup.rows.astype(np.int64)
     sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
@@ -167,10 +186,13 @@ def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unr
         inputs=input_hashes(source=cfg.source, target=cfg.target)))
     counts = {k: int(np.sum(dup.match == k)) for k in ("exact", "pixel", "feature")}
     desc = ix.description
-    click.echo(f"wrote {cfg.out}: {len(rows):,} of {sm.num_rows:,} source images duplicate a target image "
-               f"({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {cfg.pixel_threshold}, "
+    share = len(rows) / max(sm.num_rows, 1)
+    click.echo(f"wrote {cfg.out}: {len(rows):,} of {sm.num_rows:,} source images ({share:.2%}) duplicate a target "
+               f"image ({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {cfg.pixel_threshold}, "
                f"{counts['feature']:,} feature >= {cfg.threshold}); index: pixel {desc['pixel']}; "
                f"feature {desc['feature']}")
+    if warning := implausible_share(counts, sm.num_rows, cfg):
+        click.echo(warning, err=True)
     if unreadable:
         click.echo(f"warning: {unreadable:,} source image(s) could not be read; they were checked by nothing "
                    "(`datl manifest validate` lists them)", err=True)

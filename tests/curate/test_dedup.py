@@ -174,3 +174,15 @@ def test_real_edited_copies_found_at_the_default_thresholds(demo_fifth, tmp_path
     assert recall >= 0.99, (recall, res.stdout)
     assert right_original >= 0.9, right_original  # near-identical target digits may take a copy's place
     assert false_pos <= 0.005, (false_pos, res.stdout)
+
+
+def test_an_implausible_share_flagged_is_a_warning_naming_the_check(demo_small, tmp_path):
+    base = ["curate", "dedup", "--source", str(demo_small / "source.parquet"), "--target",
+            str(demo_small / "target_all.parquet"), "--no-feature", "-q", "--workers", "0"]
+    ok = cli(*base, "--out", str(tmp_path / "a.parquet"))
+    assert ok.returncode == 0 and "warning" not in ok.stderr, ok.stderr
+    loose = cli(*base, "--out", str(tmp_path / "b.parquet"), "--pixel-threshold", "0.3")
+    assert loose.returncode == 0, loose.stderr
+    flagged = pq.read_table(tmp_path / "b.parquet").num_rows
+    assert flagged > 0.05 * Manifest(demo_small / "source.parquet").num_rows
+    assert "by the pixel check" in loose.stderr and "raise --pixel-threshold (now 0.3)" in loose.stderr
