@@ -13,6 +13,14 @@ from manifests import Manifest, atomic_output
 AUGMENTATIONS = ("crop", "rotate", "blur", "contrast", "jpeg", "resize", "colour")
 
 
+def border_colour(img):
+    """The median colour of an image's outermost pixels (its background, for most images)."""
+    a = np.asarray(img)
+    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).reshape(-1, *a.shape[2:])
+    med = np.median(edge, axis=0).astype(int)
+    return int(med) if med.ndim == 0 else tuple(int(v) for v in med)
+
+
 def augment(img, kind: str, rng: np.random.Generator):
     """One of the edits that make a near copy: what a scraped duplicate of a target image looks like."""
     from PIL import Image, ImageEnhance, ImageFilter
@@ -24,7 +32,9 @@ def augment(img, kind: str, rng: np.random.Generator):
         x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
         return img.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
     if kind == "rotate":
-        return img.rotate(float(rng.uniform(-8, 8)), resample=Image.BILINEAR)
+        # the uncovered corners take the image's own border colour (black for a digit, white for
+        # an icon composited on white), as a rotated copy of a transparent image would show
+        return img.rotate(float(rng.uniform(-8, 8)), resample=Image.BILINEAR, fillcolor=border_colour(img))
     if kind == "blur":
         return img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.0))))
     if kind == "contrast":
