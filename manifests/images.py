@@ -40,7 +40,19 @@ def load_image(where: str | Address, mode: str, draft: tuple[int, int] | None = 
     return decode_bytes(read_bytes(a), mode, draft)
 
 
-def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None) -> Image.Image:
+ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
+
+
+def has_transparency(data: bytes) -> bool:
+    """Whether an encoded image has an alpha channel or a transparent colour (header only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as im:
+            return im.mode in ALPHA_MODES or "transparency" in im.info
+
+
+def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None,
+                 background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # every case PIL warns about is handled explicitly here
         with Image.open(io.BytesIO(data)) as im:
@@ -51,14 +63,15 @@ def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None) -
                 im.draft(mode if mode in ("L", "RGB") else None, draft)
             im.load()
             im = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
-            return to_mode(im, mode)
+            return to_mode(im, mode, background)
 
 
-def to_mode(im: Image.Image, mode: str) -> Image.Image:
+def to_mode(im: Image.Image, mode: str, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
     """``im`` as 'L' or 'RGB', explicitly per source mode:
 
     - transparency (RGBA, LA, PA, palette or grey with a transparent colour): composited on
-      BACKGROUND (white), so a transparent pixel's hidden colour never becomes content;
+      ``background`` (BACKGROUND, white, everywhere but dedup's extra target view), so a
+      transparent pixel's hidden colour never becomes content;
     - 16-bit and 32-bit integer grey (I;16, I): scaled from 0..65535 to 0..255 (PIL's own
       convert clips at 255, which turns a 16-bit image into a silhouette);
     - float grey (F): 0..1 scaled to 0..255, else clipped to 0..255;
@@ -73,9 +86,9 @@ def to_mode(im: Image.Image, mode: str) -> Image.Image:
         im = Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), "L")
     if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")  # as PIL recommends for palette transparency, instead of a warning
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    if im.mode in ALPHA_MODES:
         rgba = im.convert("RGBA")
-        flat = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        flat = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         flat.alpha_composite(rgba)
         im = flat.convert("RGB")
     if im.mode != mode:

@@ -12,8 +12,10 @@ One pass over the files reads each file's bytes once and yields
   images of the same class).
 
 Crops move the thumbnail, so the TARGET side (the small one) is indexed under
-``VIEWS`` = 76 views of each image: the whole image, and crops keeping 84%, 90% and 96% of
-each side at 5 x 5 positions on a grid, each resized to 16x16. A source image cropped
+``VIEWS`` = 77 views of each image: the whole image, crops keeping 84%, 90% and 96% of
+each side at 5 x 5 positions on a grid, each resized to 16x16, and the whole image once
+more flattened on black instead of white when it has transparency (a copy saved without
+its alpha channel usually sits on black or on white). A source image cropped
 to 85-95% of its target original then sits close to one of its views. Source images get
 one descriptor each. Unreadable images get hash ``b""`` (no file) or a zero descriptor
 (not decodable), which matches nothing.
@@ -33,8 +35,8 @@ HASH_BYTES = 16
 SIDE = 16
 CROP_FRACTIONS = (0.84, 0.90, 0.96)
 CROP_OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
-VIEWS = 1 + len(CROP_FRACTIONS) * len(CROP_OFFSETS) ** 2
-PARAMS = f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}"  # part of the cache key
+VIEWS = 1 + len(CROP_FRACTIONS) * len(CROP_OFFSETS) ** 2 + 1  # + the whole image flattened on black
+PARAMS = f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-black1"  # part of the cache key
 
 
 @dataclass
@@ -76,7 +78,7 @@ def crop_views(img) -> list:
 def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
     """(content hash, thumbnail(s) uint8, readable) of one image; a zero thumbnail, which
     normalises to a zero descriptor that matches nothing, when it cannot be read."""
-    from manifests.images import DECODE_ERRORS, decode_bytes
+    from manifests.images import DECODE_ERRORS, decode_bytes, has_transparency
 
     shape = (VIEWS, SIDE * SIDE) if views else (SIDE * SIDE,)
     try:
@@ -90,7 +92,10 @@ def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
         return digest, np.zeros(shape, np.uint8), False
     if not views:
         return digest, thumbnail(grey), True
-    return digest, np.stack([thumbnail(v) for v in crop_views(grey)]), True
+    # a transparent target image is also indexed flattened on black: a copy saved without its
+    # alpha channel (JPEG, a screenshot) usually sits on black or white
+    black = decode_bytes(data, "L", (4 * SIDE, 4 * SIDE), (0, 0, 0)) if has_transparency(data) else grey
+    return digest, np.stack([thumbnail(v) for v in crop_views(grey)] + [thumbnail(black)]), True
 
 
 def default_workers() -> int:

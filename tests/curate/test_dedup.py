@@ -186,3 +186,44 @@ def test_an_implausible_share_flagged_is_a_warning_naming_the_check(demo_small, 
     flagged = pq.read_table(tmp_path / "b.parquet").num_rows
     assert flagged > 0.05 * Manifest(demo_small / "source.parquet").num_rows
     assert "by the pixel check" in loose.stderr and "raise --pixel-threshold (now 0.3)" in loose.stderr
+
+
+def test_a_transparent_target_copied_without_its_alpha_is_found(tmp_path):
+    """Colour clip-art on transparent canvases: a copy flattened on black (a JPEG, a screenshot)
+    is flagged, and so is one flattened on white; other drawings on the same canvas are not."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+
+    def drawing(i: int) -> Image.Image:
+        im = Image.new("RGBA", (48, 48), (int(rng.integers(0, 255)), 0, 0, 0))  # a hidden colour, transparent
+        d = ImageDraw.Draw(im)
+        for _ in range(4):
+            pts = [tuple(int(v) for v in rng.integers(4, 44, 2)) for _ in range(3)]
+            d.polygon(pts, fill=tuple(int(v) for v in rng.integers(0, 255, 3)) + (255,))
+        return im
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    targets = [drawing(i) for i in range(40)]
+    for i, im in enumerate(targets):
+        im.save(folder / f"t{i}.png")
+    rows = []
+    for i in range(40):  # ordinary source: other drawings, transparent too
+        drawing(i).save(folder / f"s{i}.png")
+        rows.append((f"s{i}", f"img/s{i}.png"))
+    for name, bg in (("black", (0, 0, 0)), ("white", (255, 255, 255))):
+        flat = Image.new("RGBA", (48, 48), bg + (255,))
+        flat.alpha_composite(targets[7])
+        flat.convert("RGB").save(folder / f"copy_{name}.jpg", quality=90)
+        rows.append((f"copy_{name}", f"img/copy_{name}.jpg"))
+    src = write_manifest(tmp_path / "s.parquet", pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows]}),
+                         ManifestMeta())
+    tgt = write_manifest(tmp_path / "t.parquet", pa.table({"id": [f"t{i}" for i in range(40)],
+                                                             "path": [f"img/t{i}.png" for i in range(40)]}), ManifestMeta())
+    res = cli("curate", "dedup", "--source", str(src), "--target", str(tgt), "--no-feature", "--out",
+              str(tmp_path / "d.parquet"), "-q", "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    t = pq.read_table(tmp_path / "d.parquet")
+    assert dict(zip(t.column("id").to_pylist(), t.column("target_id").to_pylist())) == {
+        "copy_black": "t7", "copy_white": "t7"}
