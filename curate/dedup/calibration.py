@@ -9,16 +9,10 @@ import numpy as np
 
 from manifests import Manifest, atomic_output
 
+from .pixel import border_colour
+
 
 AUGMENTATIONS = ("crop", "rotate", "blur", "contrast", "jpeg", "resize", "colour")
-
-
-def border_colour(img):
-    """The median colour of an image's outermost pixels (its background, for most images)."""
-    a = np.asarray(img)
-    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).reshape(-1, *a.shape[2:])
-    med = np.median(edge, axis=0).astype(int)
-    return int(med) if med.ndim == 0 else tuple(int(v) for v in med)
 
 
 def augment(img, kind: str, rng: np.random.Generator):

@@ -5,7 +5,7 @@ target image it matched (``match`` says which check):
 
 - ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
   is a duplicate (similarity 1.0) whatever the thresholds or the model.
-- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (77 views
+- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (79 views
   per target image); cosine similarity >= ``--pixel-threshold``. Catches edited copies
   (crop, blur, JPEG, resize, colour, small rotation) without being fooled by two
   different images of one class.

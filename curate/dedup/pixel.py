@@ -12,10 +12,13 @@ One pass over the files reads each file's bytes once and yields
   images of the same class).
 
 Crops move the thumbnail, so the TARGET side (the small one) is indexed under
-``VIEWS`` = 77 views of each image: the whole image, crops keeping 84%, 90% and 96% of
-each side at 5 x 5 positions on a grid, each resized to 16x16, and the whole image once
+``VIEWS`` = 79 views of each image: the whole image, crops keeping 84%, 90% and 96% of
+each side at 5 x 5 positions on a grid, the whole image turned by -5 and +5 degrees (its
+corners filled with its border colour), each resized to 16x16, and the whole image once
 more flattened on black instead of white when it has transparency (a copy saved without
-its alpha channel usually sits on black or on white). A source image cropped
+its alpha channel usually sits on black or on white). The rotations and the black view
+came from the colour icons of bench/colour_dedup.py, where rotated copies and copies
+without alpha were the ones missed (bench/RESULTS.md). A source image cropped
 to 85-95% of its target original then sits close to one of its views. Source images get
 one descriptor each. Unreadable images get hash ``b""`` (no file) or a zero descriptor
 (not decodable), which matches nothing.
@@ -35,8 +38,9 @@ HASH_BYTES = 16
 SIDE = 16
 CROP_FRACTIONS = (0.84, 0.90, 0.96)
 CROP_OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
-VIEWS = 1 + len(CROP_FRACTIONS) * len(CROP_OFFSETS) ** 2 + 1  # + the whole image flattened on black
-PARAMS = f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-black1"  # part of the cache key
+ROTATIONS = (-5.0, 5.0)  # degrees: the whole image turned, its corners filled with its border colour
+VIEWS = 1 + len(CROP_FRACTIONS) * len(CROP_OFFSETS) ** 2 + len(ROTATIONS) + 1  # + the whole image on black
+PARAMS = f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-rot{ROTATIONS}-black1"  # part of the cache key
 
 
 @dataclass
@@ -63,7 +67,9 @@ def normalise(thumbs: np.ndarray) -> np.ndarray:
 
 
 def crop_views(img) -> list:
-    """The whole image and its grid of crops (see the module docstring)."""
+    """The whole image, its grid of crops and its small rotations (see the module docstring)."""
+    from PIL import Image
+
     w, h = img.size
     views = [img]
     for f in CROP_FRACTIONS:
@@ -72,7 +78,17 @@ def crop_views(img) -> list:
             for ax in CROP_OFFSETS:
                 x0, y0 = round(ax * (w - cw)), round(ay * (h - ch))
                 views.append(img.crop((x0, y0, x0 + cw, y0 + ch)))
+    border = border_colour(img)
+    views += [img.rotate(a, resample=Image.BILINEAR, fillcolor=border) for a in ROTATIONS]
     return views
+
+
+def border_colour(img) -> int | tuple[int, ...]:
+    """The median colour of an image's outermost pixels (its background, for most images)."""
+    a = np.asarray(img)
+    edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).reshape(-1, *a.shape[2:])
+    med = np.median(edge, axis=0).astype(int)
+    return int(med) if med.ndim == 0 else tuple(int(v) for v in med)
 
 
 def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
