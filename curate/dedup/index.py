@@ -27,6 +27,7 @@ demo's --calibrate recall at 0.96 from 0.942 to 0.990 (flat: 0.998).
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
@@ -107,14 +108,29 @@ def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None
 
     from manifests import atomic_output
 
-    if build and not path.exists():
+    if build and (not path.exists() or _read(path) is None):  # none yet, or unreadable: (re)build
         index, _ = build_index(vectors(), kind, reduce)
         with atomic_output(path) as tmp:
-            faiss.write_index(index, str(tmp))
-    index = faiss.read_index(str(path))
+            try:
+                faiss.write_index(index, str(tmp))
+            except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
+                raise OSError(errno.EIO, f"FAISS could not write the index ({str(e).split('(')[-1].rstrip(')')})",
+                              str(path)) from None
+    index = _read(path)
+    if index is None:
+        raise UserError(path, "is not a readable FAISS index", "delete it and rerun")
     if not isinstance(index, faiss.IndexFlat):
         _set_search(index)
     return index
+
+
+def _read(path: Path):
+    import faiss
+
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError:
+        return None
 
 
 def best_match(index, queries: np.ndarray, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:

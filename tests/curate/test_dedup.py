@@ -59,8 +59,10 @@ def test_exact_copies_found_with_a_useless_model_and_cache_reused(random_model, 
     tgt = Manifest(target)
     other = tgt.read(["id", "path"]).slice(1, 1)
     shutil.copyfile(tgt.resolve(other.column("path")[0].as_py()), copies[0][1])
-    for cache in caches:  # and a corrupt cache file is recomputed, not a traceback
-        cache.write_bytes(b"not an npz")
+    indexes = sorted((tmp_path / "embeddings").rglob("*.faiss"))
+    assert indexes
+    for cache in caches + indexes:  # and a corrupt cache file is recomputed, not a traceback
+        cache.write_bytes(b"not an npz, not an index")
     res = cli("curate", "dedup", "--source", str(src), "--target", str(target), "--model", str(random_model),
               "--out", str(tmp_path / "d3.parquet"), "--threshold", "1.0", "-q")
     assert res.returncode == 0, res.stderr
