@@ -94,3 +94,39 @@ def test_jpeg_is_decoded_at_reduced_size_when_the_caller_shrinks_anyway():
     small = decode_bytes(buf.getvalue(), "L", draft=(64, 64))
     assert 64 <= min(small.size) and max(small.size) <= 2048 // 8 * 2  # a DCT scale of 1/8 or 1/4
     assert decode_bytes(buf.getvalue(), "L").size == (2048, 1536)
+
+
+def test_a_model_sees_the_same_pixels_whatever_the_files_mode(tmp_path):
+    """One picture saved as RGBA, as a palette image with a transparent index, as LA and as the
+    white-flattened RGB a user might have instead: ImageDataset gives the same tensor for all."""
+    import pyarrow as pa
+
+    from manifests import ImageDataset, ManifestMeta, write_manifest
+
+    rng = np.random.default_rng(1)
+    colours = np.array([[255, 255, 255], [200, 30, 30], [20, 90, 200], [10, 10, 10]], np.uint8)
+    idx = rng.integers(1, 4, (24, 24)).astype(np.uint8)
+    idx[:6] = 0  # a transparent band
+    alpha = np.where(idx == 0, 0, 255).astype(np.uint8)
+    rgb = colours[idx]
+    hidden = rgb.copy()
+    hidden[idx == 0] = (0, 255, 0)  # the colour the transparent pixels happen to hide
+    Image.fromarray(np.dstack([hidden, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    pal = Image.fromarray(idx, "P")
+    pal.putpalette(colours.reshape(-1).tolist() + [0] * (768 - 12))
+    pal.save(tmp_path / "palette.png", transparency=0)
+    Image.fromarray(rgb, "RGB").save(tmp_path / "flat.png")
+    grey = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
+    Image.fromarray(np.dstack([np.where(idx == 0, 7, grey), alpha]).astype(np.uint8), "LA").save(tmp_path / "la.png")
+    names = ["rgba", "palette", "flat", "la"]
+    m = write_manifest(tmp_path / "m.parquet", pa.table({"id": names, "path": [f"{n}.png" for n in names]}),
+                       ManifestMeta())
+    for mode in ("RGB", "L"):
+        ds = ImageDataset(m, mode=mode)
+        x = [np.asarray(ds[i].image) for i in range(len(names))]
+        assert all(s.error is None for s in (ds[i] for i in range(len(names))))
+        ref = x[names.index("flat")]
+        for n, xi in zip(names, x):
+            if n == "la" and mode == "RGB":
+                continue  # grey with alpha has no colour to give back
+            assert np.abs(xi.astype(float) - ref.astype(float)).max() <= 1, (mode, n)
