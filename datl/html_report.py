@@ -26,7 +26,7 @@ import hashlib
 import html
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -55,7 +55,6 @@ class Stage:
 class Report:
     out: Path
     stages: dict[str, Stage]
-    data: dict = field(default_factory=dict)
 
 
 def read_stages(out: Path) -> dict[str, Stage]:
@@ -95,25 +94,25 @@ class Thumbs:
 
         m = open_manifest(manifest_path)
         st = m.path.stat()  # a rewritten manifest gets new thumbnails, never another's
-        tag = f"{m.path.stem}-{hashlib.sha256(f'{m.path.resolve()}|{st.st_size}|{st.st_mtime_ns}'.encode()).hexdigest()[:8]}"
-        got: dict[int, str | None] = {}
-        for row in sorted(set(rows)):
-            name = f"{tag}-{row}.png"
-            dest = self.folder / name
-            if not dest.exists():
-                where = AddressColumns(m.read_range(row, row + 1, ["path", *m.address_columns]), str(m.folder))
+        key = hashlib.sha256(f"{m.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:8]
+        name = {row: f"{m.path.stem}-{key}-{row}.png" for row in set(rows)}
+        todo = np.array(sorted(r for r, n in name.items() if not (self.folder / n).exists()), np.int64)
+        bad: set[int] = set()
+        if len(todo):  # the missing ones, read in one streamed pass over the manifest
+            taken = pa.concat_tables(m.iter_take(todo, ["path", *m.address_columns]))
+            where = AddressColumns(taken, str(m.folder))
+            for i, row in enumerate(todo.tolist()):
                 try:
-                    img = load_image(where.address(0), "RGB", draft=(THUMB, THUMB))
+                    img = load_image(where.address(i), "RGB", draft=(THUMB, THUMB))
                 except DECODE_ERRORS:
-                    self.unreadable += 1
-                    got[row] = None
+                    bad.add(row)
                     continue
                 img.thumbnail((THUMB, THUMB))
-                with atomic_output(dest) as tmp:
+                with atomic_output(self.folder / name[row]) as tmp:
                     img.save(tmp, format="PNG")
-                self.made += 1
-            got[row] = f"{FILES}/thumbs/{name}"
-        return got
+            self.made += len(todo) - len(bad)
+            self.unreadable += len(bad)
+        return {row: None if row in bad else f"{FILES}/thumbs/{n}" for row, n in name.items()}
 
 
 def rows_of_ids(manifest_path: str, ids: list[str]) -> dict[str, int]:
@@ -181,27 +180,30 @@ def evidence_section(rep: Report, weights: dict, thumbs: Thumbs, n_classes: int,
     ev: dict[str, dict] = {str(c): {"source": [], "target": []} for c in top}
     if source and Path(source).exists():
         per = first_rows_per_class(source, top, per_class)
+        got = thumbs.of_rows(source, [r for rs in per.values() for r in rs])
         for c, rs in per.items():
-            got = thumbs.of_rows(source, rs)
             ev[str(c)]["source"] = [{"src": got[r]} for r in rs if got.get(r)]
     prior = rep.stages.get(weights.get("prior_stage") or "")
     note = None
     if prior is not None and prior.kind == "estimate" and Path(prior.inputs.get("model", "")).exists() \
             and Path(prior.inputs.get("target", "")).exists():
+        import torch
+
         from datl_torch.checkpoint import load_model
         from datl_torch.engine import dist
         from datl_torch.engine.inference import run_model
 
         lm = load_model(prior.inputs["model"])
         target = prior.inputs["target"]
-        d = dist.Dist(0, 1, 0, __import__("torch").device(dist.resolve_device(device)))
-        idx, logits, _ = run_model(lm, open_manifest(target), d, "logits", 256, 0, False)
+        d = dist.Dist(0, 1, 0, torch.device(dist.resolve_device(device)))
+        idx, prob, _ = run_model(lm, open_manifest(target), d, "logits", 256, 0, False)
         if len(idx):
-            z = logits - logits.max(axis=1, keepdims=True)
-            prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-            for c in top:
-                order = np.argsort(-prob[:, c], kind="stable")[:per_class]
-                got = thumbs.of_rows(target, [int(idx[i]) for i in order])
+            prob -= prob.max(axis=1, keepdims=True)  # softmax in place: the target x classes array once
+            np.exp(prob, out=prob)
+            prob /= prob.sum(axis=1, keepdims=True)
+            best = {c: np.argsort(-prob[:, c], kind="stable")[:per_class] for c in top}
+            got = thumbs.of_rows(target, [int(idx[i]) for order in best.values() for i in order])
+            for c, order in best.items():
                 ev[str(c)]["target"] = [{"src": got[int(idx[i])], "p": round(float(prob[i, c]), 4)}
                                         for i in order if got.get(int(idx[i]))]
     else:
@@ -237,11 +239,14 @@ def duplicates_section(rep: Report, thumbs: Thumbs, n_pairs: int) -> list[dict]:
         meta = json.loads((pq.read_schema(f).metadata or {}).get(b"datl", b"{}"))
         params = meta.get("params", {})
         thr = {"pixel": params.get("pixel_threshold", 0.96), "feature": params.get("threshold", 0.96)}
-        t = pq.read_table(f).to_pylist()
-        for r in t:
-            r["margin"] = float("inf") if r["match"] == "exact" else r["similarity"] - thr.get(r["match"], 1.0)
-        t.sort(key=lambda r: (r["margin"], r["id"]))
-        shown = t[:n_pairs]
+        t = pq.read_table(f, columns=["id", "target_id", "similarity", "match"])  # one row per flagged image
+        match = t.column("match").to_numpy(zero_copy_only=False)
+        sim = t.column("similarity").to_numpy(zero_copy_only=False).astype(np.float64)
+        margin = np.full(len(sim), np.inf)
+        for check, value in thr.items():
+            margin[match == check] = sim[match == check] - value
+        order = np.argsort(margin, kind="stable")[:n_pairs]  # ties in the source's row order
+        shown = t.take(pa.array(order, pa.int64())).to_pylist()
         src_rows = rows_of_ids(s.inputs["source"], [r["id"] for r in shown]) if shown else {}
         tgt_rows = rows_of_ids(s.inputs["target"], [r["target_id"] for r in shown]) if shown else {}
         st = thumbs.of_rows(s.inputs["source"], list(src_rows.values()))
@@ -250,9 +255,9 @@ def duplicates_section(rep: Report, thumbs: Thumbs, n_pairs: int) -> list[dict]:
                   "match": r["match"], "threshold": None if r["match"] == "exact" else thr[r["match"]],
                   "source_thumb": st.get(src_rows.get(r["id"], -1)), "target_thumb": tt.get(tgt_rows.get(r["target_id"], -1))}
                  for r in shown]
-        counts = {k: sum(1 for r in t if r["match"] == k) for k in ("exact", "pixel", "feature")}
+        counts = {k: int((match == k).sum()) for k in ("exact", "pixel", "feature")}
         cal = f.with_suffix(".calibration.png")
-        out.append({"stage": n, "total": len(t), "counts": counts, "thresholds": thr, "pairs": pairs,
+        out.append({"stage": n, "total": t.num_rows, "counts": counts, "thresholds": thr, "pairs": pairs,
                     "n_source": open_manifest(s.inputs["source"]).num_rows if Path(s.inputs["source"]).exists() else None,
                     "calibration": copy_file(rep, cal, f"{n}-calibration.png") if cal.exists() else None})
     return out
