@@ -50,7 +50,8 @@ def accuracy(p: Predictions, classes: list[str]) -> dict:
         mask = p.labels == k
         per_class[name] = float((p.preds[mask] == k).mean()) if mask.any() else None
     return {"test_accuracy": top1(p),
-            "per_class_accuracy": per_class, "n_test": n, "n_unreadable": p.bad.count}
+            "per_class_accuracy": per_class, "n_test": n, "n_unreadable": p.bad.count,
+            "n_decode_warnings": p.bad.warned}
 
 
 def top1(p: Predictions) -> float:
@@ -70,6 +71,7 @@ def evaluate(model: nn.Module, model_cfg: ModelConfig, test: Manifest, device, o
     metrics.json, which holds val_accuracy and n_val when there is a validation set."""
     batch = max(cfg.batch_size, 256)
     preds = predict(model, model_cfg, test, device, batch_size=batch)
+    preds.bad.report(str(test.path))
     write_predictions(out / PREDICTIONS, preds, model_cfg.classes)
     metrics = {**accuracy(preds, model_cfg.classes), "params": cfg.params()}
     if val is not None:

@@ -59,6 +59,11 @@ def manifest_validate(path: Path, files: bool, quiet: bool) -> None:
     from .validate import validate_manifest
 
     report = validate_manifest(path, check_files=files, progress=not quiet)
+    for line in report.warned[:20]:
+        click.echo(f"  decoded with a warning: {line}")
+    if report.warned:
+        click.echo(f"warning: {len(report.warned):,} image(s) decode with a warning from PIL; they are used as "
+                   "decoded (look at them if the warning says the file is damaged)", err=True)
     if report.bad_files:
         for line in report.bad_files[:20]:
             click.echo(f"  unreadable: {line}")

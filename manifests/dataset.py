@@ -28,6 +28,7 @@ class Sample(NamedTuple):
     label: int  # -1 when unlabeled
     index: int
     error: str | None
+    warning: str | None = None  # "path: what PIL warned about" for an image decoded with a warning
 
 
 class Batch(NamedTuple):
@@ -35,6 +36,7 @@ class Batch(NamedTuple):
     labels: torch.Tensor
     index: torch.Tensor
     bad: tuple[str, ...]  # "path: reason" for each unreadable image dropped from this batch
+    warned: tuple[str, ...] = ()  # "path: warning" for each image PIL warned about (kept in the batch)
 
 
 def _default_transform(img: Image.Image) -> torch.Tensor:
@@ -80,11 +82,12 @@ class ImageDataset(torch.utils.data.Dataset):
         i = int(i)
         label = int(self.labels[i])
         where = self._where.address(i)
+        notes: list[str] = []
         try:
-            img = load_image(where, self.mode)
+            img = load_image(where, self.mode, warned=notes)
         except DECODE_ERRORS as e:
             return Sample(None, label, self.start + i, f"{where}: {type(e).__name__}: {e}")
-        return Sample(self.transform(img), label, self.start + i, None)
+        return Sample(self.transform(img), label, self.start + i, None, f"{where}: {notes[0]}" if notes else None)
 
 
 def collate_skip_bad(samples: Sequence[Sample]) -> Batch:
@@ -94,22 +97,44 @@ def collate_skip_bad(samples: Sequence[Sample]) -> Batch:
     return Batch(images,
                  torch.tensor([s.label for s in good], dtype=torch.long),
                  torch.tensor([s.index for s in good], dtype=torch.long),
-                 bad)
+                 bad, tuple(s.warning for s in good if s.warning is not None))
 
 
 class BadImageLog:
-    """Counts unreadable images over a run and keeps the first few reasons to show."""
+    """Counts unreadable images over a run and keeps the first few reasons to show; also the
+    images decoded with a warning from PIL (used, but worth a look), which never reach stderr."""
 
     def __init__(self, keep: int = 5):
         self.count = 0
         self.examples: list[str] = []
+        self.warned = 0
+        self.warned_examples: list[str] = []
         self.keep = keep
 
-    def add(self, bad: Sequence[str]) -> None:
+    def add(self, bad: Sequence[str], warned: Sequence[str] = ()) -> None:
         self.count += len(bad)
-        room = self.keep - len(self.examples)
-        if room > 0:
-            self.examples.extend(bad[:room])
+        self.examples.extend(bad[: max(self.keep - len(self.examples), 0)])
+        self.warned += len(warned)
+        self.warned_examples.extend(warned[: max(self.keep - len(self.warned_examples), 0)])
+
+    def merge(self, other: "BadImageLog") -> None:
+        self.add(other.examples, other.warned_examples)
+        self.count += other.count - len(other.examples)
+        self.warned += other.warned - len(other.warned_examples)
+
+    def report(self, what: str) -> None:
+        """One stderr line per kind of trouble met reading ``what`` (nothing if none)."""
+        import sys
+
+        for line in (self.summary(), self.warnings_summary()):
+            if line:
+                print(f"warning: {what}: {line}", file=sys.stderr)
+
+    def warnings_summary(self) -> str | None:
+        if not self.warned:
+            return None
+        return (f"{self.warned} image(s) decoded with a warning from PIL and used (first: "
+                f"{self.warned_examples[0]}); `datl manifest validate` lists them")
 
     def summary(self) -> str | None:
         if not self.count:

@@ -30,14 +30,17 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image
 Image.MAX_IMAGE_PIXELS = None  # our own cap (MAX_PIXELS) replaces PIL's warning and error
 
 
-def load_image(where: str | Address, mode: str, draft: tuple[int, int] | None = None) -> Image.Image:
+def load_image(where: str | Address, mode: str, draft: tuple[int, int] | None = None,
+               warned: list[str] | None = None) -> Image.Image:
     """THE decoding path of the project (training, inference, validation, dedup): read the
     bytes, decode fully (so truncation surfaces here) and convert to ``mode`` ('L' or 'RGB')
     faithfully, whatever the file's mode (see ``to_mode``). ``draft``: a size the caller will
     shrink to anyway; a JPEG is then decoded at a reduced scale (at least that size).
+    ``warned``: a list that receives what PIL warned about while decoding (a corrupt EXIF
+    block, ...), for the caller's bad-image log; nothing reaches stderr either way.
     Raises one of DECODE_ERRORS (ImageTooLarge beyond MAX_PIXELS) for an unreadable image."""
     a = where if isinstance(where, Address) else Address(str(where))
-    return decode_bytes(read_bytes(a), mode, draft)
+    return decode_bytes(read_bytes(a), mode, draft, warned=warned)
 
 
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -52,18 +55,30 @@ def has_transparency(data: bytes) -> bool:
 
 
 def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None,
-                 background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # every case PIL warns about is handled explicitly here
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel cap "
-                                    "(DATL_MAX_PIXELS)")
-            if draft is not None and im.format == "JPEG":
-                im.draft(mode if mode in ("L", "RGB") else None, draft)
-            im.load()
-            im = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
-            return to_mode(im, mode, background)
+                 background: tuple[int, int, int] = BACKGROUND, warned: list[str] | None = None) -> Image.Image:
+    """``load_image`` of bytes already read; ``background``: what transparent pixels become."""
+    # PIL's warnings are recorded, never printed: the cases it warns about for ordinary files
+    # (palette transparency, decompression bombs) are handled explicitly below, and what is left
+    # (a corrupt EXIF block, a truncated text chunk) goes to the caller's log through ``warned``
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _decode(data, mode, draft, background)
+        finally:
+            if warned is not None:
+                warned.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+
+
+def _decode(data: bytes, mode: str, draft: tuple[int, int] | None, background: tuple[int, int, int]) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as im:
+        if im.width * im.height > MAX_PIXELS:
+            raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel cap "
+                                "(DATL_MAX_PIXELS)")
+        if draft is not None and im.format == "JPEG":
+            im.draft(mode if mode in ("L", "RGB") else None, draft)
+        im.load()
+        im = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
+        return to_mode(im, mode, background)
 
 
 def to_mode(im: Image.Image, mode: str, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
@@ -96,10 +111,17 @@ def to_mode(im: Image.Image, mode: str, background: tuple[int, int, int] = BACKG
     return im
 
 
+def open_bytes(data: bytes) -> Image.Image:
+    """PIL's lazy open of encoded bytes, its warnings silenced (header only: nothing decoded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Image.open(io.BytesIO(data))
+
+
 def open_image(where: str | Address) -> Image.Image:
     """PIL's lazy open of an image file path or Address (the bytes are read here)."""
     a = where if isinstance(where, Address) else Address(str(where))
-    return Image.open(io.BytesIO(read_bytes(a)))
+    return open_bytes(read_bytes(a))
 
 
 def probe_images(manifest: Manifest, n: int = 32) -> tuple[tuple[int, int], int]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
@@ -11,7 +10,7 @@ from tqdm import tqdm
 from .images import DECODE_ERRORS, load_image
 from .errors import ManifestError
 from .io import Manifest, open_manifest
-from .shards import Address
+from .shards import Address, AddressColumns
 
 
 @dataclass
@@ -21,6 +20,7 @@ class ValidationReport:
     files_checked: int = 0
     bad_files: list[str] = field(default_factory=list)  # "path: reason"
     unlabeled: int = 0  # rows of a labeled manifest with a null label
+    warned: list[str] = field(default_factory=list)  # "path: warning": decoded, but PIL warned
 
 
 def allows_repeated_ids(m: Manifest) -> bool:
@@ -28,18 +28,26 @@ def allows_repeated_ids(m: Manifest) -> bool:
     return bool(m.meta and m.meta.stage == "sample" and m.meta.params.get("replacement"))
 
 
-def _check_file(where: Address) -> str | None:
+def _check_file(where: Address) -> tuple[str | None, str | None]:
+    """(why it cannot be read, what PIL warned about while decoding it), each None if nothing."""
     if not os.path.exists(where.path):
-        return f"{where}: missing"
+        return f"{where}: missing", None
+    notes: list[str] = []
     try:
-        load_image(where, "RGB")
+        load_image(where, "RGB", warned=notes)
     except DECODE_ERRORS as e:
-        return f"{where}: {type(e).__name__}: {e}"
-    return None
+        return f"{where}: {type(e).__name__}: {e}", None
+    return None, f"{where}: {notes[0]}" if notes else None
+
+
+def _check_part(path: str, lo: int, hi: int) -> list[tuple[str | None, str | None]]:
+    m = Manifest(path)
+    where = AddressColumns(m.read_range(lo, hi, ["path", *m.address_columns]), str(m.folder))
+    return [_check_file(where.address(i)) for i in range(len(where))]
 
 
 def validate_manifest(path: str | os.PathLike, check_files: bool = True, progress: bool = True,
-                      threads: int = 8) -> ValidationReport:
+                      workers: int | None = None) -> ValidationReport:
     """Raise ManifestError (one line) on a broken contract; return what was checked.
 
     Unreadable image files do not raise: they are listed in the report, and the
@@ -61,12 +69,26 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True, progres
                                 "make ids unique (only a with-replacement sample may repeat them)")
     del ids
     if check_files:
-        with ThreadPoolExecutor(threads) as pool, tqdm(total=m.num_rows, desc="checking images", unit="img",
-                                                       disable=not progress, leave=False) as bar:
-            for _, where in m.iter_addresses(batch_size=4096):
-                for res in pool.map(_check_file, (where.address(i) for i in range(len(where)))):
-                    if res is not None:
-                        report.bad_files.append(res)
-                bar.update(len(where))
-                report.files_checked += len(where)
+        _check_files(m, report, progress, workers)
     return report
+
+
+def _check_files(m: Manifest, report: ValidationReport, progress: bool, workers: int | None) -> None:
+    """Decode every image, in forked worker processes (decoding is CPU-bound, and PIL's warnings
+    are captured per process: threads would mix up whose warning is whose)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = workers or max(1, len(os.sched_getaffinity(0)))
+    step = 1024
+    parts = [(str(m.path), lo, min(lo + step, m.num_rows)) for lo in range(0, m.num_rows, step)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool, \
+            tqdm(total=m.num_rows, desc="checking images", unit="img", disable=not progress, leave=False) as bar:
+        for (_, lo, hi), results in zip(parts, pool.map(_check_part, *zip(*parts)) if parts else ()):
+            for bad, warned in results:
+                if bad is not None:
+                    report.bad_files.append(bad)
+                if warned is not None:
+                    report.warned.append(warned)
+            bar.update(hi - lo)
+            report.files_checked += hi - lo

@@ -104,12 +104,16 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
     rows, target, bad = run_model(lm, tm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
     if d.main and len(rows) == 0:
         raise UserError(cfg.target, f"has no readable image ({bad.summary()})", "check it with `datl manifest validate`")
+    if d.main:
+        bad.report(str(cfg.target))
     out = Logits(classes, target, class_prior=lm.config.class_prior)
     parts = {"target": (tm.read(["id"]).column("id").take(pa.array(rows)).to_pylist(), target, [None] * len(rows))}
     if cfg.calibration:
         cm = open_manifest(cfg.calibration)
         cm.require_classes(classes, "the model", MODEL_CLASSES)
-        crow, out.calibration, _ = run_model(lm, cm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
+        crow, out.calibration, cbad = run_model(lm, cm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
+        if d.main:
+            cbad.report(str(cfg.calibration))
         t = cm.read(["id", "label"])
         out.calibration_labels = t.column("label").to_numpy(zero_copy_only=False)[crow]
         parts["calibration"] = (t.column("id").take(pa.array(crow)).to_pylist(), out.calibration,

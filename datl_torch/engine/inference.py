@@ -44,7 +44,7 @@ def run_model(lm: LoadedModel, manifest: Manifest, d: dist.Dist, what: str = "lo
                         pin_memory=d.cuda)
     for batch in tqdm(loader, desc=desc or f"{what} {manifest.path.name}", unit="batch",
                       disable=not (progress and d.main), leave=False):
-        bad.add(batch.bad)
+        bad.add(batch.bad, batch.warned)
         if batch.images is None:
             continue
         with autocast(d.device):
@@ -62,11 +62,10 @@ def run_model(lm: LoadedModel, manifest: Manifest, d: dist.Dist, what: str = "lo
 
 def _gather(d: dist.Dist, rows: np.ndarray, vals: np.ndarray, bad: BadImageLog):
     parts = [None] * d.world if d.main else None
-    tdist.gather_object((rows, vals, bad.count, bad.examples), parts, dst=0)
+    tdist.gather_object((rows, vals, bad), parts, dst=0)
     if not d.main:
         return rows, vals, bad
     merged = BadImageLog()
-    for _, _, n, ex in parts:
-        merged.count += n
-        merged.examples.extend(ex[: merged.keep - len(merged.examples)])
+    for _, _, log in parts:
+        merged.merge(log)
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), merged)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -82,7 +83,7 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
     while step < stop_at:
         sampler.epoch, sampler.start = step // steps_per_epoch, (step % steps_per_epoch) * cfg.batch_size
         for batch in loader:
-            bad.add(batch.bad)
+            bad.add(batch.bad, batch.warned)
             loss = train_step(net, batch, cfg, d, hook, step / total)
             if not dist.all_finite(loss, d):
                 bar.close()
@@ -111,8 +112,10 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
     if d.main:
         model_cfg.params = {**model_cfg.params, "steps": total, "steps_done": step}
         save_run(out, model, model_cfg)
-    if bad.count and d.main:
-        tqdm.write(f"warning: {bad.summary()}")
+    if d.main:
+        for line in (bad.summary(), bad.warnings_summary()):
+            if line:
+                tqdm.write(f"warning: {line}", file=sys.stderr)
     dist.barrier(d)
     return out
 
