@@ -67,7 +67,7 @@ def dedup(**kw) -> None:
     """Find source images that are copies or near copies of target images.
 
     Three checks: byte-identical files (content hash, whatever the model); pixel
-    descriptors (a 16x16 thumbnail correlation against 79 views (crops, two small rotations, one on black) of each target
+    descriptors (a 16x16 thumbnail correlation against 104 views (crops, two small rotations, one on black) of each target
     image); and the model's pooled features. The target is indexed with FAISS, the
     source streamed through it. Everything is cached, so new thresholds are instant.
     """

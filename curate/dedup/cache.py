@@ -49,8 +49,9 @@ class ChunkResult:
     fsim: np.ndarray  # float32: best feature similarity (-1: not embedded, or no feature check)
     fpos: np.ndarray  # int64: its target row
     readable: np.ndarray  # bool: the image could be read and decoded
+    plain: np.ndarray  # bool: readable, but too plain for the pixel check (pixel.is_plain)
 
-    ARRAYS = ("exact", "exact_t", "psim", "ppos", "fsim", "fpos", "readable")
+    ARRAYS = ("exact", "exact_t", "psim", "ppos", "fsim", "fpos", "readable", "plain")
 
 
 def model_fingerprint(spec: str | None, weights: str | None) -> str:

@@ -12,7 +12,10 @@ from manifests import Manifest, atomic_output
 from .pixel import border_colour
 
 
-AUGMENTATIONS = ("crop", "rotate", "blur", "contrast", "jpeg", "resize", "colour")
+AUGMENTATIONS = ("crop", "rotate", "blur", "contrast", "jpeg", "resize", "colour")  # edits of any image
+COLOUR_EDITS = ("recolour",)  # edits of a colour image
+ALPHA_EDITS = ("flatten", "rerender")  # edits of an image with transparency
+EDITS = AUGMENTATIONS + COLOUR_EDITS + ALPHA_EDITS
 
 
 def augment(img, kind: str, rng: np.random.Generator):
@@ -46,25 +49,66 @@ def augment(img, kind: str, rng: np.random.Generator):
     raise ValueError(kind)
 
 
+def edits_for(data: bytes) -> tuple[str, ...]:
+    """The edits that make sense for one encoded image: every image gets AUGMENTATIONS, a
+    colour one also ``recolour``, a transparent one also ``flatten`` and ``rerender``."""
+    from manifests.images import GREY_MODES, has_transparency, open_bytes
+
+    with open_bytes(data) as im:
+        grey = im.mode in GREY_MODES
+    return AUGMENTATIONS + (() if grey else COLOUR_EDITS) + (ALPHA_EDITS if has_transparency(data) else ())
+
+
+def plant_one(data: bytes, kind: str, rng: np.random.Generator):
+    """One edited copy of the encoded image ``data``: ``augment`` of the decoded image, or
+
+    - ``recolour``: every hue turned by a quarter to three quarters of the circle;
+    - ``flatten``: the transparent original flattened on black (a copy saved without alpha);
+    - ``rerender``: the transparent original resampled to half, two thirds or four thirds of
+      its size and kept transparent (the same drawing rendered at another size).
+    """
+    from PIL import Image
+
+    from manifests.images import GREY_MODES, decode_bytes, open_bytes
+
+    if kind == "flatten":
+        return decode_bytes(data, "RGB", background=(0, 0, 0))
+    if kind == "rerender":
+        with open_bytes(data) as im:
+            rgba = im.convert("RGBA")  # palette transparency included; PIL resamples RGBA premultiplied
+        f = float(rng.choice([0.5, 2 / 3, 4 / 3]))
+        return rgba.resize((max(1, round(rgba.width * f)), max(1, round(rgba.height * f))), Image.LANCZOS)
+    with open_bytes(data) as im:
+        mode = "L" if im.mode in GREY_MODES else "RGB"
+    img = decode_bytes(data, mode)
+    if kind == "recolour":
+        h, s, v = img.convert("RGB").convert("HSV").split()
+        turn = int(rng.integers(64, 193))
+        h = h.point(lambda x: (x + turn) % 256)
+        return Image.merge("HSV", (h, s, v)).convert("RGB")
+    return augment(img, kind, rng)
+
+
 def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
-    """Write augmented copies of ``n`` target images (one edit each, cycling through every
-    kind) and a manifest of them whose ``target_id`` says which image each copies."""
+    """Write edited copies of ``n`` target images (one edit each, cycling through the edits
+    that apply to the image: ``edits_for``) and a manifest of them whose ``target_id`` says
+    which image each copies and ``edit`` how."""
     import pyarrow as pa
 
     from manifests import ManifestMeta, write_manifest
-    from manifests.images import GREY_MODES, load_image, open_image
+    from manifests.shards import AddressColumns, read_bytes
 
     rng = np.random.default_rng(seed)
-    t = target.read(["id", "path"])
+    t = target.read(["id", "path", *target.address_columns])
     pick = np.sort(rng.choice(t.num_rows, size=min(n, t.num_rows), replace=False))
     folder.mkdir(parents=True, exist_ok=True)
     ids, paths, of, kinds = [], [], [], []
+    where = AddressColumns(t, str(target.folder))
     for j, i in enumerate(pick):
-        kind = AUGMENTATIONS[j % len(AUGMENTATIONS)]
-        where = target.resolve(t.column("path")[int(i)].as_py())
-        with open_image(where) as im:
-            mode = "L" if im.mode in GREY_MODES else "RGB"
-        img = augment(load_image(where, mode), kind, rng)
+        data = read_bytes(where.address(int(i)))
+        kinds_here = edits_for(data)
+        kind = kinds_here[j % len(kinds_here)]
+        img = plant_one(data, kind, rng)
         name = f"planted-{j:05d}.png"
         img.save(folder / name)
         ids.append(f"planted-{j:05d}")
@@ -154,7 +198,8 @@ def report(ix, tally: Tally, planted: Manifest, lm, d, batch_size: int, workers:
     r = check_chunk(planted, 0, planted.num_rows, ix, lm, d, batch_size, workers)
     pp, pf = r.psim, r.fsim
     pt, ft = tally.pixel_threshold, tally.threshold
-    click.echo(f"calibration: {len(pp):,} planted edited copies ({', '.join(AUGMENTATIONS)}) "
+    edits = sorted(set(planted.read(["edit"]).column("edit").to_pylist()), key=EDITS.index)
+    click.echo(f"calibration: {len(pp):,} planted edited copies ({', '.join(edits)}) "
                f"vs {tally.n:,} ordinary source images")
     click.echo("  threshold   pixel: recall  false-pos   feature: recall  false-pos")
     for (t, pr, pfp), (_, fr, ffp) in zip(calibration_table(pp, tally.pixel), calibration_table(pf, tally.feature)):

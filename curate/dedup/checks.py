@@ -5,7 +5,7 @@ target image it matched (``match`` says which check):
 
 - ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
   is a duplicate (similarity 1.0) whatever the thresholds or the model.
-- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (79 views
+- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (104 views
   per target image); cosine similarity >= ``--pixel-threshold``. Catches edited copies
   (crop, blur, JPEG, resize, colour, small rotation) without being fooled by two
   different images of one class.
@@ -66,8 +66,9 @@ def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: i
         emb = embed(lm, source, d, batch_size, workers, False, rows=(start, stop))
         emb.rows = emb.rows - start
         fsim, fpos = feature_best(ix.feature, emb, ix.target.emb, n)
+    plain = content.readable & ~content.pixel.any(axis=-1)  # decoded, yet the zero descriptor: is_plain
     return ChunkResult(start, stop, exact, exact_t, psim.astype(np.float32), ppos.astype(np.int64), fsim, fpos,
-                       content.readable)
+                       content.readable, plain)
 
 
 @dataclass

@@ -12,16 +12,25 @@ One pass over the files reads each file's bytes once and yields
   images of the same class).
 
 Crops move the thumbnail, so the TARGET side (the small one) is indexed under
-``VIEWS`` = 79 views of each image: the whole image, crops keeping 84%, 90% and 96% of
-each side at 5 x 5 positions on a grid, the whole image turned by -5 and +5 degrees (its
+``VIEWS`` = 104 views of each image: the whole image, crops keeping 84%, 88%, 92% and 96%
+of each side at 5 x 5 positions on a grid, the whole image turned by -5 and +5 degrees (its
 corners filled with its border colour), each resized to 16x16, and the whole image once
 more flattened on black instead of white when it has transparency (a copy saved without
 its alpha channel usually sits on black or on white). The rotations and the black view
 came from the colour icons of bench/colour_dedup.py, where rotated copies and copies
-without alpha were the ones missed (bench/RESULTS.md). A source image cropped
-to 85-95% of its target original then sits close to one of its views. Source images get
-one descriptor each. Unreadable images get hash ``b""`` (no file) or a zero descriptor
-(not decodable), which matches nothing.
+without alpha were the ones missed (bench/RESULTS.md); the fourth crop size came from
+crops missed between the sizes of three. A source image cropped to 85-95% of its target
+original then sits close to one of its views. Source images get one descriptor each.
+Unreadable images get hash ``b""`` (no file) or a zero descriptor (not decodable), which
+matches nothing.
+
+A thumbnail too plain to tell images apart also gets the zero descriptor (``is_plain``):
+more than 90% of its pixels within 6 grey levels of its border colour (a small shape on a
+large background), or a spread under 3 grey levels (a blank or near-blank image). Two such
+images correlate through where their one blob sits, not through what they show; on the
+clip art of issue 18, such pairs were a large share of the false copies. They are left to
+the exact and feature checks, and ``curate dedup`` says how many there were. (0.3% of the
+Oxygen icons and none of the demo's digits are plain.)
 """
 from __future__ import annotations
 
@@ -36,11 +45,13 @@ from manifests.shards import Address, read_bytes
 
 HASH_BYTES = 16
 SIDE = 16
-CROP_FRACTIONS = (0.84, 0.90, 0.96)
+CROP_FRACTIONS = (0.84, 0.88, 0.92, 0.96)
 CROP_OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ROTATIONS = (-5.0, 5.0)  # degrees: the whole image turned, its corners filled with its border colour
 VIEWS = 1 + len(CROP_FRACTIONS) * len(CROP_OFFSETS) ** 2 + len(ROTATIONS) + 1  # + the whole image on black
-PARAMS = f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-rot{ROTATIONS}-black1"  # part of the cache key
+PLAIN_SHARE, PLAIN_TOLERANCE, PLAIN_STD = 0.9, 6.0, 3.0  # see is_plain
+PARAMS = (f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-rot{ROTATIONS}-black1"
+          f"-plain{PLAIN_SHARE},{PLAIN_TOLERANCE},{PLAIN_STD}")  # part of the cache key
 
 
 @dataclass
@@ -57,13 +68,27 @@ def thumbnail(img) -> np.ndarray:
     return np.frombuffer(img.resize((SIDE, SIDE), Image.BILINEAR).tobytes(), np.uint8)
 
 
+def is_plain(thumbs: np.ndarray) -> np.ndarray:
+    """Per thumbnail (..., 256): True when it is mostly background (over PLAIN_SHARE of its
+    pixels within PLAIN_TOLERANCE grey levels of the median of its 60 border pixels) or nearly
+    flat (standard deviation under PLAIN_STD grey levels)."""
+    v = np.asarray(thumbs, np.float32)
+    g = v.reshape(*v.shape[:-1], SIDE, SIDE)
+    edge = np.concatenate([g[..., 0, :], g[..., -1, :], g[..., 1:-1, 0], g[..., 1:-1, -1]], axis=-1)
+    bg = np.median(edge, axis=-1, keepdims=True)
+    share = (np.abs(v - bg) <= PLAIN_TOLERANCE).mean(axis=-1)
+    return (share > PLAIN_SHARE) | (v.std(axis=-1) < PLAIN_STD)
+
+
 def normalise(thumbs: np.ndarray) -> np.ndarray:
-    """Descriptors of thumbnails (..., 256): mean-free, L2-normalised, zeros for a flat image;
-    vectorised over a whole chunk (per image in Python it cost more than the decode)."""
+    """Descriptors of thumbnails (..., 256): mean-free, L2-normalised; zeros, which match
+    nothing, for a plain image (``is_plain``); vectorised over a whole chunk (per image in
+    Python it cost more than the decode)."""
     v = thumbs.astype(np.float32)
+    plain = is_plain(v)[..., None]
     v -= v.mean(axis=-1, keepdims=True)
     n = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.divide(v, n, out=np.zeros_like(v), where=n > 1e-6)
+    return np.divide(v, n, out=np.zeros_like(v), where=(n > 1e-6) & ~plain)
 
 
 def crop_views(img) -> list:

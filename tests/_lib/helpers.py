@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,21 @@ BIN = Path(sys.executable).parent
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run one of the installed console scripts (datl, curate, pretrain, finetune)."""
     return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, cwd=cwd)
+
+
+def apt_install(packages: tuple[str, ...], present: Callable[[], bool]) -> str | None:
+    """None when ``present()`` holds (after installing ``packages`` with apt-get from the package
+    registry if it did not and we may), else the reason it does not: a test skips with it."""
+    if present():
+        return None
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return f"{' '.join(packages)} missing and apt-get cannot install them here (not root)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *packages]):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            return f"`{' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}"
+    return None if present() else f"apt-get installed {' '.join(packages)} but they are still missing"
 
 
 def assert_user_error(res: subprocess.CompletedProcess, *fragments: str) -> None:

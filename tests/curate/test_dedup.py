@@ -229,3 +229,74 @@ def test_a_transparent_target_copied_without_its_alpha_is_found(tmp_path):
     t = pq.read_table(tmp_path / "d.parquet")
     assert dict(zip(t.column("id").to_pylist(), t.column("target_id").to_pylist())) == {
         "copy_black": "t7", "copy_white": "t7"}
+
+
+def test_plain_images_match_nothing_by_pixels_and_are_counted(tmp_path):
+    """A small dot on a large white canvas correlates ~1.0 with any other dot at that place;
+    such plain images get the zero descriptor and the count is printed. Busy ones still match."""
+    from PIL import Image
+
+    from curate.dedup import pixel as px
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "img"
+    folder.mkdir()
+
+    def dot(name: str, colour: tuple[int, int, int]) -> str:
+        im = Image.new("RGB", (64, 64), (255, 255, 255))
+        im.paste(colour, (28, 28, 34, 34))  # under 1% of the canvas
+        im.save(folder / name)
+        return f"img/{name}"
+
+    def busy(name: str, seed: int) -> str:
+        a = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(a, "RGB").resize((64, 64), Image.NEAREST).save(folder / name)
+        return f"img/{name}"
+
+    src = [dot(f"dot{i}.png", tuple(int(v) for v in rng.integers(0, 200, 3))) for i in range(3)]
+    src += [busy("busy_copy.png", 5), busy("busy_other.png", 6)]
+    tgt = [dot("target_dot.png", (10, 10, 10)), busy("target_busy.png", 5)]
+    thumbs = np.stack([px.thumbnail(Image.open(folder / p.split("/")[1]).convert("L")) for p in src])
+    assert px.is_plain(thumbs).tolist() == [True, True, True, False, False]
+    assert not px.normalise(thumbs[:3]).any()  # the zero descriptor
+    assert px.is_plain(np.full((1, 256), 77, np.uint8)).all()  # flat
+    raw = thumbs[:2].astype(np.float32) - thumbs[:2].mean(1, keepdims=True)  # what the rule prevents:
+    assert raw[0] @ raw[1] / np.linalg.norm(raw[0]) / np.linalg.norm(raw[1]) > 0.96  # two dots "copies"
+    s = write_manifest(tmp_path / "s.parquet", pa.table({"id": [p.split("/")[1] for p in src], "path": src}),
+                       ManifestMeta())
+    t = write_manifest(tmp_path / "t.parquet", pa.table({"id": ["target_dot", "target_busy"], "path": tgt}),
+                       ManifestMeta())
+    res = cli("curate", "dedup", "--source", str(s), "--target", str(t), "--no-feature", "--out",
+              str(tmp_path / "d.parquet"), "-q", "--workers", "0")
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(tmp_path / "d.parquet").column("id").to_pylist() == ["busy_copy.png"]
+    assert "3 source image(s) are too plain for the pixel check" in res.stdout
+
+
+def test_calibration_edits_fit_the_image(tmp_path):
+    """Colour and transparent images also get recolour, flatten (on black) and rerender (kept
+    transparent, another size); a grey opaque image gets the original seven edits only."""
+    import io
+
+    from PIL import Image
+
+    from curate.dedup.calibration import ALPHA_EDITS, AUGMENTATIONS, COLOUR_EDITS, edits_for, plant_one
+
+    def encoded(im: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        return buf.getvalue()
+
+    rgba = Image.new("RGBA", (40, 40), (0, 255, 0, 0))  # transparent, hiding green
+    rgba.paste((220, 20, 20, 255), (10, 10, 30, 30))
+    data = encoded(rgba)
+    assert edits_for(data) == AUGMENTATIONS + COLOUR_EDITS + ALPHA_EDITS
+    assert edits_for(encoded(Image.new("L", (40, 40), 9))) == AUGMENTATIONS
+    rng = np.random.default_rng(0)
+    flat = np.asarray(plant_one(data, "flatten", rng))
+    assert flat.shape == (40, 40, 3) and (flat[0, 0] == 0).all() and (flat[20, 20] == (220, 20, 20)).all()
+    rr = plant_one(data, "rerender", rng)
+    assert rr.mode == "RGBA" and rr.size != (40, 40) and np.asarray(rr)[0, 0, 3] == 0
+    red = np.asarray(plant_one(data, "recolour", rng))[20, 20].astype(int)
+    assert red[0] < 150 and max(red[1], red[2]) > 100  # the red square is no longer red
+    assert (np.asarray(plant_one(data, "recolour", rng))[0, 0] == 255).all()  # the background stays white

@@ -6,15 +6,13 @@ the network; no script error. And at 20,000 classes the page holds one page of r
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from helpers import assert_user_error, cli
+from helpers import apt_install, assert_user_error, cli
 
 from manifests import ManifestMeta, write_table
 
@@ -56,24 +54,10 @@ compare:
 """
 
 
-def _install_chromium() -> str | None:
-    """None when chromium and chromedriver are there (installed with apt-get if missing and we
-    may), else the reason they are not."""
-    if shutil.which("chromium") and shutil.which("chromedriver"):
-        return None
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return "chromium/chromium-driver missing and apt-get cannot install them here (not root)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"]):
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if res.returncode != 0:
-            return f"`{' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}"
-    return None if shutil.which("chromium") and shutil.which("chromedriver") else "apt-get gave no chromedriver"
-
-
 @pytest.fixture(scope="module")
 def browser():
-    reason = _install_chromium()
+    reason = apt_install(("chromium", "chromium-driver"),
+                         lambda: bool(shutil.which("chromium") and shutil.which("chromedriver")))
     if reason:
         pytest.skip(reason)
     from selenium import webdriver

@@ -1,0 +1,82 @@
+"""Real transparent colour PNGs (issue 18): dedup's goal on them, and every stage reading them.
+
+The set is Debian's icon themes (tests/_lib/icon_set.py): Oxygen icons as the source, MATE's
+drawings of the same things as the target, edited copies of MATE icons planted into the source.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import apt_install, cli
+from icon_set import PACKAGES, REDRAW, build_icon_set, icon_files, score
+
+
+@pytest.fixture(scope="module")
+def icons(tmp_path_factory):
+    reason = apt_install(PACKAGES, lambda: all(icon_files()))
+    if reason:
+        pytest.skip(reason)
+    # every 2nd icon of each theme (about 700 source and 600 target icons), 200 planted copies;
+    # seed 1: seed 0 is the one the views and thresholds were tuned on (bench/colour_dedup.py)
+    return build_icon_set(tmp_path_factory.mktemp("icons"), n_plant=200, seed=1, every=2)
+
+
+def test_the_set_is_real_transparent_colour_png_of_several_modes(icons):
+    assert icons.modes.get("RGBA", 0) > 100, icons.modes
+    assert sum(n for m, n in icons.modes.items() if m != "RGBA") > 0, icons.modes  # palette, LA, ...
+
+
+def test_dedup_meets_the_colour_goal_without_a_model(icons, tmp_path):
+    """Recall >= 0.95 of the planted edited copies with at most 0.5% of ordinary icons flagged,
+    at the default thresholds; the theme's own redrawings are reported, not part of the goal."""
+    out = tmp_path / "dups.parquet"
+    res = cli("curate", "dedup", "--source", str(icons.source), "--target", str(icons.target), "--no-feature",
+              "--out", str(out), "--cache", str(tmp_path / "cache"), "-q")
+    assert res.returncode == 0, res.stderr
+    flagged = set(pq.read_table(out).column("id").to_pylist())
+    s = score(icons, flagged)
+    assert s["n_edits"] >= 150, s
+    assert s["recall_edits"] >= 0.95, s
+    assert s["fp_rate"] <= 0.005, s
+    for edit, (hit, tot) in s["recall"].items():  # no edit is missed wholesale
+        assert edit == REDRAW or hit >= 0.8 * tot, (edit, hit, tot)
+    assert "0 byte-identical" in res.stdout and "pixel >=" in res.stdout  # per-check counts
+
+
+def test_every_stage_reads_transparent_colour_icons(icons, tmp_path):
+    """pretrain, estimate, weight, dedup with the model's features, sample and finetune, on the
+    icons as they are (RGBA, palette with a transparent index, LA): no image is unreadable."""
+    run = tmp_path / "run"
+    res = cli("pretrain", "--manifest", str(icons.source), "--model", "test_resnet", "--out", str(run),
+              "--steps", "2", "--batch-size", "16", "--image-size", "32", "--workers", "0", "-q")
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["in_chans"] == 3  # colour icons give a colour model
+    prior = tmp_path / "prior.parquet"
+    res = cli("curate", "estimate", "--model", str(run), "--target", str(icons.target), "--out", str(prior),
+              "--workers", "0", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "unreadable" not in res.stdout + res.stderr
+    p = pq.read_table(prior).column("p_target").to_numpy()
+    assert np.isclose(p.sum(), 1.0) and (p > 0).all()
+    dups = tmp_path / "dups.parquet"
+    res = cli("curate", "dedup", "--source", str(icons.source), "--target", str(icons.target), "--model",
+              str(run), "--out", str(dups), "--cache", str(tmp_path / "cache"), "--workers", "0", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "could not be read" not in res.stderr
+    weights = tmp_path / "weights.parquet"
+    assert cli("curate", "weight", "--source", str(icons.source), "--prior", str(prior),
+               "--out", str(weights)).returncode == 0
+    sample = tmp_path / "sample.parquet"
+    res = cli("curate", "sample", "--source", str(icons.source), "--weights", str(weights), "--size", "64",
+              "--exclude", str(dups), "--out", str(sample))
+    assert res.returncode == 0, res.stderr
+    ft = tmp_path / "ft"
+    res = cli("finetune", "--checkpoint", str(run), "--train", str(icons.target), "--test", str(icons.target),
+              "--out", str(ft), "--steps", "2", "--batch-size", "16", "--workers", "0", "-q")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert metrics["n_unreadable"] == 0 and metrics["n_test"] == pq.read_metadata(icons.target).num_rows
