@@ -96,7 +96,7 @@ def describe(index) -> str:
     if isinstance(index, faiss.IndexFlat):
         return f"flat (exact), {index.ntotal:,} target vectors"
     ivf = faiss.extract_index_ivf(index)
-    reduced = (f", searched in {ivf.d} PCA dimensions, best {index.k_factor} re-ranked exactly"
+    reduced = (f", searched in {ivf.d} PCA dimensions, best {index.k_factor:g} re-ranked exactly"
                if isinstance(index, faiss.IndexRefine) else "")
     return f"ivf, nlist {ivf.nlist}, nprobe {ivf.nprobe}{reduced}, {index.ntotal:,} target vectors"
 
