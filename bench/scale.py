@@ -29,6 +29,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from curate.dedup.pixel import VIEWS  # noqa: E402
 BIN = Path(sys.executable).parent
 SIDE = 32
 PER_SHARD = 10_000
@@ -199,7 +200,7 @@ def main() -> None:
     print(f"dedup {args.rows:>9,} rows : {runs['full'][0]:8.1f} s, peak RSS {runs['full'][1]:8,.0f} MiB")
     print(f"rss ratio (full/small): {runs['full'][1] / runs['small'][1]:12.3f}   (goal <= 1.3)")
     print(f"read+decode floor     : {floor:12,.0f} images/s")
-    print(f"target side, once     : {target_secs:8.1f} s (10,000 images x 76 views: descriptors, IVF index)")
+    print(f"target side, once     : {target_secs:8.1f} s (10,000 images x {VIEWS} views: descriptors, IVF index)")
     print(f"per-run fixed cost    : {fixed:8.1f} s (start-up, cached target side, merge; timed on 1,000 rows)")
     print(f"dedup (no model)      : {rate:12,.0f} images/s over the source (whole command: "
           f"{args.rows / runs['full'][0]:,.0f} images/s)")
