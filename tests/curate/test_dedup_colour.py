@@ -80,3 +80,37 @@ def test_every_stage_reads_transparent_colour_icons(icons, tmp_path):
     assert res.returncode == 0, res.stderr
     metrics = json.loads((ft / "metrics.json").read_text())
     assert metrics["n_unreadable"] == 0 and metrics["n_test"] == pq.read_metadata(icons.target).num_rows
+
+
+def test_a_model_sees_the_same_pixels_whatever_mode_the_icon_is_stored_in(icons, tmp_path):
+    """Real palette-with-transparency and LA icons, re-saved as RGBA and as RGB flattened on
+    white: ImageDataset gives the very same tensor for each file of one icon."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from manifests import ImageDataset, Manifest, ManifestMeta, write_manifest
+
+    paths = Manifest(icons.source).read(["path"]).column("path").to_pylist()
+    picked: dict[str, list[str]] = {"P": [], "LA": []}
+    for p in paths:
+        with Image.open(p) as im:
+            kind = "P" if im.mode == "P" and "transparency" in im.info else im.mode
+        if kind in picked and len(picked[kind]) < 5:
+            picked[kind].append(p)
+    assert len(picked["P"]) == 5 and len(picked["LA"]) >= 1, {k: len(v) for k, v in picked.items()}
+    rows = []
+    for k, p in enumerate(picked["P"] + picked["LA"]):
+        with Image.open(p) as im:
+            rgba = im.convert("RGBA")
+        rgba.save(tmp_path / f"{k}_rgba.png")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        white.alpha_composite(rgba)
+        white.convert("RGB").save(tmp_path / f"{k}_flat.png")
+        rows += [(f"{k}_orig", p), (f"{k}_rgba", str(tmp_path / f"{k}_rgba.png")),
+                 (f"{k}_flat", str(tmp_path / f"{k}_flat.png"))]
+    m = write_manifest(tmp_path / "m.parquet", pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows]}),
+                       ManifestMeta())
+    ds = ImageDataset(m, mode="RGB")
+    for k in range(0, len(rows), 3):
+        orig, rgba, flat = (np.asarray(ds[k + j].image) for j in range(3))
+        assert np.array_equal(orig, rgba) and np.array_equal(orig, flat), rows[k][1]
