@@ -50,8 +50,9 @@ class ChunkResult:
     fpos: np.ndarray  # int64: its target row
     readable: np.ndarray  # bool: the image could be read and decoded
     plain: np.ndarray  # bool: readable, but too plain for the pixel check (pixel.is_plain)
+    warned: np.ndarray  # bool: decoded, but PIL warned about the file
 
-    ARRAYS = ("exact", "exact_t", "psim", "ppos", "fsim", "fpos", "readable", "plain")
+    ARRAYS = ("exact", "exact_t", "psim", "ppos", "fsim", "fpos", "readable", "plain", "warned")
 
 
 def model_fingerprint(spec: str | None, weights: str | None) -> str:

@@ -68,7 +68,7 @@ def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: i
         fsim, fpos = feature_best(ix.feature, emb, ix.target.emb, n)
     plain = content.readable & ~content.pixel.any(axis=-1)  # decoded, yet the zero descriptor: is_plain
     return ChunkResult(start, stop, exact, exact_t, psim.astype(np.float32), ppos.astype(np.int64), fsim, fpos,
-                       content.readable, plain)
+                       content.readable, plain, content.warned)
 
 
 @dataclass

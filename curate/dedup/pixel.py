@@ -59,6 +59,7 @@ class Content:
     hashes: np.ndarray  # S16 per manifest row; b"" when the file cannot be read
     pixel: np.ndarray  # float16 (n, 256) or, for a target, (n, VIEWS, 256)
     readable: np.ndarray  # bool per row: the image could be read and decoded
+    warned: np.ndarray | None = None  # bool per row: decoded, but PIL warned (not kept in the target cache)
 
 
 def thumbnail(img) -> np.ndarray:
@@ -116,27 +117,28 @@ def border_colour(img) -> int | tuple[int, ...]:
     return int(med) if med.ndim == 0 else tuple(int(v) for v in med)
 
 
-def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool]:
-    """(content hash, thumbnail(s) uint8, readable) of one image; a zero thumbnail, which
-    normalises to a zero descriptor that matches nothing, when it cannot be read."""
+def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool, bool]:
+    """(content hash, thumbnail(s) uint8, readable, PIL warned) of one image; a zero thumbnail,
+    which normalises to a zero descriptor that matches nothing, when it cannot be read."""
     from manifests.images import DECODE_ERRORS, decode_bytes, has_transparency
 
     shape = (VIEWS, SIDE * SIDE) if views else (SIDE * SIDE,)
     try:
         data = read_bytes(where)
     except OSError:
-        return b"", np.zeros(shape, np.uint8), False
+        return b"", np.zeros(shape, np.uint8), False, False
     digest = hashlib.sha256(data).digest()[:HASH_BYTES]
+    notes: list[str] = []
     try:  # the project's one decoding path; a JPEG is decoded at reduced size, much faster
-        grey = decode_bytes(data, "L", draft=(4 * SIDE, 4 * SIDE))
+        grey = decode_bytes(data, "L", draft=(4 * SIDE, 4 * SIDE), warned=notes)
     except DECODE_ERRORS:
-        return digest, np.zeros(shape, np.uint8), False
+        return digest, np.zeros(shape, np.uint8), False, False
     if not views:
-        return digest, thumbnail(grey), True
+        return digest, thumbnail(grey), True, bool(notes)
     # a transparent target image is also indexed flattened on black: a copy saved without its
     # alpha channel (JPEG, a screenshot) usually sits on black or white
     black = decode_bytes(data, "L", (4 * SIDE, 4 * SIDE), (0, 0, 0)) if has_transparency(data) else grey
-    return digest, np.stack([thumbnail(v) for v in crop_views(grey)] + [thumbnail(black)]), True
+    return digest, np.stack([thumbnail(v) for v in crop_views(grey)] + [thumbnail(black)]), True, bool(notes)
 
 
 def default_workers() -> int:
@@ -144,8 +146,8 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def _part(path: str, views: bool, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hashes, descriptors and readability of rows [lo, hi) of the manifest at ``path``; normalised
+def _part(path: str, views: bool, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+    """Hashes, descriptors, readability and PIL warnings of rows [lo, hi) of the manifest at ``path``; normalised
     here, in the worker, so the parent's serial share stays small."""
     from manifests.shards import AddressColumns
 
@@ -155,7 +157,7 @@ def _part(path: str, views: bool, lo: int, hi: int) -> tuple[np.ndarray, np.ndar
     dim = (0, VIEWS, SIDE * SIDE) if views else (0, SIDE * SIDE)
     thumbs = np.stack([o[1] for o in out]) if out else np.zeros(dim, np.uint8)
     return (np.array([o[0] for o in out], dtype=f"S{HASH_BYTES}"), normalise(thumbs).astype(np.float16),
-            np.array([o[2] for o in out], dtype=bool))
+            np.array([o[2] for o in out], dtype=bool), np.array([o[3] for o in out], dtype=bool))
 
 
 def content_pass(manifest: Manifest, views: bool, workers: int | None = None, progress: bool = False,
@@ -191,4 +193,5 @@ def content_pass(manifest: Manifest, views: bool, workers: int | None = None, pr
     hashes = np.concatenate([r[0] for r in results]) if results else np.zeros(0, f"S{HASH_BYTES}")
     pixel = np.concatenate([r[1] for r in results]) if results else np.zeros(dim, np.float16)
     readable = np.concatenate([r[2] for r in results]) if results else np.zeros(0, bool)
-    return Content(hashes, pixel, readable)
+    warned = np.concatenate([r[3] for r in results]) if results else np.zeros(0, bool)
+    return Content(hashes, pixel, readable, warned)

@@ -125,7 +125,7 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
 
     parts: list[Duplicates] = []
     tally = Tally(cfg.pixel_threshold, cfg.threshold)
-    unreadable = plain = 0
+    unreadable = plain = warned = 0
     for c, _ in enumerate(chunks(sm.num_rows, cfg.chunk_size)):
         r = load_chunk(chunk_file(folder, c))
         if r is None:
@@ -135,6 +135,7 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
         tally.add(r.psim[ordinary], r.fsim[ordinary])
         unreadable += int((~r.readable).sum())
         plain += int(r.plain.sum())
+        warned += int(r.warned.sum())
     if sm.num_rows and unreadable == sm.num_rows:
         raise UserError(sm.path, f"has no readable image (all {unreadable:,} unreadable)",
                         "check it with `datl manifest validate`")
@@ -143,7 +144,7 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
                             np.zeros(0, dtype="<U7"))]
     dup = Duplicates(*(np.concatenate([getattr(p, f) for p in parts])
                        for f in ("rows", "target_rows", "similarity", "match")))
-    write_duplicates(cfg, sm, tm, dup, ix, unreadable, plain)
+    write_duplicates(cfg, sm, tm, dup, ix, unreadable, plain, warned)
     if cfg.calibrate:
         from .calibration import plant_copies, report
 
@@ -172,7 +173,8 @@ def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig) -
             f"borderline pairs (`datl report`, `--calibrate`) and {fix}")
 
 
-def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int, plain: int) -> None:
+def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int, plain: int,
+                     warned: int) -> None:
     rows = dup.rows.astype(np.int64)
     sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
     tid = tm.read(["id"]).column("id")  # the target is the small side
@@ -184,7 +186,7 @@ def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unr
     write_table(cfg.out, table, ManifestMeta(stage="dedup", params={
         "threshold": cfg.threshold, "pixel_threshold": cfg.pixel_threshold, "model": cfg.model,
         "feature": cfg.feature, "index": ix.description, "unreadable_source_images": unreadable,
-        "plain_source_images": plain},
+        "plain_source_images": plain, "warned_source_images": warned},
         inputs=input_hashes(source=cfg.source, target=cfg.target)))
     counts = {k: int(np.sum(dup.match == k)) for k in ("exact", "pixel", "feature")}
     desc = ix.description
@@ -198,6 +200,9 @@ def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unr
     if plain:
         click.echo(f"note: {plain:,} source image(s) are too plain for the pixel check (over 90% background, or "
                    f"nearly blank); only the exact{' and feature checks' if cfg.feature else ' check'} saw them")
+    if warned:
+        click.echo(f"note: {warned:,} source image(s) decoded with a warning from PIL and were checked as decoded "
+                   "(`datl manifest validate` lists them)", err=True)
     if unreadable:
         click.echo(f"warning: {unreadable:,} source image(s) could not be read; they were checked by nothing "
                    "(`datl manifest validate` lists them)", err=True)

@@ -90,6 +90,8 @@ def test_every_stage_counts_it_as_too_large_and_goes_on(folder, random_model, tm
               "--no-feature", "--out", str(tmp_path / "dups.parquet"), "--cache", str(tmp_path / "cache"), "-q")
     assert res.returncode == 0, res.stderr
     assert "1 source image(s) could not be read" in res.stderr
+    assert "1 source image(s) decoded with a warning from PIL" in res.stderr  # warned.jpg, logged not printed
+    assert "Skipping tag" not in res.stderr
     res = cli("pretrain", "--manifest", str(folder / "m.parquet"), "--model", "test_resnet", "--out",
               str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--image-size", "28", "--workers", "0", "-q")
     assert res.returncode == 0, res.stderr
