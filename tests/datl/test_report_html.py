@@ -16,44 +16,6 @@ from helpers import apt_install, assert_user_error, cli
 
 from manifests import ManifestMeta, write_table
 
-PIPELINE = """
-out: out
-device: cpu
-seeds: 2
-stages:
-  data: {run: demo-data, params: {fraction: 0.03}}
-  source_model:
-    run: pretrain
-    inputs: {train: "@data/source.parquet"}
-    params: {model: test_resnet, steps: 30, batch_size: 32, workers: 0}
-  prior: {run: estimate, inputs: {model: "@source_model", target: "@data/target_unlabeled.parquet"},
-          params: {workers: 0}}
-  prior_em: {run: estimate, inputs: {model: "@source_model", target: "@data/target_unlabeled.parquet"},
-             params: {method: em, workers: 0}}
-  dedup:
-    run: dedup
-    inputs: {source: "@data/source.parquet", target: "@data/target_all.parquet", model: "@source_model"}
-    params: {workers: 0, threshold: 0.9, pixel_threshold: 0.9}
-  weights:
-    run: weight
-    inputs: {source: "@data/source.parquet", prior: "@prior/prior.parquet", exclude: "@dedup/duplicates.parquet"}
-  sample_adaptive:
-    run: sample
-    per_seed: true
-    inputs: {source: "@data/source.parquet", weights: "@weights/weights.parquet", exclude: "@dedup/duplicates.parquet"}
-    params: {size: 64}
-compare:
-  pretrain: {model: test_resnet, steps: 3, batch_size: 16, workers: 0}
-  finetune:
-    inputs: {train: "@data/target_train.parquet", val: "@data/target_val.parquet", test: "@data/target_test.parquet"}
-    params: {steps: 3, batch_size: 16, workers: 0}
-  arms:
-    adaptive: "@sample_adaptive.s{seed}/sample.parquet"
-    scratch: null
-  baseline: scratch
-"""
-
-
 @pytest.fixture(scope="module")
 def browser():
     reason = apt_install(("chromium", "chromium-driver"),
@@ -74,13 +36,14 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def run_out(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("report")
-    (tmp / "p.yaml").write_text(PIPELINE)
-    res = cli("datl", "run", str(tmp / "p.yaml"), "-q")
+def run_out(pipeline_run) -> Path:
+    """The shared shrunken pipeline's run (tests/_lib/pipelines.py): 2 seeds, arms adaptive and
+    scratch, two estimators, dedup at thresholds of 0.9 so that it has pairs to show."""
+    pipe, res = pipeline_run
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "report: " in res.stdout and (tmp / "out" / "report.html").exists()
-    return tmp / "out"
+    out = pipe.parent / "out"
+    assert "report: " in res.stdout and (out / "report.html").exists()
+    return out
 
 
 def open_page(driver, page: Path):

@@ -7,72 +7,19 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from helpers import BIN, assert_user_error, cli
+from pipelines import PIPELINE, statuses, write
 
 from manifests import Manifest
 
-PIPELINE = """
-out: out
-device: cpu
-seeds: 2
-stages:
-  data: {{run: demo-data, params: {{fraction: 0.03}}}}
-  source_model:
-    run: pretrain
-    inputs: {{train: "@data/source.parquet"}}
-    params: {{model: test_resnet, steps: {source_steps}, batch_size: 16, workers: 0, save_every: 2}}
-  prior: {{run: estimate, inputs: {{model: "@source_model", target: "@data/target_unlabeled.parquet"}},
-          params: {{workers: 0}}}}
-  dedup:
-    run: dedup
-    inputs: {{source: "@data/source.parquet", target: "@data/target_all.parquet", model: "@source_model"}}
-    params: {{workers: 0}}
-  weights:
-    run: weight
-    inputs: {{source: "@data/source.parquet", prior: "@prior/prior.parquet", exclude: "@dedup/duplicates.parquet"}}
-  sample_adaptive:
-    run: sample
-    per_seed: true
-    inputs: {{source: "@data/source.parquet", weights: "@weights/weights.parquet", exclude: "@dedup/duplicates.parquet"}}
-    params: {{size: {size}}}
-compare:
-  pretrain: {{model: test_resnet, steps: 3, batch_size: 16, workers: 0}}
-  finetune:
-    inputs: {{train: "@data/target_train.parquet", val: "@data/target_val.parquet", test: "@data/target_test.parquet"}}
-    params: {{steps: 3, batch_size: 16, workers: 0}}
-  arms:
-    adaptive: "@sample_adaptive.s{{seed}}/sample.parquet"
-    scratch: null
-  baseline: scratch
-  select: [scratch, adaptive]
-  plot: "@weights/weights.png"
-"""
-
-
-def write(tmp: Path, name: str = "pipeline.yaml", **kw) -> Path:
-    p = tmp / name
-    p.write_text(PIPELINE.format(**({"size": 64, "source_steps": 4} | kw)))
-    return p
-
-
-def statuses(stdout: str) -> dict[str, str]:
-    out = {}
-    for line in stdout.splitlines():
-        if line.startswith("[") and "]" in line:
-            name, _, rest = line.split("] ", 1)[1].partition(": ")
-            out[name] = "skipped" if rest.startswith("up to date") else "ran"
-    return out
-
-
-def test_pipeline_end_to_end_then_cached_then_partial_rerun(tmp_path):
-    pipe = write(tmp_path)
-    first = cli("datl", "run", str(pipe))
+def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run):
+    pipe, first = pipeline_run
+    tmp_path = pipe.parent
     assert first.returncode == 0, first.stdout + first.stderr
     st = statuses(first.stdout)
-    assert len(st) == 14 and set(st.values()) == {"ran"}, st
+    assert len(st) == 15 and set(st.values()) == {"ran"}, st
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"adaptive", "scratch"}
