@@ -68,7 +68,7 @@ def dedup(**kw) -> None:
 
     Three checks: byte-identical files (content hash, whatever the model); pixel
     descriptors (a 16x16 thumbnail correlation against 104 views (crops, two small rotations, one on black) of each target
-    image); and the model's pooled features. The target is indexed with FAISS, the
+    image; a thumbnail over 90% background or nearly blank matches nothing); and the model's pooled features. The target is indexed with FAISS, the
     source streamed through it. Everything is cached, so new thresholds are instant.
     """
     from .dedup.stage import run

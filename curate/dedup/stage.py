@@ -47,8 +47,9 @@ class DedupConfig:
                      help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.")
     cache: str | None = opt(None, help="Folder for the target side and the per-chunk results "
                                        "[default: OUT's folder/embeddings].")
-    calibrate: bool = opt(False, help="Also plant edited copies of target images and print recall / false "
-                                      "positives per threshold.")
+    calibrate: bool = opt(False, help="Also plant edited copies of target images (crop, rotate, blur, contrast, "
+                                      "jpeg, resize, colour; recolour for colour images; flatten and rerender for "
+                                      "transparent ones) and print recall / false positives per threshold.")
     plant: int = opt(500, help="How many copies --calibrate plants.", bounds="[1, inf)")
     image_size: int | None = opt(None, help="Feature extractor input size (timm: models; default 224).",
                                  bounds="[1, inf)")
