@@ -176,6 +176,7 @@ def test_real_edited_copies_found_at_the_default_thresholds(demo_fifth, tmp_path
     assert recall >= 0.99, (recall, res.stdout)
     assert right_original >= 0.9, right_original  # near-identical target digits may take a copy's place
     assert false_pos <= 0.005, (false_pos, res.stdout)
+    assert "barely tell images apart" not in res.stderr  # real ImageNet features are not collapsed
 
 
 def test_an_implausible_share_flagged_is_a_warning_naming_the_check(demo_small, tmp_path):
@@ -188,6 +189,7 @@ def test_an_implausible_share_flagged_is_a_warning_naming_the_check(demo_small, 
     flagged = pq.read_table(tmp_path / "b.parquet").num_rows
     assert flagged > 0.05 * Manifest(demo_small / "source.parquet").num_rows
     assert "by the pixel check" in loose.stderr and "raise --pixel-threshold (now 0.3)" in loose.stderr
+    assert "by the feature check" not in loose.stderr  # only the check that flags too much is named
 
 
 def test_a_transparent_target_copied_without_its_alpha_is_found(tmp_path):

@@ -67,6 +67,8 @@ def test_every_stage_reads_transparent_colour_icons(icons, tmp_path):
               str(run), "--out", str(dups), "--cache", str(tmp_path / "cache"), "--workers", "0", "-q")
     assert res.returncode == 0, res.stderr
     assert "could not be read" not in res.stderr
+    # a 2-step model's features put every icon near every other: said, naming the fixes
+    assert "the model's features barely tell images apart" in res.stderr and "--no-feature" in res.stderr
     weights = tmp_path / "weights.parquet"
     assert cli("curate", "weight", "--source", str(icons.source), "--prior", str(prior),
                "--out", str(weights)).returncode == 0
