@@ -15,16 +15,31 @@ returns the scalar transfer loss; :class:`net.TwoDomainStep` adds it, times
 """
 from __future__ import annotations
 
-from .registry import Method, discover
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .registry import Method
 
 NONE = "none"
+_DECLARED = re.compile(r'^@register\("([^"]+)"\)', re.M)
+
+
+def declared() -> tuple[str, ...]:
+    """The method names as this folder's files declare them (``@register("name")``), read as
+    text in file order, so that ``finetune --help`` and its flag check import no torch (a test
+    checks they are exactly the names :func:`registry.discover` registers)."""
+    return tuple(n for f in sorted(Path(__file__).parent.glob("*.py")) for n in _DECLARED.findall(f.read_text()))
 
 
 def names() -> tuple[str, ...]:
-    """``none`` and every registered method, in the order of their files."""
-    return (NONE, *discover())
+    """``none`` and every method, in the order of their files."""
+    return (NONE, *declared())
 
 
 def get(name: str) -> type[Method] | None:
     """The method class of ``name``; None for ``none``."""
+    from .registry import discover
+
     return None if name == NONE else discover()[name]

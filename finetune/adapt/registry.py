@@ -44,9 +44,9 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def discover() -> dict[str, type[Method]]:
-    """Import every module of this package once, so each registers its methods."""
-    if not REGISTRY:
-        package = importlib.import_module(__package__)
-        for m in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{__package__}.{m.name}")
+    """Import every module of this package (each once: Python caches them), so each registers
+    its methods; some may have been imported, and registered, before this is called."""
+    package = importlib.import_module(__package__)
+    for m in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{m.name}")
     return REGISTRY

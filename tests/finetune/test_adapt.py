@@ -405,7 +405,10 @@ def test_the_registry_builds_every_method_from_a_config_and_none_brings_its_own_
     from finetune import adapt
     from finetune.config import FinetuneConfig
 
-    assert adapt.names() == ("none", "confusion", "dann", "mmd", "jmmd", "jan-a")
+    from finetune.adapt.registry import discover
+
+    assert adapt.names() == ("none", "confusion", "dann", "jmmd", "jan-a", "mmd")  # file order
+    assert sorted(adapt.declared()) == sorted(discover())  # the text scan names exactly what registers
     cfg = FinetuneConfig(manifest="t", out="o", test="x", mmd_estimator="linear", mmd_kernels="equal")
     g = torch.Generator().manual_seed(0)
     fs, ft, zs, zt = (torch.randn(8, d, generator=g) for d in (16, 16, 3, 3))
