@@ -257,7 +257,8 @@ def duplicates_section(rep: Report, thumbs: Thumbs, n_pairs: int) -> list[dict]:
                  for r in shown]
         counts = {k: int((match == k).sum()) for k in ("exact", "pixel", "feature")}
         cal = f.with_suffix(".calibration.png")
-        out.append({"stage": n, "total": t.num_rows, "counts": counts, "thresholds": thr, "pairs": pairs,
+        notes = {k: int(params.get(f"{k}_source_images") or 0) for k in ("plain", "unreadable", "warned")}
+        out.append({"stage": n, "total": t.num_rows, "counts": counts, "thresholds": thr, "pairs": pairs, "notes": notes,
                     "n_source": open_manifest(s.inputs["source"]).num_rows if Path(s.inputs["source"]).exists() else None,
                     "calibration": copy_file(rep, cal, f"{n}-calibration.png") if cal.exists() else None})
     return out

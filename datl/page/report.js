@@ -162,7 +162,18 @@
       kids.push(el("h3", {text: "Stage " + D.stage + ": " + D.total.toLocaleString("en") + " source images flagged" + share}));
       kids.push(el("p", {class: "dup-counts", text: "byte-identical " + D.counts.exact + ", pixel >= " + D.thresholds.pixel + ": " + D.counts.pixel +
         ", feature >= " + D.thresholds.feature + ": " + D.counts.feature + ". Borderline pairs (nearest their check's threshold) first."}));
-      const t = el("table", {class: "dup-table", id: kids.length > 2 ? null : "duplicates-table"});
+      const N = D.notes || {};
+      kids.push(el("p", {class: "dup-notes muted", text: "not seen by the pixel check: " + (N.plain || 0) +
+        " too plain (over 90% background, or nearly blank); unreadable: " + (N.unreadable || 0) +
+        "; decoded with a warning from PIL: " + (N.warned || 0) + "."}));
+      for (const c of ["exact", "pixel", "feature"]) {  // the same rule as curate dedup's warning
+        if (D.n_source && D.counts[c] > 0.05 * D.n_source)
+          kids.push(el("p", {class: "dup-warning", text: "The " + c + " check alone flags " +
+            (100 * D.counts[c] / D.n_source).toFixed(1) + "% of the source: implausible for most sources. Look at the pairs below" +
+            (c === "exact" ? "; does the source contain the target itself?" : " and raise its threshold" +
+             (c === "feature" ? ", use a stronger model, or run without the feature check." : "."))}));
+      }
+      const t = el("table", {class: "dup-table", id: D === DATA.duplicates[0] ? "duplicates-table" : null});
       t.append(el("tr", {}, ...["source", "target", "similarity", "check", "threshold", "ids"].map(h => el("th", {text: h}))));
       for (const p of D.pairs) {
         t.append(el("tr", {class: "pair"}, el("td", {}, img(p.source_thumb, "dup-source", "source " + p.id)),

@@ -108,6 +108,12 @@ def test_the_report_as_a_person_uses_it(run_out, browser):
     dup = pa.parquet.read_table(run_out / "dedup" / "duplicates.parquet")
     assert len(pairs) == min(dup.num_rows, 100) > 0
     assert min(loaded(d, "#duplicates-table img")) > 0 and len(loaded(d, "#duplicates-table img")) == 2 * len(pairs)
+    notes = d.find_element("css selector", ".dup-notes").text
+    meta = json.loads(pa.parquet.read_schema(run_out / "dedup" / "duplicates.parquet").metadata[b"datl"])["params"]
+    assert f"{meta['plain_source_images']} too plain" in notes and "decoded with a warning from PIL: 0" in notes
+    n_source = pa.parquet.read_metadata(run_out / "data" / "source.parquet").num_rows
+    over = [c for c in ("exact", "pixel", "feature") if (dup.column("match").to_pylist().count(c)) > 0.05 * n_source]
+    assert len(d.find_elements("css selector", ".dup-warning")) == len(over)  # what curate dedup warned about
     sims = [float(p.find_element("css selector", "td.sim").text) for p in pairs if "exact" not in p.text]
     assert sims == sorted(sims)  # all thresholds are 0.9 here: nearest the threshold first
     # estimators side by side, results with the paired interval, timings
