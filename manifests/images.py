@@ -48,10 +48,8 @@ ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
 def has_transparency(data: bytes) -> bool:
     """Whether an encoded image has an alpha channel or a transparent colour (header only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Image.open(io.BytesIO(data)) as im:
-            return im.mode in ALPHA_MODES or "transparency" in im.info
+    with open_bytes(data) as im:
+        return im.mode in ALPHA_MODES or "transparency" in im.info
 
 
 def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,9 +112,7 @@ def _train(model: nn.Module, model_cfg: ModelConfig, manifest: Manifest, cfg: Tr
         model_cfg.params = {**model_cfg.params, "steps": total, "steps_done": step}
         save_run(out, model, model_cfg)
     if d.main:
-        for line in (bad.summary(), bad.warnings_summary()):
-            if line:
-                tqdm.write(f"warning: {line}", file=sys.stderr)
+        bad.report(str(manifest.path))
     dist.barrier(d)
     return out
 
