@@ -113,6 +113,8 @@ def test_a_model_sees_the_same_pixels_whatever_mode_the_icon_is_stored_in(icons,
     m = write_manifest(tmp_path / "m.parquet", pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows]}),
                        ManifestMeta())
     ds = ImageDataset(m, mode="RGB")
+    first = np.asarray(ds[0].image)
     for k in range(0, len(rows), 3):
         orig, rgba, flat = (np.asarray(ds[k + j].image) for j in range(3))
         assert np.array_equal(orig, rgba) and np.array_equal(orig, flat), rows[k][1]
+        assert orig.std() > 0.05 and (k == 0 or not np.array_equal(orig, first))  # real, distinct pictures
