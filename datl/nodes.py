@@ -1,11 +1,19 @@
 """``datl run`` on several nodes: node 0 leads, the others follow (see launch.py).
 
-Node 0 writes ``OUT/.datl-run.json`` (its run's token, start time, whether it is done) and,
-before each torch stage, ``OUT/<stage>/launch.json`` (the token and the exact torchrun
-command). A follower waits for a run that started within ``START_WINDOW`` seconds of
-itself, then joins every torch stage of that run, in order, with its own node rank, until
-the run is done. Node 0's decisions (skip, resume, force) are the followers' by
-construction: they run node 0's command. The output folder must be shared by the nodes.
+Node 0 writes ``OUT/.datl-run.json`` (its run's token, start time, its torch stages,
+whether the run is over and, if it failed, why) and, before each torch stage,
+``OUT/<stage>/launch.json`` (the token and the exact torchrun command). A follower waits
+for a run that started within ``START_WINDOW`` seconds of itself, then joins every torch
+stage of that run, in order, with its own node rank, until the run is over. Node 0's
+decisions (skip, resume, force) are the followers' by construction: they run node 0's
+command. The output folder must be shared by the nodes.
+
+No node waits for one that has gone. torchrun's static rendezvous waits 15 minutes for a
+node that never comes, so each side watches the other while its stage runs:
+
+- a follower that fails (or is stopped) writes ``OUT/.datl-node<R>.json`` with the run's
+  token and its error; node 0 stops the stage it is running and fails with that error;
+- a follower stops its stage as soon as node 0's run file says the run failed.
 """
 from __future__ import annotations
 
@@ -13,12 +21,12 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 
-from manifests import UserError, atomic_output
+from manifests import UserError, atomic_output, claim_folder
 
 RUN_FILE = ".datl-run.json"
 LAUNCH = "launch.json"
@@ -38,62 +46,118 @@ def _read(path: Path) -> dict | None:
         return None
 
 
+def why(e: BaseException) -> str:
+    """A node's reason for leaving the run, in one line."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if hasattr(e, "signum"):  # manifests.cli.Stopped
+        return f"stopped by signal {e.signum}"
+    return str(e) or type(e).__name__
+
+
+def node_file(out: Path, rank: int) -> Path:
+    """Where the follower of rank ``rank`` says it has left the run."""
+    return out / f".datl-node{rank}.json"
+
+
 class Nodes:
     def __init__(self, pipe, token: str, started: float):
         self.pipe, self.token, self.started = pipe, token, started
 
     @classmethod
     @contextlib.contextmanager
-    def lead(cls, pipe) -> Iterator[Nodes]:
-        """Node 0: announce the run; say it is over however it ends."""
+    def lead(cls, pipe, torch_stages: list[str]) -> Iterator[Nodes]:
+        """Node 0: announce the run; say it is over however it ends, and why if it failed."""
         nodes = cls(pipe, uuid.uuid4().hex, time.time())
-        _write(pipe.out / RUN_FILE, {"token": nodes.token, "started": nodes.started, "done": False})
+        state = {"token": nodes.token, "started": nodes.started, "stages": torch_stages, "done": False}
+        _write(pipe.out / RUN_FILE, state)
+        error = None
         try:
             yield nodes
+        except BaseException as e:
+            error = why(e)
+            raise
         finally:
-            _write(pipe.out / RUN_FILE, {"token": nodes.token, "started": nodes.started, "done": True})
+            _write(pipe.out / RUN_FILE, {**state, "done": True, "error": error})
 
     def launch(self, folder: Path, argv: list[str]) -> None:
         """Node 0, about to start a torch stage: its command, for the followers to join."""
         _write(folder / LAUNCH, {"token": self.token, "argv": argv})
 
+    def gone(self) -> str | None:
+        """Node 0, while a torch stage runs: why a follower of this run left it, if one did.
+
+        A follower that failed before it found the run's token counts when it failed after
+        this run started."""
+        for rank in range(1, self.pipe.launcher.nnodes):
+            note = _read(node_file(self.pipe.out, rank))
+            if note and (note.get("token") == self.token
+                         or (note.get("token") is None and note.get("at", 0) >= self.started)):
+                return f"node {rank} left the run: {note.get('error')}"
+        return None
+
     @classmethod
     def follow(cls, pipe, quiet: bool) -> dict[str, str]:
-        """A node of rank > 0: join node 0's torch stages until its run is over."""
-        from .runner import _execute
-        from .stages import KINDS
-
+        """A node of rank > 0: join node 0's torch stages until its run is over. However
+        this ends early, the node says so in its node file for node 0 to stop waiting."""
         rank = pipe.launcher.node_rank
-        run = cls._await_run(pipe.out, time.time())
-        torch_stages = [s for s in pipe.stages.values() if s.kind in KINDS and KINDS[s.kind].torch]
+        note = node_file(pipe.out, rank)
+        note.unlink(missing_ok=True)
+        token = None
+        try:
+            logs = claim_folder(pipe.out / "logs", "logs")
+            run = cls._await_run(pipe.out, time.time())
+            token = run["token"]
+            return cls._join(pipe, run, logs, rank, quiet)
+        except BaseException as e:
+            _write(note, {"token": token, "at": time.time(), "error": why(e)})
+            raise
+
+    @classmethod
+    def _join(cls, pipe, run: dict, logs: Path, rank: int, quiet: bool) -> dict[str, str]:
+        from .runner import _execute
+
         joined: dict[str, str] = {}
         while True:
             state = _read(pipe.out / RUN_FILE) or {}
             if state.get("token") != run["token"]:
                 raise UserError(pipe.out / RUN_FILE, "node 0 started another run", "start every node together")
-            stage = next((s for s in torch_stages if s.name not in joined
-                          and (_read(pipe.out / s.name / LAUNCH) or {}).get("token") == run["token"]), None)
-            if stage is None:
+            name = next((n for n in run["stages"] if n not in joined
+                         and (_read(pipe.out / n / LAUNCH) or {}).get("token") == run["token"]), None)
+            if name is None:
                 if state.get("done"):
                     break
                 time.sleep(POLL)
                 continue
-            command = _read(pipe.out / stage.name / LAUNCH)["argv"]
+            command = _read(pipe.out / name / LAUNCH)["argv"]
             argv = [a.replace("--node-rank=0", f"--node-rank={rank}") for a in command]
             if not quiet:
-                click.echo(f"node {rank}: joining {stage.name}")
-            _execute(argv, pipe.out / "logs" / f"{stage.name}.node{rank}.log", stage)
-            joined[stage.name] = "joined"
+                click.echo(f"node {rank}: joining {name}")
+            _execute(argv, logs / f"{name}.node{rank}.log", None, cls._leader_failed(pipe.out, run["token"]), name)
+            joined[name] = "joined"
+        if state.get("error"):
+            raise UserError(pipe.out / RUN_FILE, f"node 0's run failed: {state['error']}",
+                            "see node 0's output and OUT/logs/")
         if not quiet:
             click.echo(f"node {rank}: node 0's run is over; joined {len(joined)} torch stage(s)")
         return joined
+
+    @staticmethod
+    def _leader_failed(out: Path, token: str) -> Callable[[], str | None]:
+        def watch() -> str | None:
+            state = _read(out / RUN_FILE) or {}
+            if state.get("token") == token and state.get("error"):
+                return f"node 0's run failed: {state['error']}"
+            return None
+
+        return watch
 
     @staticmethod
     def _await_run(out: Path, since: float) -> dict:
         """Node 0's current run: one that started at most START_WINDOW before this node did."""
         while time.time() < since + START_WINDOW:
             run = _read(out / RUN_FILE)
-            if run and run.get("started", 0) >= since - START_WINDOW and not run.get("done"):
+            if run and run.get("started", 0) >= since - START_WINDOW and not run.get("done") and "stages" in run:
                 return run
             time.sleep(POLL)
         raise UserError(out / RUN_FILE, f"no run of node 0 started within {START_WINDOW:.0f} s of this node",

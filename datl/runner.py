@@ -18,9 +18,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -141,15 +143,19 @@ def run(pipe: Pipeline, force: bool = False, start: list[str] | None = None, qui
                 raise UserError("--from", f"no stage '{s}'", f"use one of {', '.join(_top_names(pipe))}")
             names |= hit
         forced |= pipe.downstream(names)
-    check_owned(pipe)
-    logs = claim_folder(pipe.out / "logs", "logs")
-    if pipe.launcher is not None and pipe.launcher.nnodes > 1:
+    several = pipe.launcher is not None and pipe.launcher.nnodes > 1
+    if several and pipe.launcher.node_rank > 0:
         from .nodes import Nodes
 
-        if pipe.launcher.node_rank > 0:
-            return Nodes.follow(pipe, quiet)
+        return Nodes.follow(pipe, quiet)  # node 0 checks and writes the stage folders
+    check_owned(pipe)
+    logs = claim_folder(pipe.out / "logs", "logs")
+    if several:
+        from .nodes import Nodes
+
         lock_folder(logs, "pipeline output")
-        with Nodes.lead(pipe) as nodes:
+        torch_stages = [s.name for s in pipe.stages.values() if s.kind in KINDS and KINDS[s.kind].torch]
+        with Nodes.lead(pipe, torch_stages) as nodes:
             return _run_stages(pipe, forced, logs, quiet, nodes)
     lock_folder(logs, "pipeline output")  # one `datl run` per output folder at a time
     return _run_stages(pipe, forced, logs, quiet, None)
@@ -185,9 +191,11 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
             argv = command_line(stage.kind, folder, {k: v if v.startswith("timm:") else str(pipe.ref_path(v))
                                                      for k, v in stage.inputs.items()},
                                 stage.params, pipe.device, cache, pipe.launcher, resume)
+            watch = None
             if nodes is not None and KINDS[stage.kind].torch:
                 nodes.launch(folder, argv)
-            _execute(argv, log, stage)
+                watch = nodes.gone
+            _execute(argv, log, stage, watch)
         seconds = time.time() - t0
         _write_json(folder / STAMP, {"key": key, "kind": stage.kind, "params": stage.params,
                                       "inputs": {k: {"ref": stage.inputs[k], "sha256": h} for k, h in inputs.items()},
@@ -243,22 +251,74 @@ def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
     return resumable
 
 
-def _execute(argv: list[str], log: Path, stage: Stage) -> None:
+def _execute(argv: list[str], log: Path, stage: Stage | None, watch: Callable[[], str | None] | None = None,
+             name: str | None = None) -> None:
+    """Run one stage's command with its output in ``log``. ``watch``, asked every second
+    while it runs, names a reason to stop it (another node has left the run)."""
+    name = name or stage.name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
         f.flush()
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         try:
-            rc = proc.wait()
+            reason = _wait(proc, watch)
         except BaseException:  # Ctrl-C, or SIGTERM from a scheduler: the stage goes too
             stop(proc)
             raise
-    if rc != 0:
+    if reason is None and proc.returncode != 0 and watch is not None:
+        reason = _settle(watch)  # lost its peers because another node went: say that, not the symptom
+    if reason is not None:
+        click.echo(" stopped", err=True)
+        raise StageFailed(name, 1, reason, log)
+    if proc.returncode != 0:
         click.echo(" failed", err=True)
-        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        raise StageFailed(stage.name, rc, last.removeprefix("error: "), log)
+        raise StageFailed(name, proc.returncode, last_words(log.read_text()), log)
+
+
+_EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?([\w.]*(?:Error|Exception|Exit)\b:?.*)$")
+
+
+def last_words(text: str) -> str:
+    """The line that says why a stage failed: its last ``error:`` line (datl's own, maybe
+    behind a ``[rankN]:`` prefix), else the last exception line, else the last line that is
+    not torchrun's ``====`` frame."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        m = re.match(r"^(?:\[rank\d+\]:\s*)?error: (.*)$", ln)
+        if m:
+            return m.group(1)
+    for ln in reversed(lines):
+        m = _EXCEPTION.match(ln)
+        if m and not m.group(1).startswith("torch.distributed.elastic.multiprocessing.errors.ChildFailedError"):
+            return m.group(1)
+    return next((ln for ln in reversed(lines) if set(ln) - set("=-")), "")
+
+
+def _settle(watch: Callable[[], str | None], seconds: float = 10.0) -> str | None:
+    """After a stage failed on a node of several: the other node's reason, if it gives one soon."""
+    deadline = time.time() + seconds
+    while True:
+        reason = watch()
+        if reason is not None or time.time() > deadline:
+            return reason
+        time.sleep(0.25)
+
+
+def _wait(proc: subprocess.Popen, watch: Callable[[], str | None] | None) -> str | None:
+    """Wait for the stage's process; if ``watch`` names a reason first, stop it and return that."""
+    if watch is None:
+        proc.wait()
+        return None
+    while True:
+        try:
+            proc.wait(1.0)
+            return None
+        except subprocess.TimeoutExpired:
+            reason = watch()
+            if reason is not None:
+                stop(proc)
+                return reason
 
 
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
