@@ -8,7 +8,7 @@ import click
 
 from .cli import CONTEXT
 from .errors import UserError
-from .io import Manifest
+from .io import Manifest, refuse_clobber
 from .show import describe, family_line, summary_table
 
 
@@ -53,23 +53,29 @@ def manifest_show(path: Path, top: int) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--files/--no-files", default=True, show_default=True,
               help="Also check that every image file exists and decodes.")
+@click.option("--list", "listing", type=click.Path(path_type=Path), metavar="CSV",
+              help="Write every unreadable or warned image to CSV (columns id, kind, problem), e.g. to drop "
+                   "those rows; the screen shows the first 20 of each kind.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def manifest_validate(path: Path, files: bool, quiet: bool) -> None:
+def manifest_validate(path: Path, files: bool, listing: Path | None, quiet: bool) -> None:
     """Check the schema, labels in range, unique ids and (by default) every image file."""
     from .validate import validate_manifest
 
-    report = validate_manifest(path, check_files=files, progress=not quiet)
-    for line in report.warned[:20]:
+    if listing is not None:
+        refuse_clobber({"--list": listing}, {"PATH": path})
+    report = validate_manifest(path, check_files=files, progress=not quiet, listing=listing if files else None)
+    more = f"; all of them in {listing}" if listing is not None and files else "; --list CSV writes all of them"
+    for line in report.warned_examples:
         click.echo(f"  decoded with a warning: {line}")
     if report.warned:
-        click.echo(f"warning: {len(report.warned):,} image(s) decode with a warning from PIL; they are used as "
-                   "decoded (look at them if the warning says the file is damaged)", err=True)
-    if report.bad_files:
-        for line in report.bad_files[:20]:
+        click.echo(f"warning: {report.warned:,} image(s) decode with a warning from PIL; they are used as "
+                   f"decoded (look at them if the warning says the file is damaged){more}", err=True)
+    if report.bad:
+        for line in report.bad_examples:
             click.echo(f"  unreadable: {line}")
-        raise UserError(path, f"{len(report.bad_files)} of {report.files_checked} image file(s) are missing or "
-                              f"unreadable (first: {report.bad_files[0]})",
-                        "restore those files or drop their rows")
+        raise UserError(path, f"{report.bad:,} of {report.files_checked:,} image file(s) are missing or "
+                              f"unreadable (first: {report.bad_examples[0]})",
+                        f"restore those files or drop their rows (every stage skips and counts them){more}")
     what = f"{report.files_checked:,} images checked" if files else "image files not checked"
     classes = f", {report.classes} classes" if report.classes else ", unlabeled"
     click.echo(f"ok: {path}: {report.rows:,} rows{classes}, ids unique, {what}")

@@ -1,6 +1,7 @@
 """``datl manifest validate``: schema, labels in range, unique ids, every file exists and opens."""
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass, field
 
@@ -9,18 +10,35 @@ from tqdm import tqdm
 
 from .images import DECODE_ERRORS, load_image
 from .errors import ManifestError
-from .io import Manifest, open_manifest
+from .io import Manifest, atomic_output, open_manifest
 from .shards import Address, AddressColumns
+
+
+EXAMPLES = 20  # lines of each kind a report keeps; the counts cover all, --list has every one
 
 
 @dataclass
 class ValidationReport:
+    """What was checked. Holds counts and the first EXAMPLES lines of each kind, never a
+    line per image, so memory does not grow with a source of 10^8 rows and many bad files."""
     rows: int
     classes: int | None
     files_checked: int = 0
-    bad_files: list[str] = field(default_factory=list)  # "path: reason"
     unlabeled: int = 0  # rows of a labeled manifest with a null label
-    warned: list[str] = field(default_factory=list)  # "path: warning": decoded, but PIL warned
+    bad: int = 0  # missing or unreadable image files
+    warned: int = 0  # decoded, but PIL warned
+    bad_examples: list[str] = field(default_factory=list)  # "path: reason"
+    warned_examples: list[str] = field(default_factory=list)  # "path: warning"
+
+    def add(self, bad: str | None, warned: str | None) -> None:
+        if bad is not None:
+            self.bad += 1
+            if len(self.bad_examples) < EXAMPLES:
+                self.bad_examples.append(bad)
+        if warned is not None:
+            self.warned += 1
+            if len(self.warned_examples) < EXAMPLES:
+                self.warned_examples.append(warned)
 
 
 def allows_repeated_ids(m: Manifest) -> bool:
@@ -40,18 +58,28 @@ def _check_file(where: Address) -> tuple[str | None, str | None]:
     return None, f"{where}: {notes[0]}" if notes else None
 
 
-def _check_part(path: str, lo: int, hi: int) -> list[tuple[str | None, str | None]]:
+def _check_part(path: str, lo: int, hi: int) -> list[tuple[str, str | None, str | None]]:
+    """(id, why unreadable, PIL's warning) of each row in [lo, hi) with something to say."""
     m = Manifest(path)
-    where = AddressColumns(m.read_range(lo, hi, ["path", *m.address_columns]), str(m.folder))
-    return [_check_file(where.address(i)) for i in range(len(where))]
+    table = m.read_range(lo, hi, ["id", "path", *m.address_columns])
+    where, ids = AddressColumns(table, str(m.folder)), table.column("id")
+    out = []
+    for i in range(len(where)):
+        bad, warned = _check_file(where.address(i))
+        if bad is not None or warned is not None:
+            out.append((str(ids[i].as_py()), bad, warned))
+    return out
 
 
 def validate_manifest(path: str | os.PathLike, check_files: bool = True, progress: bool = True,
-                      workers: int | None = None) -> ValidationReport:
+                      workers: int | None = None, listing: str | os.PathLike | None = None) -> ValidationReport:
     """Raise ManifestError (one line) on a broken contract; return what was checked.
 
-    Unreadable image files do not raise: they are listed in the report, and the
-    CLI turns a non-empty list into exit 2.
+    Unreadable image files do not raise: they are counted in the report (with the first
+    few as examples), and the CLI turns a count above zero into exit 2. ``listing``, if
+    given, receives every unreadable or warned image as CSV rows ``id,kind,problem``
+    (kind ``unreadable`` or ``warning``), written as the check goes and renamed into place
+    when it is complete.
     """
     m = open_manifest(path)
     report = ValidationReport(rows=m.num_rows, classes=len(m.classes) if m.classes else None)
@@ -69,11 +97,17 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True, progres
                                 "make ids unique (only a with-replacement sample may repeat them)")
     del ids
     if check_files:
-        _check_files(m, report, progress, workers)
+        if listing is None:
+            _check_files(m, report, progress, workers, None)
+        else:
+            with atomic_output(listing) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["id", "kind", "problem"])
+                _check_files(m, report, progress, workers, writer)
     return report
 
 
-def _check_files(m: Manifest, report: ValidationReport, progress: bool, workers: int | None) -> None:
+def _check_files(m: Manifest, report: ValidationReport, progress: bool, workers: int | None, writer) -> None:
     """Decode every image, in forked worker processes (decoding is CPU-bound, and PIL's warnings
     are captured per process: threads would mix up whose warning is whose). Parts of 1,024 rows
     are handed out a window at a time, so memory does not grow with the manifest."""
@@ -88,10 +122,10 @@ def _check_files(m: Manifest, report: ValidationReport, progress: bool, workers:
         for w in range(0, len(starts), window):
             parts = [(str(m.path), lo, min(lo + step, m.num_rows)) for lo in starts[w:w + window]]
             for (_, lo, hi), results in zip(parts, pool.map(_check_part, *zip(*parts))):
-                for bad, warned in results:
-                    if bad is not None:
-                        report.bad_files.append(bad)
-                    if warned is not None:
-                        report.warned.append(warned)
+                for id_, bad, warned in results:
+                    report.add(bad, warned)
+                    if writer is not None:
+                        writer.writerows([id_, kind, line] for kind, line in (("unreadable", bad), ("warning", warned))
+                                         if line is not None)
                 bar.update(hi - lo)
                 report.files_checked += hi - lo

@@ -121,3 +121,41 @@ def test_validate_lists_warned_images_and_passes_without_the_huge_one(folder, tm
     assert res.returncode == 0, res.stderr
     assert "decoded with a warning: " in res.stdout and "warned.jpg" in res.stdout
     assert "1 image(s) decode with a warning from PIL" in res.stderr
+
+
+def test_validate_counts_every_bad_file_keeps_twenty_and_lists_all(folder, tmp_path):
+    """A source with many bad files: the report holds counts and 20 examples per kind (memory
+    does not grow with the bad files), the screen shows those 20, --list CSV has every one."""
+    import csv
+
+    from manifests.validate import EXAMPLES, validate_manifest
+
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes((folder / "ok0.png").read_bytes()[:60])
+    paths = [str(tmp_path / f"gone{i}.png") for i in range(30)] + [str(truncated), str(folder / "huge.png"),
+                                                                      str(folder / "warned.jpg"), str(folder / "ok1.png")]
+    ids = [f"id{i}" for i in range(len(paths))]
+    m = tiny_manifest(tmp_path / "m.parquet", paths, [0] * len(paths), ["a"], ids=ids)
+    report = validate_manifest(m, progress=False, workers=2, listing=tmp_path / "api.csv")
+    assert (report.bad, report.warned, report.files_checked) == (32, 1, 34)
+    assert len(report.bad_examples) == EXAMPLES == 20 and report.warned_examples[0].startswith(str(folder / "warned"))
+    rows = list(csv.DictReader(open(tmp_path / "api.csv")))
+    assert sorted(r["id"] for r in rows if r["kind"] == "unreadable") == sorted(ids[:32])
+    assert [r["id"] for r in rows if r["kind"] == "warning"] == ["id32"]
+    assert {r["problem"].rsplit(": ", 1)[-1] for r in rows[:30]} == {"missing"}
+    assert any("ImageTooLarge" in r["problem"] for r in rows) and any("truncated.png" in r["problem"] for r in rows)
+
+    res = cli("datl", "manifest", "validate", str(m), "-q", "--list", str(tmp_path / "bad.csv"))
+    assert res.returncode == 2
+    assert res.stdout.count("  unreadable: ") == 20
+    assert "32 of 34 image file(s) are missing or unreadable" in res.stderr and "bad.csv" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 2  # the warned line and the error line, no traceback
+    assert list(csv.DictReader(open(tmp_path / "bad.csv"))) == rows  # written although the check failed
+    res = cli("datl", "manifest", "validate", str(m), "-q", "--list", str(m))
+    assert res.returncode == 2 and "--list" in res.stderr and pq_rows(m) == len(paths)  # the manifest is untouched
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows

@@ -98,7 +98,7 @@ def test_bad_shards_are_counted_not_fatal(demo_small, tar_source, tmp_path):
     assert not any(500 <= i < 1000 for i in bad)
     assert "past the end of its shard" in ds[499].error and "src-000002.tar" in ds[1000].error
     res = cli("datl", "manifest", "validate", str(tmp_path / "m.parquet"), "-q")
-    assert res.returncode == 2 and f"{len(bad)} of 1246 image" in res.stderr
+    assert res.returncode == 2 and f"{len(bad)} of 1,246 image" in res.stderr
 
     # a corrupt tar and a mixed-label shard folder are build errors: one line, nothing written
     (tmp_path / "junk").mkdir()
