@@ -3,8 +3,9 @@
 Node 0 writes ``OUT/.datl-run.json`` (its run's token, start time, its torch stages,
 whether the run is over and, if it failed, why) and, before each torch stage,
 ``OUT/<stage>/launch.json`` (the token and the exact torchrun command). A follower waits
-for a run that started within ``START_WINDOW`` seconds of itself, then joins every torch
-stage of that run, in order, with its own node rank, until the run is over. Node 0's
+for a run that started within ``START_WINDOW`` seconds of itself (or one already over that
+started within ``DONE_WINDOW``: node 0 had nothing to run), then joins every torch stage of
+that run, in order, with its own node rank, until the run is over. Node 0's
 decisions (skip, resume, force) are the followers' by construction: they run node 0's
 command. The output folder must be shared by the nodes.
 
@@ -31,6 +32,7 @@ from manifests import UserError, atomic_output, claim_folder
 RUN_FILE = ".datl-run.json"
 LAUNCH = "launch.json"
 START_WINDOW = 600.0  # seconds between the first and the last node's start
+DONE_WINDOW = 60.0  # a run already over counts as this node's if it started this close before it
 POLL = 0.25
 
 
@@ -122,11 +124,11 @@ class Nodes:
             state = _read(pipe.out / RUN_FILE) or {}
             if state.get("token") != run["token"]:
                 raise UserError(pipe.out / RUN_FILE, "node 0 started another run", "start every node together")
+            if state.get("done"):  # a stage node 0 launched could not end without this node
+                break
             name = next((n for n in run["stages"] if n not in joined
                          and (_read(pipe.out / n / LAUNCH) or {}).get("token") == run["token"]), None)
             if name is None:
-                if state.get("done"):
-                    break
                 time.sleep(POLL)
                 continue
             command = _read(pipe.out / name / LAUNCH)["argv"]
@@ -154,11 +156,15 @@ class Nodes:
 
     @staticmethod
     def _await_run(out: Path, since: float) -> dict:
-        """Node 0's current run: one that started at most START_WINDOW before this node did."""
+        """Node 0's current run: one that started at most START_WINDOW before this node did,
+        or one already over that started at most DONE_WINDOW before (node 0 found every stage
+        up to date and was done before this node looked: nothing to join)."""
         while time.time() < since + START_WINDOW:
             run = _read(out / RUN_FILE)
-            if run and run.get("started", 0) >= since - START_WINDOW and not run.get("done") and "stages" in run:
-                return run
+            if run and "stages" in run:
+                started = run.get("started", 0)
+                if started >= since - (DONE_WINDOW if run.get("done") else START_WINDOW):
+                    return run
             time.sleep(POLL)
         raise UserError(out / RUN_FILE, f"no run of node 0 started within {START_WINDOW:.0f} s of this node",
                         "start `datl run` on node 0 too, with the same pipeline and out folder")

@@ -130,6 +130,14 @@ def test_datl_run_on_two_nodes_equals_one_node(demo_small, tmp_path):
             assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
             assert "joining model" in out1 and "joined 1 torch stage" in out1
             assert (d / "out" / "logs" / "model.node1.log").exists()
+            # again, everything up to date: node 0 is done before node 1 starts; node 1 sees
+            # that run is over and ends at once (it used to wait 10 minutes for another)
+            again = [str(BIN / "datl"), "run", str(d / "p.yaml"), "--launcher", "torchrun", "--nproc-per-node", "1",
+                     "--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--node-rank"]
+            res = subprocess.run([*again, "0"], capture_output=True, text=True, timeout=120, env=ENV)
+            assert res.returncode == 0 and "0 stage(s) ran, 2 up to date" in res.stdout, res.stderr
+            res = subprocess.run([*again, "1"], capture_output=True, text=True, timeout=60, env=ENV)
+            assert res.returncode == 0 and "joined 0 torch stage(s)" in res.stdout, res.stderr
         runs[nodes] = d / "out" / "model"
     a, b = weights(runs[1]), weights(runs[2])
     assert all(np.array_equal(a[k], b[k]) for k in a)
