@@ -71,8 +71,8 @@ class Nodes:
     def lead(cls, pipe, torch_stages: list[str]) -> Iterator[Nodes]:
         """Node 0: announce the run; say it is over however it ends, and why if it failed."""
         nodes = cls(pipe, uuid.uuid4().hex, time.time())
-        state = {"token": nodes.token, "started": nodes.started, "stages": torch_stages, "done": False}
-        _write(pipe.out / RUN_FILE, state)
+        nodes.state = {"token": nodes.token, "started": nodes.started, "stages": torch_stages, "done": False}
+        _write(pipe.out / RUN_FILE, nodes.state)
         error = None
         try:
             yield nodes
@@ -80,7 +80,11 @@ class Nodes:
             error = why(e)
             raise
         finally:
-            _write(pipe.out / RUN_FILE, {**state, "done": True, "error": error})
+            _write(pipe.out / RUN_FILE, {**nodes.state, "done": True, "error": error})
+
+    def fail(self, reason: str) -> None:
+        """Node 0, about to stop a torch stage: the followers learn why before their peers vanish."""
+        _write(self.pipe.out / RUN_FILE, {**self.state, "done": True, "error": reason})
 
     def launch(self, folder: Path, argv: list[str]) -> None:
         """Node 0, about to start a torch stage: its command, for the followers to join."""
@@ -135,7 +139,9 @@ class Nodes:
             argv = [a.replace("--node-rank=0", f"--node-rank={rank}") for a in command]
             if not quiet:
                 click.echo(f"node {rank}: joining {name}")
-            _execute(argv, logs / f"{name}.node{rank}.log", None, cls._leader_failed(pipe.out, run["token"]), name)
+            _execute(argv, logs / f"{name}.node{rank}.log", None, cls._leader_failed(pipe.out, run["token"]), name,
+                     announce=lambda reason: _write(node_file(pipe.out, rank), {"token": run["token"], "at": time.time(),
+                                                                               "error": reason}))
             joined[name] = "joined"
         if state.get("error"):
             raise UserError(pipe.out / RUN_FILE, f"node 0's run failed: {state['error']}",

@@ -30,6 +30,7 @@ import click
 
 from manifests import OWNED, UserError, atomic_output, claim_folder, file_sha256, lock_folder, remove_owned
 
+from .nodes import why
 from .pipeline import COMPARE, Pipeline, Stage, ref_file, ref_stage
 from .stages import KINDS, command_line
 
@@ -191,11 +192,11 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
             argv = command_line(stage.kind, folder, {k: v if v.startswith("timm:") else str(pipe.ref_path(v))
                                                      for k, v in stage.inputs.items()},
                                 stage.params, pipe.device, cache, pipe.launcher, resume)
-            watch = None
+            watch = announce = None
             if nodes is not None and KINDS[stage.kind].torch:
                 nodes.launch(folder, argv)
-                watch = nodes.gone
-            _execute(argv, log, stage, watch)
+                watch, announce = nodes.gone, nodes.fail
+            _execute(argv, log, stage, watch, announce=announce)
         seconds = time.time() - t0
         _write_json(folder / STAMP, {"key": key, "kind": stage.kind, "params": stage.params,
                                       "inputs": {k: {"ref": stage.inputs[k], "sha256": h} for k, h in inputs.items()},
@@ -252,9 +253,11 @@ def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
 
 
 def _execute(argv: list[str], log: Path, stage: Stage | None, watch: Callable[[], str | None] | None = None,
-             name: str | None = None) -> None:
+             name: str | None = None, announce: Callable[[str], None] | None = None) -> None:
     """Run one stage's command with its output in ``log``. ``watch``, asked every second
-    while it runs, names a reason to stop it (another node has left the run)."""
+    while it runs, names a reason to stop it (another node has left the run); ``announce``
+    tells the other nodes why this one stops, before its stage is stopped (which may take
+    a while), so they do not mistake the lost connection for the reason."""
     name = name or stage.name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
@@ -262,8 +265,10 @@ def _execute(argv: list[str], log: Path, stage: Stage | None, watch: Callable[[]
         f.flush()
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         try:
-            reason = _wait(proc, watch)
-        except BaseException:  # Ctrl-C, or SIGTERM from a scheduler: the stage goes too
+            reason = _wait(proc, watch, announce)
+        except BaseException as e:  # Ctrl-C, or SIGTERM from a scheduler: the stage goes too
+            if announce is not None:
+                announce(why(e))
             stop(proc)
             raise
     if reason is None and proc.returncode != 0 and watch is not None:
@@ -305,7 +310,8 @@ def _settle(watch: Callable[[], str | None], seconds: float = 10.0) -> str | Non
         time.sleep(0.25)
 
 
-def _wait(proc: subprocess.Popen, watch: Callable[[], str | None] | None) -> str | None:
+def _wait(proc: subprocess.Popen, watch: Callable[[], str | None] | None,
+          announce: Callable[[str], None] | None) -> str | None:
     """Wait for the stage's process; if ``watch`` names a reason first, stop it and return that."""
     if watch is None:
         proc.wait()
@@ -317,6 +323,8 @@ def _wait(proc: subprocess.Popen, watch: Callable[[], str | None] | None) -> str
         except subprocess.TimeoutExpired:
             reason = watch()
             if reason is not None:
+                if announce is not None:
+                    announce(reason)
                 stop(proc)
                 return reason
 
