@@ -19,6 +19,7 @@ node that never comes, so each side watches the other while its stage runs:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -60,6 +61,11 @@ def why(e: BaseException) -> str:
 def node_file(out: Path, rank: int) -> Path:
     """Where the follower of rank ``rank`` says it has left the run."""
     return out / f".datl-node{rank}.json"
+
+
+def leave(out: Path, rank: int, token: str | None, reason: str) -> None:
+    """A follower leaves the run (token None: before it found one), saying why."""
+    _write(node_file(out, rank), {"token": token, "at": time.time(), "error": reason})
 
 
 class Nodes:
@@ -107,8 +113,7 @@ class Nodes:
         """A node of rank > 0: join node 0's torch stages until its run is over. However
         this ends early, the node says so in its node file for node 0 to stop waiting."""
         rank = pipe.launcher.node_rank
-        note = node_file(pipe.out, rank)
-        note.unlink(missing_ok=True)
+        node_file(pipe.out, rank).unlink(missing_ok=True)
         token = None
         try:
             logs = claim_folder(pipe.out / "logs", "logs")
@@ -116,7 +121,7 @@ class Nodes:
             token = run["token"]
             return cls._join(pipe, run, logs, rank, quiet)
         except BaseException as e:
-            _write(note, {"token": token, "at": time.time(), "error": why(e)})
+            leave(pipe.out, rank, token, why(e))
             raise
 
     @classmethod
@@ -140,8 +145,7 @@ class Nodes:
             if not quiet:
                 click.echo(f"node {rank}: joining {name}")
             _execute(argv, logs / f"{name}.node{rank}.log", None, cls._leader_failed(pipe.out, run["token"]), name,
-                     announce=lambda reason: _write(node_file(pipe.out, rank), {"token": run["token"], "at": time.time(),
-                                                                               "error": reason}))
+                     announce=functools.partial(leave, pipe.out, rank, run["token"]))
             joined[name] = "joined"
         if state.get("error"):
             raise UserError(pipe.out / RUN_FILE, f"node 0's run failed: {state['error']}",
