@@ -67,9 +67,10 @@ def dedup(**kw) -> None:
     """Find source images that are copies or near copies of target images.
 
     Three checks: byte-identical files (content hash, whatever the model); pixel
-    descriptors (a 16x16 thumbnail correlation against 104 views (crops, two small rotations, one on black) of each target
-    image; a thumbnail over 90% background or nearly blank matches nothing); and the model's pooled features. The target is indexed with FAISS, the
-    source streamed through it. Everything is cached, so new thresholds are instant.
+    descriptors (a 16x16 thumbnail correlation against 107 views of each target
+    image: crops, two small rotations, one on black, three with hues turned; a
+    thumbnail over 90% background or nearly blank matches nothing); and the model's
+    pooled features. The target is indexed with FAISS, the source streamed through it. Everything is cached, so new thresholds are instant.
     """
     from .dedup.stage import run
 

@@ -4,7 +4,7 @@
 | -------------- | ----- |
 | stage.py       | DedupConfig and run(): target side, source chunks per rank, merge |
 | checks.py      | the three checks (exact, pixel, feature) on one chunk, and how their hits combine |
-| pixel.py       | content hashes and the model-free pixel descriptor (104 views per target image: crops, two small rotations, one flattened on black) |
+| pixel.py       | content hashes and the model-free pixel descriptor (107 views per target image: crops, two small rotations, one flattened on black, three with hues turned) |
 | index.py       | FAISS over the target (flat or IVF), source streamed as queries |
 | cache.py       | the target side and per-chunk results on disk: resume, and new thresholds for free |
 | calibration.py | --calibrate: planted edited copies, recall and false positives per threshold |

@@ -5,9 +5,9 @@ target image it matched (``match`` says which check):
 
 - ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
   is a duplicate (similarity 1.0) whatever the thresholds or the model.
-- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (104 views
+- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (107 views
   per target image); cosine similarity >= ``--pixel-threshold``. Catches edited copies
-  (crop, blur, JPEG, resize, colour, small rotation) without being fooled by two
+  (crop, blur, JPEG, resize, colour, recolour, small rotation) without being fooled by two
   different images of one class.
 - ``feature``: the model's pooled features, L2-normalised; cosine similarity >=
   ``--threshold``. Catches what survives in the model's eyes but not in pixels.
