@@ -13,8 +13,9 @@ thresholds:
     recall per edit, and over the edits   (goal >= 0.95)
     false-positive rate                   ordinary Oxygen icons flagged (goal <= 0.5%)
 
-Seed 0 is the validation plant: the views and the plain rule were chosen on it. Seed 1 (and
-the suite's test, on every 2nd icon) is reported.
+Seed 0 is the validation plant: the views (hue views included) and the plain rule were chosen
+on it. Seeds 1-5 (and the suite's test, seed 1 on every 2nd icon) are reported
+(bench/RESULTS.md).
 
     apt-get install oxygen-icon-theme mate-icon-theme     # once
     python bench/colour_dedup.py --seed 1 [--index auto|flat|ivf] [--work /tmp/datl-colour]
@@ -41,7 +42,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/datl-colour")
     ap.add_argument("--index", default="auto", choices=["auto", "flat", "ivf"])
     ap.add_argument("--plant", type=int, default=550)
-    ap.add_argument("--seed", type=int, default=1, help="0: the validation plant; 1: the reported one")
+    ap.add_argument("--seed", type=int, default=1, help="0: the validation plant; 1-5: the reported ones")
     args = ap.parse_args()
     work = Path(args.work)
     try:
