@@ -70,7 +70,8 @@ def dedup(**kw) -> None:
     descriptors (a 16x16 thumbnail correlation against 107 views of each target
     image: crops, two small rotations, one on black, three with hues turned; a
     thumbnail over 90% background or nearly blank matches nothing); and the model's
-    pooled features. The target is indexed with FAISS, the source streamed through it. Everything is cached, so new thresholds are instant.
+    pooled features. The target is indexed with FAISS, the source streamed through
+    it. Everything is cached, so new thresholds are instant.
     """
     from .dedup.stage import run
 

@@ -69,15 +69,21 @@ def leave(out: Path, rank: int, token: str | None, reason: str) -> None:
 
 
 class Nodes:
-    def __init__(self, pipe, token: str, started: float):
-        self.pipe, self.token, self.started = pipe, token, started
+    """Node 0's side of a run: what its run file says."""
+
+    def __init__(self, pipe, torch_stages: list[str]):
+        self.pipe = pipe
+        self.state = {"token": uuid.uuid4().hex, "started": time.time(), "stages": torch_stages, "done": False}
+
+    @property
+    def token(self) -> str:
+        return self.state["token"]
 
     @classmethod
     @contextlib.contextmanager
     def lead(cls, pipe, torch_stages: list[str]) -> Iterator[Nodes]:
         """Node 0: announce the run; say it is over however it ends, and why if it failed."""
-        nodes = cls(pipe, uuid.uuid4().hex, time.time())
-        nodes.state = {"token": nodes.token, "started": nodes.started, "stages": torch_stages, "done": False}
+        nodes = cls(pipe, torch_stages)
         _write(pipe.out / RUN_FILE, nodes.state)
         error = None
         try:
@@ -86,10 +92,11 @@ class Nodes:
             error = why(e)
             raise
         finally:
-            _write(pipe.out / RUN_FILE, {**nodes.state, "done": True, "error": error})
+            nodes.fail(error)
 
-    def fail(self, reason: str) -> None:
-        """Node 0, about to stop a torch stage: the followers learn why before their peers vanish."""
+    def fail(self, reason: str | None) -> None:
+        """Node 0: the run is over, and why if it failed; written before a torch stage is stopped,
+        so the followers learn why before their peers vanish."""
         _write(self.pipe.out / RUN_FILE, {**self.state, "done": True, "error": reason})
 
     def launch(self, folder: Path, argv: list[str]) -> None:
@@ -104,7 +111,7 @@ class Nodes:
         for rank in range(1, self.pipe.launcher.nnodes):
             note = _read(node_file(self.pipe.out, rank))
             if note and (note.get("token") == self.token
-                         or (note.get("token") is None and note.get("at", 0) >= self.started)):
+                         or (note.get("token") is None and note.get("at", 0) >= self.state["started"])):
                 return f"node {rank} left the run: {note.get('error')}"
         return None
 
@@ -144,8 +151,8 @@ class Nodes:
             argv = [a.replace("--node-rank=0", f"--node-rank={rank}") for a in command]
             if not quiet:
                 click.echo(f"node {rank}: joining {name}")
-            _execute(argv, logs / f"{name}.node{rank}.log", None, cls._leader_failed(pipe.out, run["token"]), name,
-                     announce=functools.partial(leave, pipe.out, rank, run["token"]))
+            _execute(argv, logs / f"{name}.node{rank}.log", name, cls._leader_failed(pipe.out, run["token"]),
+                     functools.partial(leave, pipe.out, rank, run["token"]))
             joined[name] = "joined"
         if state.get("error"):
             raise UserError(pipe.out / RUN_FILE, f"node 0's run failed: {state['error']}",

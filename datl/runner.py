@@ -196,7 +196,7 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
             if nodes is not None and KINDS[stage.kind].torch:
                 nodes.launch(folder, argv)
                 watch, announce = nodes.gone, nodes.fail
-            _execute(argv, log, stage, watch, announce=announce)
+            _execute(argv, log, stage.name, watch, announce)
         seconds = time.time() - t0
         _write_json(folder / STAMP, {"key": key, "kind": stage.kind, "params": stage.params,
                                       "inputs": {k: {"ref": stage.inputs[k], "sha256": h} for k, h in inputs.items()},
@@ -252,13 +252,12 @@ def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
     return resumable
 
 
-def _execute(argv: list[str], log: Path, stage: Stage | None, watch: Callable[[], str | None] | None = None,
-             name: str | None = None, announce: Callable[[str], None] | None = None) -> None:
+def _execute(argv: list[str], log: Path, name: str, watch: Callable[[], str | None] | None = None,
+             announce: Callable[[str], None] | None = None) -> None:
     """Run one stage's command with its output in ``log``. ``watch``, asked every second
     while it runs, names a reason to stop it (another node has left the run); ``announce``
     tells the other nodes why this one stops, before its stage is stopped (which may take
     a while), so they do not mistake the lost connection for the reason."""
-    name = name or stage.name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log, "w") as f:
         f.write("$ " + " ".join(argv) + "\n")
