@@ -20,6 +20,7 @@ on it. Seeds 1-5 (and the suite's test, seed 1 on every 2nd icon) are reported
     apt-get install oxygen-icon-theme mate-icon-theme     # once
     python bench/colour_dedup.py --seed 1 [--index auto|flat|ivf] [--work /tmp/datl-colour]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,26 @@ def main() -> None:
     except FileNotFoundError:
         sys.exit(f"needs the icon themes: apt-get install {' '.join(PACKAGES)}")
     out = work / f"dups-s{args.seed}-{args.index}.parquet"
-    res = subprocess.run([str(Path(sys.executable).parent / "curate"), "dedup", "--source", str(icons.source),
-                          "--target", str(icons.target), "--no-feature", "--index", args.index, "--out", str(out),
-                          "--cache", str(work / "cache"), "-q"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "curate"),
+            "dedup",
+            "--source",
+            str(icons.source),
+            "--target",
+            str(icons.target),
+            "--no-feature",
+            "--index",
+            args.index,
+            "--out",
+            str(out),
+            "--cache",
+            str(work / "cache"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if res.returncode:
         sys.exit(res.stderr)
     s = score(icons, set(pq.read_table(out).column("id").to_pylist()))
@@ -61,9 +79,11 @@ def main() -> None:
     print(f"index {args.index}: {res.stdout.strip().splitlines()[0][:200]}")
     for e, (hit, tot) in s["recall"].items():
         print(f"  recall {e:9s} {hit:3d}/{tot:3d} = {hit / tot:.3f}")
-    print(f"recall {s['recall_edits']:.3f} of {s['n_edits']} planted edited copies (goal >= 0.95; redraw apart); "
-          f"false positives {s['false_positives']}/{s['n_ordinary']} = {s['fp_rate']:.2%} of ordinary icons "
-          f"(goal <= 0.5%)")
+    print(
+        f"recall {s['recall_edits']:.3f} of {s['n_edits']} planted edited copies (goal >= 0.95; redraw apart); "
+        f"false positives {s['false_positives']}/{s['n_ordinary']} = {s['fp_rate']:.2%} of ordinary icons "
+        f"(goal <= 0.5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ mode converted explicitly) cost against PIL's bare open + load + convert, on the
 
     python bench/decode.py [--manifest demo/data/source.parquet] [--n 4000] [--mode L]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from manifests import open_manifest  # noqa: E402
-from manifests.images import decode_bytes  # noqa: E402
-from manifests.shards import read_bytes  # noqa: E402
+from datl.manifests import open_manifest  # noqa: E402
+from datl.manifests.images import decode_bytes  # noqa: E402
+from datl.manifests.reading import read_bytes  # noqa: E402
 
 
 def bare(data: bytes, mode: str) -> Image.Image:

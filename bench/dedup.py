@@ -11,6 +11,7 @@ copies: their best match is their original at similarity >= 0.90 (goal >= 0.99).
 
     python bench/dedup.py                      # 1M queries against 100k targets
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.dedup import best_match, build_index  # noqa: E402
+from datl.curate.dedup import best_match, build_index  # noqa: E402
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ def main() -> None:
         out = np.empty((n, args.dim), np.float32)
         for i in range(0, n, 100_000):
             m = min(100_000, n - i)
-            out[i:i + m] = unit(centers[rng.integers(0, 1000, m)] + 0.9 * rng.normal(size=(m, args.dim)))
+            out[i : i + m] = unit(centers[rng.integers(0, 1000, m)] + 0.9 * rng.normal(size=(m, args.dim)))
         return out
 
     target = cloud(args.targets)
@@ -60,12 +61,17 @@ def main() -> None:
 
     def recall(sims: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> float:
         where = {int(r): i for i, r in enumerate(rows)}
-        hit = [pos[where[int(q)]] == o and sims[where[int(q)]] >= args.threshold
-               for q, o in zip(planted_at, originals) if int(q) in where]
+        hit = [
+            pos[where[int(q)]] == o and sims[where[int(q)]] >= args.threshold
+            for q, o in zip(planted_at, originals)
+            if int(q) in where
+        ]
         return float(np.mean(hit)), len(hit)
 
-    print(f"targets {args.targets:,}  queries {args.queries:,} ({n_planted:,} planted, cosine to original "
-          f"{cos.mean():.3f} +- {cos.std():.3f})  d {args.dim}  threads {len(os.sched_getaffinity(0))}")
+    print(
+        f"targets {args.targets:,}  queries {args.queries:,} ({n_planted:,} planted, cosine to original "
+        f"{cos.mean():.3f} +- {cos.std():.3f})  d {args.dim}  threads {len(os.sched_getaffinity(0))}"
+    )
 
     flat, fdesc = build_index(target, "flat")
     sub = np.union1d(planted_at, rng.choice(args.queries, args.flat_queries, replace=False))
@@ -83,8 +89,9 @@ def main() -> None:
     irec, inn = recall(is_, ip, np.arange(args.queries))
 
     print(f"flat  {fdesc:<45} {flat_qps:10,.0f} queries/s   planted recall {frec:.4f} (of {fn:,})")
-    print(f"ivf   {idesc:<45} {ivf_qps:10,.0f} queries/s   planted recall {irec:.4f} (of {inn:,})"
-          f"   build {build_s:.1f} s")
+    print(
+        f"ivf   {idesc:<45} {ivf_qps:10,.0f} queries/s   planted recall {irec:.4f} (of {inn:,})   build {build_s:.1f} s"
+    )
     print(f"speed-up ivf/flat {ivf_qps / flat_qps:.1f}x (goal >= 20)   ivf recall {irec:.4f} (goal >= 0.99)")
 
 

@@ -14,6 +14,7 @@ columns read. Goals: ours within 2x of the floor; peak RSS under 3x the columns'
 
     python bench/sample.py --rows 10000000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manifests import ManifestMeta, write_manifest, write_table  # noqa: E402
+from datl.manifests import ManifestMeta, write_manifest, write_table  # noqa: E402
 
 CLASSES = 18_291
 
@@ -50,8 +51,9 @@ def build(d: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
             idx = np.arange(start, start + n)
             ids = pa.array(np.char.add("img", idx.astype(str)))
             paths = pa.array(np.char.add(np.char.add("shard", (idx // 10_000).astype(str)), "/x.jpg"))
-            yield pa.record_batch([ids, paths, pa.array(rng.choice(CLASSES, n, p=p_s).astype(np.int32))],
-                                  names=["id", "path", "label"])
+            yield pa.record_batch(
+                [ids, paths, pa.array(rng.choice(CLASSES, n, p=p_s).astype(np.int32))], names=["id", "path", "label"]
+            )
 
     write_manifest(src, batches(), ManifestMeta(classes=classes, stage="bench"))
     counts = np.bincount(pq.read_table(src, columns=["label"]).column("label").to_numpy(), minlength=CLASSES)
@@ -59,10 +61,20 @@ def build(d: Path, rows: int, seed: int = 0) -> tuple[Path, Path]:
     p_target = rng.dirichlet(np.full(CLASSES, 0.05)) * (counts > 0)
     p_target /= p_target.sum()
     weight = np.divide(p_target, p_source, out=np.zeros(CLASSES), where=p_source > 0)
-    write_table(wts, pa.table({"label": pa.array(np.arange(CLASSES, dtype=np.int32)),
-                               "class_name": classes, "n_source": counts, "p_source": p_source,
-                               "p_target": p_target, "weight": weight}),
-                ManifestMeta(classes=classes, stage="weight"))
+    write_table(
+        wts,
+        pa.table(
+            {
+                "label": pa.array(np.arange(CLASSES, dtype=np.int32)),
+                "class_name": classes,
+                "n_source": counts,
+                "p_source": p_source,
+                "p_target": p_target,
+                "weight": weight,
+            }
+        ),
+        ManifestMeta(classes=classes, stage="weight"),
+    )
     return src, wts
 
 
@@ -125,20 +137,41 @@ def main() -> None:
     src, wts = build(d, args.rows)
     n = args.rows // 4
     cols_gib = sum(b.nbytes for b in pq.ParquetFile(src).iter_batches(batch_size=1_000_000)) / 2**30
-    print(f"rows {args.rows:,}  classes {CLASSES:,}  N {n:,}  columns in memory {cols_gib:.2f} GiB"
-          f"  (data ready in {time.perf_counter() - t0:.0f} s)  cpus {os.cpu_count()}")
+    print(
+        f"rows {args.rows:,}  classes {CLASSES:,}  N {n:,}  columns in memory {cols_gib:.2f} GiB"
+        f"  (data ready in {time.perf_counter() - t0:.0f} s)  cpus {os.cpu_count()}"
+    )
     py = sys.executable
     curate = str(Path(py).parent / "curate")
     floor_s, floor_rss = timed([py, "-c", FLOOR, str(src), str(d / "floor.parquet"), str(n)], 3600)
     print(f"floor (pyarrow read + write N rows)      {floor_s:8.1f} s   peak {floor_rss:5.2f} GiB")
     for rep, name in ((True, "--replacement"), (False, "--no-replacement")):
-        s, rss = timed([curate, "sample", "--source", str(src), "--weights", str(wts), "--size", str(n),
-                        "--out", str(d / "out" / "ours.parquet"), name], 3600)  # another folder: paths rebased
-        line = (f"curate sample {name:<17}         {s:8.1f} s   peak {rss:5.2f} GiB   "
-                f"ours/floor {s / floor_s:5.2f}  (goal <= 2)   peak/columns {rss / cols_gib:4.2f}  (goal < 3)")
+        s, rss = timed(
+            [
+                curate,
+                "sample",
+                "--source",
+                str(src),
+                "--weights",
+                str(wts),
+                "--size",
+                str(n),
+                "--out",
+                str(d / "out" / "ours.parquet"),
+                name,
+            ],
+            3600,
+        )  # another folder: paths rebased
+        line = (
+            f"curate sample {name:<17}         {s:8.1f} s   peak {rss:5.2f} GiB   "
+            f"ours/floor {s / floor_s:5.2f}  (goal <= 2)   peak/columns {rss / cols_gib:4.2f}  (goal < 3)"
+        )
         if not args.no_pandas:
-            ps, prss = timed([py, "-c", PANDAS, str(src), str(wts), str(d / "pandas.parquet"), str(n),
-                              "1" if rep else "0"], args.pandas_timeout, may_refuse=True)
+            ps, prss = timed(
+                [py, "-c", PANDAS, str(src), str(wts), str(d / "pandas.parquet"), str(n), "1" if rep else "0"],
+                args.pandas_timeout,
+                may_refuse=True,
+            )
             if isinstance(ps, float):
                 line += f"   pandas {ps:.1f} s, {prss:.2f} GiB: pandas/ours {ps / s:.1f}x"
             elif ps is None:

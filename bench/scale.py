@@ -12,6 +12,7 @@ timed separately with --with-model (embedding images/s of a test_resnet on 100k 
 
     python bench/scale.py --dir /tmp/datl-scale [--rows 1000000] [--with-model]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from curate.dedup.pixel import VIEWS  # noqa: E402
+from datl.curate.dedup.pixel import VIEWS  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SIDE = 32
 PER_SHARD = 10_000
@@ -87,11 +89,13 @@ def make_data(folder: Path, rows: int, seed: int = 0) -> dict:
 
 def measured(argv: list[str]) -> tuple[float, float, str]:
     """(seconds, peak RSS in MiB, stdout) of one command in a process of its own."""
-    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "dt = time.perf_counter() - t; sys.stderr.write(r.stderr); "
-               "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stdout); "
-               "sys.exit(r.returncode)")
+    wrapper = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "dt = time.perf_counter() - t; sys.stderr.write(r.stderr); "
+        "print(dt, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); print(r.stdout); "
+        "sys.exit(r.returncode)"
+    )
     res = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv)}\n{res.stderr[-3000:]}")
@@ -101,8 +105,9 @@ def measured(argv: list[str]) -> tuple[float, float, str]:
 
 
 def _decode_part(path: str, lo: int, hi: int) -> int:
-    from manifests import Manifest
-    from manifests.shards import AddressColumns, read_bytes
+    from datl.manifests import Manifest
+    from datl.manifests.address import AddressColumns
+    from datl.manifests.reading import read_bytes
 
     m = Manifest(path)
     where = AddressColumns(m.read_range(lo, hi, ["path", *m.address_columns]), str(m.folder))
@@ -119,10 +124,10 @@ def floor_rate(manifest: Path) -> float:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from curate.dedup.pixel import default_workers
-    from manifests import Manifest
+    from datl.core.pool import cores_per_rank
+    from datl.manifests import Manifest
 
-    n, workers = Manifest(manifest).num_rows, default_workers()
+    n, workers = Manifest(manifest).num_rows, cores_per_rank()
     step = 4096
     parts = [(str(manifest), a, min(a + step, n)) for a in range(0, n, step)]
     t = time.perf_counter()
@@ -135,7 +140,7 @@ def head(manifest: Path, rows: int, out: Path) -> Path:
     """The first `rows` rows of a manifest (same shards), streamed."""
     import pyarrow.parquet as pq
 
-    from manifests import Manifest, write_manifest
+    from datl.manifests import Manifest, write_manifest
 
     m = Manifest(manifest)
     pf = pq.ParquetFile(manifest)
@@ -162,12 +167,15 @@ def main() -> None:
     if not (d / "planted.json").exists():
         t = time.perf_counter()
         make_data(d, args.rows)
-        print(f"generated {args.rows:,} source images in tar shards + 10,000 target images in "
-              f"{time.perf_counter() - t:.0f} s")
+        print(
+            f"generated {args.rows:,} source images in tar shards + 10,000 target images in "
+            f"{time.perf_counter() - t:.0f} s"
+        )
     truth = json.loads((d / "planted.json").read_text())
 
-    secs, rss, _ = measured([str(BIN / "datl"), "manifest", "build", str(d / "shards"), "--out",
-                             str(d / "source.parquet")])
+    secs, rss, _ = measured(
+        [str(BIN / "datl"), "manifest", "build", str(d / "shards"), "--out", str(d / "source.parquet")]
+    )
     build_rate = args.rows / secs
     measured([str(BIN / "datl"), "manifest", "build", str(d / "target"), "--out", str(d / "target.parquet")])
     head(d / "source.parquet", args.small, d / "source_small.parquet")
@@ -177,9 +185,22 @@ def main() -> None:
     head(d / "source.parquet", 1_000, d / "source_tiny.parquet")
 
     def dedup(name: str) -> tuple[float, float, str]:
-        return measured([str(BIN / "curate"), "dedup", "--source", str(d / f"source_{name}.parquet"), "--target",
-                         str(d / "target.parquet"), "--no-feature", "--out", str(d / f"dups_{name}.parquet"),
-                         "--cache", str(d / "cache"), "-q"])
+        return measured(
+            [
+                str(BIN / "curate"),
+                "dedup",
+                "--source",
+                str(d / f"source_{name}.parquet"),
+                "--target",
+                str(d / "target.parquet"),
+                "--no-feature",
+                "--out",
+                str(d / f"dups_{name}.parquet"),
+                "--cache",
+                str(d / "cache"),
+                "-q",
+            ]
+        )
 
     target_secs = dedup("tiny")[0]  # computes and caches the target side and its index
     fixed = dedup("tiny")[0]  # start-up, loading the cached target side, merge: paid once per run
@@ -195,33 +216,65 @@ def main() -> None:
     rate = args.rows / (runs["full"][0] - fixed)
     cpu = f"{len(os.sched_getaffinity(0))} cores"
     print(f"machine: {cpu}, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
-    print(f"manifest build        : {build_rate:12,.0f} rows/s ({args.rows:,} rows in {secs:.1f} s, peak {rss:,.0f} MiB)")
+    print(
+        f"manifest build        : {build_rate:12,.0f} rows/s ({args.rows:,} rows in {secs:.1f} s, peak {rss:,.0f} MiB)"
+    )
     print(f"dedup {args.small:>9,} rows : {runs['small'][0]:8.1f} s, peak RSS {runs['small'][1]:8,.0f} MiB")
     print(f"dedup {args.rows:>9,} rows : {runs['full'][0]:8.1f} s, peak RSS {runs['full'][1]:8,.0f} MiB")
     print(f"rss ratio (full/small): {runs['full'][1] / runs['small'][1]:12.3f}   (goal <= 1.3)")
     print(f"read+decode floor     : {floor:12,.0f} images/s")
     print(f"target side, once     : {target_secs:8.1f} s (10,000 images x {VIEWS} views: descriptors, IVF index)")
     print(f"per-run fixed cost    : {fixed:8.1f} s (start-up, cached target side, merge; timed on 1,000 rows)")
-    print(f"dedup (no model)      : {rate:12,.0f} images/s over the source (whole command: "
-          f"{args.rows / runs['full'][0]:,.0f} images/s)")
+    print(
+        f"dedup (no model)      : {rate:12,.0f} images/s over the source (whole command: "
+        f"{args.rows / runs['full'][0]:,.0f} images/s)"
+    )
     print(f"throughput ratio      : {rate / floor:12.3f}   (goal >= 0.7)")
-    print(f"planted copies        : recall {recall:.4f}, right original {right:.4f}, "
-          f"false positives {false_pos:.4%} of the source")
+    print(
+        f"planted copies        : recall {recall:.4f}, right original {right:.4f}, "
+        f"false positives {false_pos:.4%} of the source"
+    )
     if args.with_model:
-        from datl_torch.checkpoint import ModelConfig, save_run
-        from datl_torch.modeling import create_model
+        from datl.neural.checkpoint import ModelConfig, save_run
+        from datl.neural.modeling import create_model
 
         run = d / "model"
         if not (run / "model.safetensors").exists():
             m = create_model("test_resnet", 10, 1)
-            save_run(run, m, ModelConfig(arch="test_resnet", classes=[f"c{k}" for k in range(10)],
-                                         image_size=[SIDE, SIDE], in_chans=1, mean=[0.5], std=[0.5],
-                                         num_features=m.num_features))
-        secs_m, rss_m, _ = measured([str(BIN / "curate"), "dedup", "--source", str(d / "source_small.parquet"),
-                                     "--target", str(d / "target.parquet"), "--model", str(run), "--out",
-                                     str(d / "dups_model.parquet"), "--cache", str(d / "cache"), "-q"])
-        print(f"dedup with test_resnet features, {args.small:,} rows: {args.small / secs_m:,.0f} images/s, "
-              f"peak RSS {rss_m:,.0f} MiB")
+            save_run(
+                run,
+                m,
+                ModelConfig(
+                    arch="test_resnet",
+                    classes=[f"c{k}" for k in range(10)],
+                    image_size=[SIDE, SIDE],
+                    in_chans=1,
+                    mean=[0.5],
+                    std=[0.5],
+                    num_features=m.num_features,
+                ),
+            )
+        secs_m, rss_m, _ = measured(
+            [
+                str(BIN / "curate"),
+                "dedup",
+                "--source",
+                str(d / "source_small.parquet"),
+                "--target",
+                str(d / "target.parquet"),
+                "--model",
+                str(run),
+                "--out",
+                str(d / "dups_model.parquet"),
+                "--cache",
+                str(d / "cache"),
+                "-q",
+            ]
+        )
+        print(
+            f"dedup with test_resnet features, {args.small:,} rows: {args.small / secs_m:,.0f} images/s, "
+            f"peak RSS {rss_m:,.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ synthetic tensors already in memory on the device, in one run, and prints
 CPU default: resnet18 on the demo's 28x28 images. GPU (what the issue asks for):
     python bench/train_throughput.py --device cuda --model resnet50 --image-size 224 --in-chans 3 --workers 12
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,14 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from manifests import open_manifest  # noqa: E402
-from manifests.demo import build_demo  # noqa: E402
-from datl_torch.data import build_transform, image_mode, image_spec, make_loader  # noqa: E402
-from datl_torch.engine import dist  # noqa: E402
-from datl_torch.engine.config import TrainConfig  # noqa: E402
-from datl_torch.engine.loop import train_step  # noqa: E402
-from datl_torch.engine.optim import decay_groups  # noqa: E402
-from datl_torch.modeling import create_model, default_norm  # noqa: E402
+from datl.demo import build_demo  # noqa: E402
+from datl.manifests import open_manifest  # noqa: E402
+from datl.neural.data import build_transform, image_mode, image_spec, make_loader  # noqa: E402
+from datl.neural.engine import dist  # noqa: E402
+from datl.neural.engine.config import TrainConfig  # noqa: E402
+from datl.neural.engine.loop import train_step  # noqa: E402
+from datl.neural.engine.optim import decay_groups  # noqa: E402
+from datl.neural.modeling import create_model, default_norm  # noqa: E402
 
 
 def timed_steps(net, opt, batches, cfg, d, warmup: int, steps: int) -> float:
@@ -72,8 +73,14 @@ def main() -> None:
     manifest = open_manifest(args.manifest)
     classes = manifest.require_labels()
     size, chans = image_spec(manifest, args.image_size, args.in_chans)
-    cfg = TrainConfig(manifest=args.manifest, model=args.model, out="", steps=args.steps,
-                      batch_size=args.batch_size, device=args.device)
+    cfg = TrainConfig(
+        manifest=args.manifest,
+        model=args.model,
+        out="",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
     torch.manual_seed(0)
     model = create_model(args.model, len(classes), chans).to(d.device)
     if d.cuda:
@@ -82,7 +89,7 @@ def main() -> None:
     model.train()
 
     # (b) synthetic tensors already on the device: the model's ceiling
-    from manifests import Batch
+    from datl.neural.data import Batch
 
     x = torch.randn(args.batch_size, chans, *size, device=d.device)
     y = torch.randint(0, len(classes), (args.batch_size,), device=d.device)
@@ -92,13 +99,16 @@ def main() -> None:
     # (a) pretrain's real data path
     mean, std = default_norm(chans)
     tf = build_transform(size, chans, mean, std, train=True)
-    loader = make_loader(manifest, tf, image_mode(chans), args.batch_size, args.workers, 0, 1, 0, shuffle=True,
-                         pin_memory=d.cuda)
+    loader = make_loader(
+        manifest, tf, image_mode(chans), args.batch_size, args.workers, 0, 1, 0, shuffle=True, pin_memory=d.cuda
+    )
     real = timed_steps(model, opt, iter(loader), cfg, d, args.warmup, args.steps)
 
     dev = torch.cuda.get_device_name() if d.cuda else f"cpu x{os.cpu_count()}"
-    print(f"model {args.model}  image {chans}x{size[0]}x{size[1]}  batch {args.batch_size}  workers {args.workers}"
-          f"  device {dev}  steps {args.steps}")
+    print(
+        f"model {args.model}  image {chans}x{size[0]}x{size[1]}  batch {args.batch_size}  workers {args.workers}"
+        f"  device {dev}  steps {args.steps}"
+    )
     print(f"synthetic in-memory : {synthetic:10.1f} images/s")
     print(f"real data path      : {real:10.1f} images/s")
     print(f"ratio real/synthetic: {real / synthetic:10.3f}   (goal >= 0.9)")

@@ -2,11 +2,13 @@
 
 Each command's options are its stage config's fields (one definition of each default);
 the body builds the config and runs the stage."""
+
 from __future__ import annotations
 
 import click
 
-from manifests.cli import CONTEXT, options_from, run_cli
+from datl.core.cli import CONTEXT, run_cli
+from datl.core.options import options_from
 
 from .dedup.stage import DedupConfig
 from .estimate.stage import EstimateConfig

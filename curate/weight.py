@@ -4,8 +4,10 @@ P_s(y) comes from the source manifest's label counts in one streamed pass (bound
 memory at any size). Classes that P_t gives mass but that have no source image
 cannot be sampled: they are reported, dropped and P_t is renormalised over the rest.
 """
+
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +16,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import click
+from datl.core.errors import UserError
+from datl.core.files import atomic_output, input_hashes, refuse_clobber
+from datl.core.options import opt, validate
+from datl.manifests import Manifest, ManifestError, ManifestMeta, check_same_classes, open_manifest, write_table
 
-from manifests import (Manifest, ManifestError, ManifestMeta, UserError, atomic_output, check_same_classes,
-                       input_hashes, open_manifest, refuse_clobber, write_table)
-from manifests.cli import opt
+logger = logging.getLogger(__name__)
 
 PRIOR_COLUMNS = ("label", "class_name", "p_target")
 
@@ -32,30 +35,41 @@ class WeightConfig:
     no_plot: bool = opt(False, help="Skip the plot.")
     exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: count excluded images per class.")
 
+    def check(self) -> None:
+        validate(self)
+
 
 def run(cfg: WeightConfig) -> Path:
     """Write weights.parquet (and its plot); report classes dropped for want of source images."""
+    cfg.check()
     plot = None if cfg.no_plot else (cfg.plot or str(Path(cfg.out).with_suffix(".png")))
-    refuse_clobber({"--out": cfg.out, "--plot": plot}, {"--source": cfg.source, "--prior": cfg.prior,
-                                                       "--exclude": cfg.exclude})
+    refuse_clobber(
+        {"--out": cfg.out, "--plot": plot}, {"--source": cfg.source, "--prior": cfg.prior, "--exclude": cfg.exclude}
+    )
     sm = open_manifest(cfg.source)
     classes, p_target = read_prior(cfg.prior)
     result = compute_weights(sm, classes, p_target, read_excluded_ids(cfg.exclude))
-    meta = ManifestMeta(classes=sm.classes, stage="weight", params={"exclude": cfg.exclude},
-                        inputs=input_hashes(source=cfg.source, prior=cfg.prior, exclude=cfg.exclude))
+    meta = ManifestMeta(
+        classes=sm.classes,
+        stage="weight",
+        params={"exclude": cfg.exclude},
+        inputs=input_hashes(source=cfg.source, prior=cfg.prior, exclude=cfg.exclude),
+    )
     write_table(cfg.out, result.table, meta)
     if result.dropped:
         shown = ", ".join(result.dropped[:5]) + (" ..." if len(result.dropped) > 5 else "")
-        click.echo(f"warning: {len(result.dropped)} class(es) have target mass but no source image; "
-                   f"dropped and P_t renormalised: {shown}", err=True)
+        logger.warning(
+            f"warning: {len(result.dropped)} class(es) have target mass but no source image; "
+            f"dropped and P_t renormalised: {shown}"
+        )
     t = result.table
     msg = f"wrote {cfg.out}: {t.num_rows:,} classes"
     if "n_excluded" in t.column_names:
         msg += f", {sum(t.column('n_excluded').to_pylist()):,} source images excluded as duplicates"
-    click.echo(msg)
+    logger.info(msg)
     if plot is not None:
         plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
-        click.echo(f"plot: {plot}")
+        logger.info(f"plot: {plot}")
     return Path(cfg.out)
 
 
@@ -73,13 +87,15 @@ def read_stage_table(path: str | Path, columns: tuple[str, ...], what: str, writ
     try:
         t = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
-                        f"write it with `{writer}`") from None
+        raise UserError(
+            path, f"is not a readable Parquet file ({str(e).splitlines()[0]})", f"write it with `{writer}`"
+        ) from None
     meta = ManifestMeta.from_schema(t.schema, path)
     missing = [c for c in columns if c not in t.column_names]
     if missing or meta is None or not meta.classes:
-        raise ManifestError(path, f"is not {what} (missing {', '.join(missing) or 'class metadata'})",
-                            f"write it with `{writer}`")
+        raise ManifestError(
+            path, f"is not {what} (missing {', '.join(missing) or 'class metadata'})", f"write it with `{writer}`"
+        )
     labels = t.column("label").to_numpy()
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(meta.classes):
         raise ManifestError(path, "has labels outside its classes", f"rewrite it with `{writer}`")
@@ -94,8 +110,11 @@ def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
     bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
     if len(bad):
         name = t.column("class_name")[int(bad[0])].as_py()
-        raise UserError(path, f"p_target of class '{name}' is {values[bad[0]]:g} ({len(bad)} class(es) not a finite "
-                              f"number >= 0)", "re-estimate the prior with `curate estimate`")
+        raise UserError(
+            path,
+            f"p_target of class '{name}' is {values[bad[0]]:g} ({len(bad)} class(es) not a finite number >= 0)",
+            "re-estimate the prior with `curate estimate`",
+        )
     if values.sum() <= 0:
         raise UserError(path, "p_target sums to 0", "re-estimate the prior with `curate estimate`")
     p[t.column("label").to_numpy()] = values
@@ -112,8 +131,11 @@ def read_excluded_ids(path: str | Path | None) -> pa.Array | None:
     try:
         ids = pq.read_table(path, columns=["id"]).column("id")
     except (pa.ArrowException, OSError, KeyError) as e:
-        raise UserError(path, f"has no readable 'id' column ({str(e).splitlines()[0]})",
-                        "pass the duplicates.parquet written by `curate dedup`") from None
+        raise UserError(
+            path,
+            f"has no readable 'id' column ({str(e).splitlines()[0]})",
+            "pass the duplicates.parquet written by `curate dedup`",
+        ) from None
     return pc.unique(ids.combine_chunks())
 
 
@@ -127,18 +149,27 @@ def excluded_counts(source: Manifest, ids: pa.Array, k: int) -> np.ndarray:
     return out
 
 
-def compute_weights(source: Manifest, prior_classes: list[str], p_target: np.ndarray,
-                    exclude: pa.Array | None = None) -> WeightResult:
+def compute_weights(
+    source: Manifest, prior_classes: list[str], p_target: np.ndarray, exclude: pa.Array | None = None
+) -> WeightResult:
     classes = source.require_labels()
-    check_same_classes(classes, prior_classes, source.path, "the prior",
-                       f"estimate the prior with a model trained on {source.path}'s classes")
+    check_same_classes(
+        classes,
+        prior_classes,
+        source.path,
+        "the prior",
+        f"estimate the prior with a model trained on {source.path}'s classes",
+    )
     n_source, _ = source.label_counts(batch_size=262_144)
     p_source = n_source / max(n_source.sum(), 1)
     unreachable = (p_target > 0) & (n_source == 0)
     p_t = np.where(unreachable, 0.0, p_target)
     if p_t.sum() <= 0:
-        raise UserError(source.path, "has no images in any class the target prior gives mass to",
-                        "check that the prior was estimated for this source")
+        raise UserError(
+            source.path,
+            "has no images in any class the target prior gives mass to",
+            "check that the prior was estimated for this source",
+        )
     p_t = p_t / p_t.sum()
     weight = np.divide(p_t, p_source, out=np.zeros_like(p_t), where=p_source > 0)
     cols = {
@@ -162,8 +193,12 @@ def read_weights(path: str | Path) -> tuple[list[str], pa.Table]:
         v = t.column(col).to_numpy(zero_copy_only=False).astype(np.float64)
         bad = np.flatnonzero(~np.isfinite(v) | (v < 0))
         if len(bad):
-            raise UserError(path, f"{col} of label {t.column('label')[int(bad[0])].as_py()} is {v[bad[0]]:g} "
-                                  f"({len(bad)} row(s) not a finite number >= 0)", "recompute it with `curate weight`")
+            raise UserError(
+                path,
+                f"{col} of label {t.column('label')[int(bad[0])].as_py()} is {v[bad[0]]:g} "
+                f"({len(bad)} row(s) not a finite number >= 0)",
+                "recompute it with `curate weight`",
+            )
     return classes, t
 
 
@@ -202,8 +237,9 @@ def plot_weights(table: pa.Table, path: str | Path, top: int = 40, title: str = 
     for share in (0.5, 0.9, 0.99):
         j = int(np.searchsorted(cum, share)) + 1
         ax2.axhline(share, color="grey", lw=0.5, ls=":")
-        ax2.annotate(f"{share:.0%} of P_t in {j:,} classes", (j, share), textcoords="offset points",
-                     xytext=(8, -12), fontsize=8)
+        ax2.annotate(
+            f"{share:.0%} of P_t in {j:,} classes", (j, share), textcoords="offset points", xytext=(8, -12), fontsize=8
+        )
     ax2.set_xscale("log" if k > 50 else "linear")
     ax2.set_xlabel("source classes ranked by P_t(y)")
     ax2.set_ylabel("cumulative share of P_t")

@@ -1,13 +1,14 @@
 """`datl`: the batch runner, manifest tools and the bundled demo data."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from manifests.cli import CONTEXT, Number, run_cli
-from manifests.commands import demo_data, manifest
+from datl.commands import demo_data, manifest
+from datl.core.cli import CONTEXT, run_cli
+from datl.core.options import DEVICES, Number
 
 
 @click.group(context_settings=CONTEXT)
@@ -24,23 +25,43 @@ def cli() -> None:
 @cli.command("run")
 @click.argument("pipeline", required=False, default="pipeline.yaml")
 @click.option("--force", is_flag=True, help="Rerun every stage, up to date or not.")
-@click.option("--from", "start", multiple=True,
-              help="Rerun this stage and everything downstream of it (repeatable): a stage name, a per-seed "
-                   "stage without .sN, or pretrain.ARM / finetune.ARM.")
+@click.option(
+    "--from",
+    "start",
+    multiple=True,
+    help="Rerun this stage and everything downstream of it (repeatable): a stage name, a per-seed "
+    "stage without .sN, or pretrain.ARM / finetune.ARM.",
+)
 @click.option("--out", help="Output folder instead of the file's out:.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Instead of the file's device:.")
-@click.option("--launcher", type=click.Choice(["none", "torchrun"]),
-              help="torchrun: run every torch stage distributed (instead of the file's launcher:).")
+@click.option("--device", type=click.Choice(DEVICES), help="Instead of the file's device:.")
+@click.option(
+    "--launcher",
+    type=click.Choice(["none", "torchrun"]),
+    help="torchrun: run every torch stage distributed (instead of the file's launcher:).",
+)
 @click.option("--nproc-per-node", type=int, default=1, show_default=True, help="Processes per node with torchrun.")
 @click.option("--nnodes", type=int, help="Nodes, each running this same command [default: SLURM_NNODES, or 1].")
 @click.option("--node-rank", type=int, help="This node's rank, 0..nnodes-1 [default: SLURM_NODEID, or 0].")
-@click.option("--rdzv-endpoint", help="Node 0's HOST:PORT for torchrun's rendezvous "
-                                      "[default under SLURM: the job's first node, port 29500].")
+@click.option(
+    "--rdzv-endpoint",
+    help="Node 0's HOST:PORT for torchrun's rendezvous [default under SLURM: the job's first node, port 29500].",
+)
 @click.option("--dry-run", is_flag=True, help="List the stages and whether each is up to date; run nothing.")
 @click.option("--quiet", "-q", is_flag=True)
-def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, device: str | None,
-        launcher: str | None, nproc_per_node: int, nnodes: int | None, node_rank: int | None,
-        rdzv_endpoint: str | None, dry_run: bool, quiet: bool) -> None:
+def run(
+    pipeline: str,
+    force: bool,
+    start: tuple[str, ...],
+    out: str | None,
+    device: str | None,
+    launcher: str | None,
+    nproc_per_node: int,
+    nnodes: int | None,
+    node_rank: int | None,
+    rdzv_endpoint: str | None,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
     """Run every stage of PIPELINE (default: pipeline.yaml) that is not up to date.
 
     Each stage runs its own command (pretrain, curate ..., finetune) with its log in
@@ -53,6 +74,7 @@ def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, dev
     from . import pipeline as pl
     from . import runner
     from .launch import from_environment
+    from .process import StageFailed
 
     pipe = pl.load(pipeline, out)
     pipe.device = device or pipe.device
@@ -67,12 +89,12 @@ def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, dev
         return
     try:
         runner.run(pipe, force=force, start=list(start), quiet=quiet)
-    except runner.StageFailed as e:
+    except StageFailed as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2 if e.rc == 2 else 1) from None
     if pipe.launcher is None or pipe.launcher.node_rank == 0:
         print_results(pipe)
-        from .html_report import build
+        from .report import build
 
         click.echo(f"report: {build(pipe.out, pipeline=str(pipe.path), device=pipe.device)}")
 
@@ -80,14 +102,30 @@ def run(pipeline: str, force: bool, start: tuple[str, ...], out: str | None, dev
 @cli.command("report")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--pipeline", help="The pipeline file, for the command line the page shows to reproduce the run.")
-@click.option("--evidence-classes", type=Number(int, "[0, inf)"), default=100, show_default=True,
-              help="Classes of highest weight that get thumbnails (source images, target images assigned to them).")
-@click.option("--per-class", type=Number(int, "[1, 64]"), default=8, show_default=True,
-              help="Thumbnails per class and side.")
-@click.option("--pairs", type=Number(int, "[0, inf)"), default=100, show_default=True,
-              help="Duplicate pairs shown per dedup stage, borderline ones first.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where the source classifier scores the target images for the evidence strips.")
+@click.option(
+    "--evidence-classes",
+    type=Number(int, "[0, inf)"),
+    default=100,
+    show_default=True,
+    help="Classes of highest weight that get thumbnails (source images, target images assigned to them).",
+)
+@click.option(
+    "--per-class", type=Number(int, "[1, 64]"), default=8, show_default=True, help="Thumbnails per class and side."
+)
+@click.option(
+    "--pairs",
+    type=Number(int, "[0, inf)"),
+    default=100,
+    show_default=True,
+    help="Duplicate pairs shown per dedup stage, borderline ones first.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Where the source classifier scores the target images for the evidence strips.",
+)
 def report(out: Path, pipeline: str | None, evidence_classes: int, per_class: int, pairs: int, device: str) -> None:
     """Write OUT/report.html: the curation of a `datl run` output folder on one page.
 
@@ -96,7 +134,7 @@ def report(out: Path, pipeline: str | None, evidence_classes: int, per_class: in
     (borderline first), the results with their intervals and the stage timings.
     Self-contained: open it offline; thumbnails lie in OUT/report_files/.
     """
-    from .html_report import build
+    from .report import build
 
     click.echo(f"wrote {build(out, pipeline, evidence_classes, per_class, pairs, device)}")
 
@@ -105,8 +143,8 @@ def print_results(pipe) -> None:
     """The comparison table, if the pipeline has a compare stage that wrote one."""
     import json
 
+    from .compare import table
     from .pipeline import COMPARE
-    from .report import table
 
     results = pipe.out / "results.json"
     if COMPARE in pipe.stages and results.exists():

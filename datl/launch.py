@@ -12,13 +12,14 @@ follows node 0, joining each torch stage node 0 launches (node 0 writes the exac
 into ``OUT/<stage>/launch.json`` with its run's token; the follower runs it with its own
 node rank), until node 0 says the run is over (``OUT/.datl-run.json``).
 """
+
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
 
-from manifests import UserError
+from datl.core.errors import UserError
 
 DEFAULT_PORT = 29500
 
@@ -34,11 +35,15 @@ class Launcher:
         if self.nproc < 1 or self.nnodes < 1:
             raise UserError("--nproc-per-node/--nnodes", "must be 1 or more", "pass positive counts")
         if not 0 <= self.node_rank < self.nnodes:
-            raise UserError("--node-rank", f"{self.node_rank} is outside 0..{self.nnodes - 1}",
-                            "number the nodes 0..nnodes-1")
+            raise UserError(
+                "--node-rank", f"{self.node_rank} is outside 0..{self.nnodes - 1}", "number the nodes 0..nnodes-1"
+            )
         if self.nnodes > 1 and not self.endpoint:
-            raise UserError("--rdzv-endpoint", f"{self.nnodes} nodes need node 0's HOST:PORT",
-                            "pass --rdzv-endpoint HOST:PORT (or run under SLURM)")
+            raise UserError(
+                "--rdzv-endpoint",
+                f"{self.nnodes} nodes need node 0's HOST:PORT",
+                "pass --rdzv-endpoint HOST:PORT (or run under SLURM)",
+            )
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -54,8 +59,13 @@ class Launcher:
         if self.nnodes == 1:
             return ["--standalone", f"--nproc-per-node={self.nproc}"]
         host, port = self.host_port
-        return [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}", f"--master-addr={host}",
-                f"--master-port={port}", f"--nproc-per-node={self.nproc}"]
+        return [
+            f"--nnodes={self.nnodes}",
+            f"--node-rank={self.node_rank}",
+            f"--master-addr={host}",
+            f"--master-port={port}",
+            f"--nproc-per-node={self.nproc}",
+        ]
 
 
 def first_host(nodelist: str) -> str:
@@ -67,8 +77,9 @@ def first_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
-def from_environment(nproc: int, nnodes: int | None, node_rank: int | None, endpoint: str | None,
-                     env: dict[str, str] | None = None) -> Launcher:
+def from_environment(
+    nproc: int, nnodes: int | None, node_rank: int | None, endpoint: str | None, env: dict[str, str] | None = None
+) -> Launcher:
     """Flags win; missing ones come from SLURM's environment; else a single node."""
     env = dict(os.environ) if env is None else env
     if nnodes is None and "SLURM_NNODES" in env:
@@ -76,6 +87,7 @@ def from_environment(nproc: int, nnodes: int | None, node_rank: int | None, endp
     if node_rank is None and "SLURM_NODEID" in env:
         node_rank = int(env["SLURM_NODEID"])
     if endpoint is None and (nnodes or 1) > 1 and "SLURM_JOB_NODELIST" in env:
-        endpoint = f"{env.get('MASTER_ADDR') or first_host(env['SLURM_JOB_NODELIST'])}:" \
-                   f"{env.get('MASTER_PORT', DEFAULT_PORT)}"
+        endpoint = (
+            f"{env.get('MASTER_ADDR') or first_host(env['SLURM_JOB_NODELIST'])}:{env.get('MASTER_PORT', DEFAULT_PORT)}"
+        )
     return Launcher(nproc, nnodes or 1, node_rank or 0, endpoint)

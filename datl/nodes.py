@@ -16,46 +16,29 @@ node that never comes, so each side watches the other while its stage runs:
   token and its error; node 0 stops the stage it is running and fails with that error;
 - a follower stops its stage as soon as node 0's run file says the run failed.
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import click
+from datl.core.errors import UserError
+from datl.core.files import claim_folder, read_json, write_json
 
-from manifests import UserError, atomic_output, claim_folder
+from .process import execute, why
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = ".datl-run.json"
 LAUNCH = "launch.json"
 START_WINDOW = 600.0  # seconds between the first and the last node's start
 DONE_WINDOW = 60.0  # a run already over counts as this node's if it started this close before it
 POLL = 0.25
-
-
-def _write(path: Path, obj: dict) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj))
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def why(e: BaseException) -> str:
-    """A node's reason for leaving the run, in one line."""
-    if isinstance(e, KeyboardInterrupt):
-        return "interrupted (Ctrl-C)"
-    if hasattr(e, "signum"):  # manifests.cli.Stopped
-        return f"stopped by signal {e.signum}"
-    return str(e) or type(e).__name__
 
 
 def node_file(out: Path, rank: int) -> Path:
@@ -65,7 +48,7 @@ def node_file(out: Path, rank: int) -> Path:
 
 def leave(out: Path, rank: int, token: str | None, reason: str) -> None:
     """A follower leaves the run (token None: before it found one), saying why."""
-    _write(node_file(out, rank), {"token": token, "at": time.time(), "error": reason})
+    write_json(node_file(out, rank), {"token": token, "at": time.time(), "error": reason})
 
 
 class Nodes:
@@ -84,7 +67,7 @@ class Nodes:
     def lead(cls, pipe, torch_stages: list[str]) -> Iterator[Nodes]:
         """Node 0: announce the run; say it is over however it ends, and why if it failed."""
         nodes = cls(pipe, torch_stages)
-        _write(pipe.out / RUN_FILE, nodes.state)
+        write_json(pipe.out / RUN_FILE, nodes.state)
         error = None
         try:
             yield nodes
@@ -92,16 +75,17 @@ class Nodes:
             error = why(e)
             raise
         finally:
-            nodes.fail(error)
+            nodes.end(error)
 
-    def fail(self, reason: str | None) -> None:
-        """Node 0: the run is over, and why if it failed; written before a torch stage is stopped,
-        so the followers learn why before their peers vanish."""
-        _write(self.pipe.out / RUN_FILE, {**self.state, "done": True, "error": reason})
+    def end(self, error: str | None = None) -> None:
+        """Node 0: the run is over, with ``error`` saying why it failed (None: it succeeded);
+        written before a torch stage is stopped, so the followers learn why before their peers
+        vanish."""
+        write_json(self.pipe.out / RUN_FILE, {**self.state, "done": True, "error": error})
 
     def launch(self, folder: Path, argv: list[str]) -> None:
         """Node 0, about to start a torch stage: its command, for the followers to join."""
-        _write(folder / LAUNCH, {"token": self.token, "argv": argv})
+        write_json(folder / LAUNCH, {"token": self.token, "argv": argv})
 
     def gone(self) -> str | None:
         """Node 0, while a torch stage runs: why a follower of this run left it, if one did.
@@ -109,9 +93,11 @@ class Nodes:
         A follower that failed before it found the run's token counts when it failed after
         this run started."""
         for rank in range(1, self.pipe.launcher.nnodes):
-            note = _read(node_file(self.pipe.out, rank))
-            if note and (note.get("token") == self.token
-                         or (note.get("token") is None and note.get("at", 0) >= self.state["started"])):
+            note = read_json(node_file(self.pipe.out, rank))
+            if note and (
+                note.get("token") == self.token
+                or (note.get("token") is None and note.get("at", 0) >= self.state["started"])
+            ):
                 return f"node {rank} left the run: {note.get('error')}"
         return None
 
@@ -133,38 +119,48 @@ class Nodes:
 
     @classmethod
     def _join(cls, pipe, run: dict, logs: Path, rank: int, quiet: bool) -> dict[str, str]:
-        from .runner import _execute
-
         joined: dict[str, str] = {}
         while True:
-            state = _read(pipe.out / RUN_FILE) or {}
+            state = read_json(pipe.out / RUN_FILE) or {}
             if state.get("token") != run["token"]:
                 raise UserError(pipe.out / RUN_FILE, "node 0 started another run", "start every node together")
             if state.get("done"):  # a stage node 0 launched could not end without this node
                 break
-            name = next((n for n in run["stages"] if n not in joined
-                         and (_read(pipe.out / n / LAUNCH) or {}).get("token") == run["token"]), None)
+            name = next(
+                (
+                    n
+                    for n in run["stages"]
+                    if n not in joined and (read_json(pipe.out / n / LAUNCH) or {}).get("token") == run["token"]
+                ),
+                None,
+            )
             if name is None:
                 time.sleep(POLL)
                 continue
-            command = _read(pipe.out / name / LAUNCH)["argv"]
+            command = read_json(pipe.out / name / LAUNCH)["argv"]
             argv = [a.replace("--node-rank=0", f"--node-rank={rank}") for a in command]
             if not quiet:
-                click.echo(f"node {rank}: joining {name}")
-            _execute(argv, logs / f"{name}.node{rank}.log", name, cls._leader_failed(pipe.out, run["token"]),
-                     functools.partial(leave, pipe.out, rank, run["token"]))
+                logger.info(f"node {rank}: joining {name}")
+            execute(
+                argv,
+                logs / f"{name}.node{rank}.log",
+                name,
+                cls._leader_failed(pipe.out, run["token"]),
+                functools.partial(leave, pipe.out, rank, run["token"]),
+            )
             joined[name] = "joined"
         if state.get("error"):
-            raise UserError(pipe.out / RUN_FILE, f"node 0's run failed: {state['error']}",
-                            "see node 0's output and OUT/logs/")
+            raise UserError(
+                pipe.out / RUN_FILE, f"node 0's run failed: {state['error']}", "see node 0's output and OUT/logs/"
+            )
         if not quiet:
-            click.echo(f"node {rank}: node 0's run is over; joined {len(joined)} torch stage(s)")
+            logger.info(f"node {rank}: node 0's run is over; joined {len(joined)} torch stage(s)")
         return joined
 
     @staticmethod
     def _leader_failed(out: Path, token: str) -> Callable[[], str | None]:
         def watch() -> str | None:
-            state = _read(out / RUN_FILE) or {}
+            state = read_json(out / RUN_FILE) or {}
             if state.get("token") == token and state.get("error"):
                 return f"node 0's run failed: {state['error']}"
             return None
@@ -177,11 +173,14 @@ class Nodes:
         or one already over that started at most DONE_WINDOW before (node 0 found every stage
         up to date and was done before this node looked: nothing to join)."""
         while time.time() < since + START_WINDOW:
-            run = _read(out / RUN_FILE)
+            run = read_json(out / RUN_FILE)
             if run and "stages" in run:
                 started = run.get("started", 0)
                 if started >= since - (DONE_WINDOW if run.get("done") else START_WINDOW):
                     return run
             time.sleep(POLL)
-        raise UserError(out / RUN_FILE, f"no run of node 0 started within {START_WINDOW:.0f} s of this node",
-                        "start `datl run` on node 0 too, with the same pipeline and out folder")
+        raise UserError(
+            out / RUN_FILE,
+            f"no run of node 0 started within {START_WINDOW:.0f} s of this node",
+            "start `datl run` on node 0 too, with the same pipeline and out folder",
+        )

@@ -18,9 +18,9 @@ The file (see the repository's pipeline.yaml, and the README)::
       plot: REF                   # optional: the weight plot the report links
 
 A REF is ``@stage`` (that stage's folder), ``@stage/file`` (a file in it), a path
-relative to the pipeline file, or (for a model input) ``timm:ARCH``. A ``per_seed`` stage runs once per seed, as ``NAME.s0``,
-``NAME.s1``, ...: ``{seed}`` in its refs and params is replaced, and it gets ``--seed``.
-Refs of arms and of the fine-tuning may use ``{seed}`` too. Arms expand to
+relative to the pipeline file, or (for a model input) ``timm:ARCH``. A ``per_seed`` stage
+runs once per seed, as ``NAME.s0``, ``NAME.s1``, ...: ``{seed}`` in its refs and params is
+replaced, and it gets ``--seed``. Refs of arms and of the fine-tuning may use ``{seed}`` too. Arms expand to
 ``pretrain.ARM.sN`` and ``finetune.ARM.sN``; ``compare`` reads every fine-tuning result.
 
 A size sweep: with ``sizes:``, a ``per_size`` stage runs once per size, as ``NAME.z1500``
@@ -33,6 +33,7 @@ Everything is checked before anything runs: unknown kinds, keys and parameters, 
 to stages that do not exist, missing input files and cycles are user errors naming
 the stage and the key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from manifests import UserError
+from datl.core.errors import UserError
+from datl.core.options import DEVICES
+from datl.core.specs import is_timm_spec
 
 from .launch import Launcher
 from .stages import KINDS, SEEDED, click_command, option_names
@@ -122,16 +125,24 @@ def _check_stage(path: Path, name: str, spec: Any) -> tuple[str, dict, dict, boo
     spec = _mapping(path, f"stage '{name}'", spec)
     unknown = set(spec) - {"run", "inputs", "params", "per_seed", "per_size"}
     if unknown:
-        raise _err(path, f"stage '{name}'", f"unknown key '{sorted(unknown)[0]}'",
-                   "use run, inputs, params, per_seed and per_size")
+        raise _err(
+            path,
+            f"stage '{name}'",
+            f"unknown key '{sorted(unknown)[0]}'",
+            "use run, inputs, params, per_seed and per_size",
+        )
     kind = spec.get("run")
     if kind not in KINDS:
         raise _err(path, f"stage '{name}'", f"unknown stage kind '{kind}'", f"run: one of {', '.join(KINDS)}")
     inputs = _mapping(path, f"stage '{name}' inputs", spec.get("inputs"))
     for key in inputs:
         if key not in KINDS[kind].inputs:
-            raise _err(path, f"stage '{name}' input '{key}'", f"{kind} takes no such input",
-                       f"use {', '.join(KINDS[kind].inputs) or 'none'}")
+            raise _err(
+                path,
+                f"stage '{name}' input '{key}'",
+                f"{kind} takes no such input",
+                f"use {', '.join(KINDS[kind].inputs) or 'none'}",
+            )
     for key in KINDS[kind].required:
         if key not in inputs:
             raise _err(path, f"stage '{name}' input '{key}'", "is required", f"add inputs: {{{key}: REF}}")
@@ -149,16 +160,24 @@ def _check_params(path: Path, where: str, kind: str, params: dict) -> None:
     options = {p.name: p for p in click_command(kind).params}
     for key, value in params.items():
         if key not in allowed:
-            raise _err(path, f"{where} param '{key}'", f"{' '.join(KINDS[kind].command)} has no --"
-                       f"{key.replace('_', '-')}", f"use one of {', '.join(sorted(allowed))}")
+            raise _err(
+                path,
+                f"{where} param '{key}'",
+                f"{' '.join(KINDS[kind].command)} has no --{key.replace('_', '-')}",
+                f"use one of {', '.join(sorted(allowed))}",
+            )
         option = options.get(key)
         if option is None or isinstance(value, bool) or value is None or (isinstance(value, str) and "{" in value):
             continue  # flags, and values filled per seed or size
         try:
             option.type.convert(value, option, None)
         except click.BadParameter as e:
-            raise _err(path, f"{where} param '{key}'", e.format_message(),
-                       f"fix the value (see `{' '.join(KINDS[kind].command)} --help`)") from None
+            raise _err(
+                path,
+                f"{where} param '{key}'",
+                e.format_message(),
+                f"fix the value (see `{' '.join(KINDS[kind].command)} --help`)",
+            ) from None
 
 
 def load(path: str | Path, out: str | None = None) -> Pipeline:
@@ -173,24 +192,32 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
-        raise UserError(path, f"is not valid YAML{f' (line {line + 1})' if line is not None else ''}",
-                        "fix the syntax") from None
+        raise UserError(
+            path, f"is not valid YAML{f' (line {line + 1})' if line is not None else ''}", "fix the syntax"
+        ) from None
     raw = _mapping(path, "the file", raw)
     unknown = set(raw) - {"out", "device", "seeds", "sizes", "launcher", "stages", "compare"}
     if unknown:
-        raise _err(path, f"key '{sorted(unknown)[0]}'", "is not a pipeline key",
-                   "use out, device, seeds, sizes, launcher, stages, compare")
+        raise _err(
+            path,
+            f"key '{sorted(unknown)[0]}'",
+            "is not a pipeline key",
+            "use out, device, seeds, sizes, launcher, stages, compare",
+        )
     out_dir = Path(out) if out else path.parent / str(raw.get("out", "runs/pipeline"))
     device = str(raw.get("device", "auto"))
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         raise _err(path, "device", f"'{device}' is not a device", "use auto, cpu or cuda")
     seeds = raw.get("seeds", 3)
     seeds = list(range(seeds)) if isinstance(seeds, int) else seeds
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise _err(path, "seeds", "must be a count or a list of integers", "e.g. seeds: 3")
     sizes = raw.get("sizes") or []
-    if not (isinstance(sizes, list) and all(isinstance(z, int) and not isinstance(z, bool) and z > 0 for z in sizes)
-            and len(set(sizes)) == len(sizes)):
+    if not (
+        isinstance(sizes, list)
+        and all(isinstance(z, int) and not isinstance(z, bool) and z > 0 for z in sizes)
+        and len(set(sizes)) == len(sizes)
+    ):
         raise _err(path, "sizes", "must be a list of distinct positive integers", "e.g. sizes: [1500, 3000, 6000]")
     launcher = None
     if raw.get("launcher"):
@@ -201,25 +228,38 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
 
     stages: dict[str, Stage] = {}
     if not raw.get("stages"):
-        raise _err(path, "stages", "is missing or empty: there is nothing to run",
-                   "add stages (see the repository's pipeline.yaml)")
+        raise _err(
+            path,
+            "stages",
+            "is missing or empty: there is nothing to run",
+            "add stages (see the repository's pipeline.yaml)",
+        )
     for name, spec in _mapping(path, "stages", raw.get("stages")).items():
         name = str(name)
         if "." in name or "/" in name or name == COMPARE:
-            raise _err(path, f"stage '{name}'", "names may not hold '.' or '/' or be 'compare'",
-                       "rename it, e.g. sample_uniform")
+            raise _err(
+                path,
+                f"stage '{name}'",
+                "names may not hold '.' or '/' or be 'compare'",
+                "rename it, e.g. sample_uniform",
+            )
         kind, inputs, params, per_seed, per_size = _check_stage(path, name, spec)
         if per_size and not sizes:
-            raise _err(path, f"stage '{name}'", "is per_size but the pipeline has no sizes",
-                       "add sizes: [...] at the top, or drop per_size")
-        for size in (sizes if per_size else [None]):
-            for seed in (seeds if per_seed else [None]):
+            raise _err(
+                path,
+                f"stage '{name}'",
+                "is per_size but the pipeline has no sizes",
+                "add sizes: [...] at the top, or drop per_size",
+            )
+        for size in sizes if per_size else [None]:
+            for seed in seeds if per_seed else [None]:
                 full = name + (f".z{size}" if size is not None else "") + (f".s{seed}" if seed is not None else "")
                 p = {k: _fill(v, seed, size) for k, v in params.items()}
                 if seed is not None and kind in SEEDED:
                     p.setdefault("seed", seed)
-                stages[full] = Stage(full, kind, {k: str(_fill(str(v), seed, size)) for k, v in inputs.items()}, p,
-                                     seed=seed)
+                stages[full] = Stage(
+                    full, kind, {k: str(_fill(str(v), seed, size)) for k, v in inputs.items()}, p, seed=seed
+                )
 
     arms: list[str] = []
     plot = None
@@ -244,8 +284,12 @@ def _swept_arms(arms: dict, sizes: list[int]) -> dict:
 def _expand_compare(path: Path, spec: dict, seeds: list[int], sizes: list[int], stages: dict[str, Stage]):
     unknown = set(spec) - {"pretrain", "finetune", "arms", "plot", "baseline", "select"}
     if unknown:
-        raise _err(path, f"compare key '{sorted(unknown)[0]}'", "is not a compare key",
-                   "use pretrain, finetune, arms, plot, baseline, select")
+        raise _err(
+            path,
+            f"compare key '{sorted(unknown)[0]}'",
+            "is not a compare key",
+            "use pretrain, finetune, arms, plot, baseline, select",
+        )
     recipe = dict(_mapping(path, "compare pretrain", spec.get("pretrain")))
     _check_params(path, "compare pretrain", "pretrain", recipe)
     if "model" not in recipe:
@@ -283,19 +327,29 @@ def _expand_compare(path: Path, spec: dict, seeds: list[int], sizes: list[int], 
         report_inputs["plot"] = str(plot)
     baseline = spec.get("baseline", "uniform" if "uniform" in named else None)
     if baseline is not None and baseline not in named:
-        raise _err(path, "compare baseline", f"'{baseline}' is not one of the arms",
-                   f"name one of {', '.join(named)}")
+        raise _err(path, "compare baseline", f"'{baseline}' is not one of the arms", f"name one of {', '.join(named)}")
     select = spec.get("select")
     if select is not None:
         if not (isinstance(select, list) and len(select) >= 2 and all(a in arms for a in select)):
-            raise _err(path, "compare select", "must list two or more of the arms",
-                       f"e.g. select: [{', '.join(list(arms)[:2])}]")
+            raise _err(
+                path,
+                "compare select",
+                "must list two or more of the arms",
+                f"e.g. select: [{', '.join(list(arms)[:2])}]",
+            )
         if "val" not in ft_inputs:
-            raise _err(path, "compare select", "chooses on validation accuracy, and the fine-tuning has no val input",
-                       "add finetune inputs: {val: REF} (a labeled target split disjoint from test)")
-    stages[COMPARE] = Stage(COMPARE, COMPARE, report_inputs, {"seeds": seeds, "arms": list(arms),
-                                                              "baseline": baseline, "select": select,
-                                                              "sizes": sizes})
+            raise _err(
+                path,
+                "compare select",
+                "chooses on validation accuracy, and the fine-tuning has no val input",
+                "add finetune inputs: {val: REF} (a labeled target split disjoint from test)",
+            )
+    stages[COMPARE] = Stage(
+        COMPARE,
+        COMPARE,
+        report_inputs,
+        {"seeds": seeds, "arms": list(arms), "baseline": baseline, "select": select, "sizes": sizes},
+    )
     return list(arms), plot
 
 
@@ -305,21 +359,33 @@ def _link(pipe: Pipeline) -> None:
         for key, ref in s.inputs.items():
             dep = ref_stage(ref)
             if dep is None:
-                if ref.startswith("timm:"):
+                if is_timm_spec(ref):
                     continue  # a timm architecture (its weights come as a param)
                 if not pipe.ref_path(ref).exists():
-                    raise _err(pipe.path, f"stage '{s.name}' input '{key}'", f"'{ref}' does not exist",
-                               "fix the path (relative to the pipeline file), or produce it with a stage ('@stage/file')")
+                    raise _err(
+                        pipe.path,
+                        f"stage '{s.name}' input '{key}'",
+                        f"'{ref}' does not exist",
+                        "fix the path (relative to the pipeline file), or produce it with a stage ('@stage/file')",
+                    )
             elif dep not in pipe.stages:
                 known = ", ".join(sorted(n for n in pipe.stages if "." not in n)) or "none"
-                raise _err(pipe.path, f"stage '{s.name}' input '{key}'", f"no stage '{dep}' produces '{ref}'",
-                           f"name one of the stages ({known}), or a per-seed one as NAME.s{{seed}}")
+                raise _err(
+                    pipe.path,
+                    f"stage '{s.name}' input '{key}'",
+                    f"no stage '{dep}' produces '{ref}'",
+                    f"name one of the stages ({known}), or a per-seed one as NAME.s{{seed}}",
+                )
             else:
                 outs = KINDS[pipe.stages[dep].kind].outputs if pipe.stages[dep].kind in KINDS else ()
                 file = ref_file(ref)
                 if file is not None and file not in outs:
-                    raise _err(pipe.path, f"stage '{s.name}' input '{key}'", f"stage '{dep}' writes no '{file}'",
-                               f"it writes {', '.join(outs)}")
+                    raise _err(
+                        pipe.path,
+                        f"stage '{s.name}' input '{key}'",
+                        f"stage '{dep}' writes no '{file}'",
+                        f"it writes {', '.join(outs)}",
+                    )
                 if dep not in s.deps:
                     s.deps.append(dep)
     order: list[str] = []
@@ -329,9 +395,13 @@ def _link(pipe: Pipeline) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = trail[trail.index(name):] + [name]
-            raise _err(pipe.path, f"stage '{name}'", f"is in a cycle: {' -> '.join(cycle)}",
-                       "a stage may only read what earlier stages write")
+            cycle = trail[trail.index(name) :] + [name]
+            raise _err(
+                pipe.path,
+                f"stage '{name}'",
+                f"is in a cycle: {' -> '.join(cycle)}",
+                "a stage may only read what earlier stages write",
+            )
         state[name] = 1
         for d in pipe.stages[name].deps:
             visit(d, trail + [name])

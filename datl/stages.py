@@ -5,6 +5,7 @@ so a stage behaves exactly as its command does by hand, a crash never takes the 
 down, and ``--launcher torchrun`` can wrap the torch stages. Its outputs go to
 ``OUT/<stage name>/``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manifests.demo import MANIFESTS as DEMO_MANIFESTS
-
+from .demo import MANIFESTS as DEMO_MANIFESTS
 from .launch import Launcher
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Kind:
     command: tuple[str, ...]  # console script and subcommand
     cli: str  # "module:object": the click command, whose options check the stage's params
@@ -32,26 +32,81 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "demo-data": Kind(("datl", "demo-data"), "manifests.commands:demo_data", {}, (),
-                      tuple(f"{name}.parquet" for name in DEMO_MANIFESTS), None, extra=("--quiet",)),
-    "pretrain": Kind(("pretrain",), "pretrain.cli:cli", {"train": "--manifest", "init": "--init"}, ("train",),
-                     ("model.safetensors", "config.json", "metrics.jsonl"), None, torch=True, extra=("--quiet",),
-                     resumes=True),
-    "estimate": Kind(("curate", "estimate"), "curate.cli:estimate", {"model": "--model", "target": "--target", "source": "--source",
-                                              "calibration": "--calibration"}, ("model", "target"),
-                     ("prior.parquet",), "prior.parquet", torch=True, extra=("--quiet",)),
-    "dedup": Kind(("curate", "dedup"), "curate.cli:dedup", {"source": "--source", "target": "--target", "model": "--model"},
-                  ("source", "target", "model"), ("duplicates.parquet",), "duplicates.parquet", torch=True,
-                  extra=("--quiet", "--cache", "{cache}/embeddings")),
-    "weight": Kind(("curate", "weight"), "curate.cli:weight", {"source": "--source", "prior": "--prior", "exclude": "--exclude"},
-                   ("source", "prior"), ("weights.parquet", "weights.png"), "weights.parquet",
-                   extra=("--plot", "{dir}/weights.png")),
-    "sample": Kind(("curate", "sample"), "curate.cli:sample", {"source": "--source", "weights": "--weights", "exclude": "--exclude"},
-                   ("source",), ("sample.parquet",), "sample.parquet"),
-    "finetune": Kind(("finetune",), "finetune.cli:cli", {"train": "--train", "test": "--test", "val": "--val",
-                                                         "checkpoint": "--checkpoint", "unlabeled": "--unlabeled",
-                                                         "train_target": "--train-target"}, ("train", "test"),
-                     ("metrics.json", "predictions.parquet"), None, torch=True, extra=("--quiet",), resumes=True),
+    "demo-data": Kind(
+        command=("datl", "demo-data"),
+        cli="datl.commands:demo_data",
+        inputs={},
+        required=(),
+        outputs=tuple(f"{name}.parquet" for name in DEMO_MANIFESTS),
+        out_file=None,
+        extra=("--quiet",),
+    ),
+    "pretrain": Kind(
+        command=("pretrain",),
+        cli="datl.pretrain.cli:cli",
+        inputs={"train": "--manifest", "init": "--init"},
+        required=("train",),
+        outputs=("model.safetensors", "config.json", "metrics.jsonl"),
+        out_file=None,
+        torch=True,
+        extra=("--quiet",),
+        resumes=True,
+    ),
+    "estimate": Kind(
+        command=("curate", "estimate"),
+        cli="datl.curate.cli:estimate",
+        inputs={"model": "--model", "target": "--target", "source": "--source", "calibration": "--calibration"},
+        required=("model", "target"),
+        outputs=("prior.parquet",),
+        out_file="prior.parquet",
+        torch=True,
+        extra=("--quiet",),
+    ),
+    "dedup": Kind(
+        command=("curate", "dedup"),
+        cli="datl.curate.cli:dedup",
+        inputs={"source": "--source", "target": "--target", "model": "--model"},
+        required=("source", "target", "model"),
+        outputs=("duplicates.parquet",),
+        out_file="duplicates.parquet",
+        torch=True,
+        extra=("--quiet", "--cache", "{cache}/embeddings"),
+    ),
+    "weight": Kind(
+        command=("curate", "weight"),
+        cli="datl.curate.cli:weight",
+        inputs={"source": "--source", "prior": "--prior", "exclude": "--exclude"},
+        required=("source", "prior"),
+        outputs=("weights.parquet", "weights.png"),
+        out_file="weights.parquet",
+        extra=("--plot", "{dir}/weights.png"),
+    ),
+    "sample": Kind(
+        command=("curate", "sample"),
+        cli="datl.curate.cli:sample",
+        inputs={"source": "--source", "weights": "--weights", "exclude": "--exclude"},
+        required=("source",),
+        outputs=("sample.parquet",),
+        out_file="sample.parquet",
+    ),
+    "finetune": Kind(
+        command=("finetune",),
+        cli="datl.finetune.cli:cli",
+        inputs={
+            "train": "--train",
+            "test": "--test",
+            "val": "--val",
+            "checkpoint": "--checkpoint",
+            "unlabeled": "--unlabeled",
+            "train_target": "--train-target",
+        },
+        required=("train", "test"),
+        outputs=("metrics.json", "predictions.parquet"),
+        out_file=None,
+        torch=True,
+        extra=("--quiet",),
+        resumes=True,
+    ),
 }
 SEEDED = {"demo-data", "pretrain", "sample", "finetune"}  # commands that take --seed
 
@@ -73,8 +128,11 @@ def option_names(kind: str) -> set[str]:
     for p in click_command(kind).params:
         for opt in list(p.opts) + list(getattr(p, "secondary_opts", [])):
             if opt.startswith("--"):
-                names.add(opt[2:].replace("-", "_").removeprefix("no_") if opt.startswith("--no-")
-                          else opt[2:].replace("-", "_"))
+                names.add(
+                    opt[2:].replace("-", "_").removeprefix("no_")
+                    if opt.startswith("--no-")
+                    else opt[2:].replace("-", "_")
+                )
     flags = set(KINDS[kind].inputs.values()) | {"--out", "--device", "--quiet", "--help", "--cache", "--plot"}
     return names - {f[2:].replace("-", "_") for f in flags}
 
@@ -100,8 +158,16 @@ def param_flags(params: dict[str, Any], negatable: set[str] = frozenset()) -> li
     return args
 
 
-def command_line(kind: str, folder: Path, inputs: dict[str, str], params: dict[str, Any], device: str,
-                 cache: Path, launcher: Launcher | None, resume: bool = False) -> list[str]:
+def command_line(
+    kind: str,
+    folder: Path,
+    inputs: dict[str, str],
+    params: dict[str, Any],
+    device: str,
+    cache: Path,
+    launcher: Launcher | None,
+    resume: bool = False,
+) -> list[str]:
     """The full argv that runs one stage."""
     k = KINDS[kind]
     args = list(k.command[1:])

@@ -6,6 +6,7 @@ removes the seed's own luck. The interval is Student's t on the paired differenc
 n - 1 degrees of freedom) and the p-value the two-sided paired t-test. With few seeds the
 interval is wide: with 5 seeds, t = 2.78 times the standard error.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,16 +21,22 @@ def paired_difference(arm: dict[str, float], baseline: dict[str, float], name: s
     seeds = sorted(set(arm) & set(baseline), key=str)
     diffs = [arm[s] - baseline[s] for s in seeds]
     n = len(diffs)
-    out = {"baseline": name, "diff_mean": statistics.fmean(diffs) if diffs else None, "ci95": None,
-           "p_value": None, "n_pairs": n}
+    out = {
+        "baseline": name,
+        "diff_mean": statistics.fmean(diffs) if diffs else None,
+        "ci95": None,
+        "p_value": None,
+        "n_pairs": n,
+    }
     if n < 2:
         return out
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     se = sd / math.sqrt(n)
     half = float(stats.t.ppf(0.975, n - 1)) * se
     out["ci95"] = [mean - half, mean + half]
-    out["p_value"] = 1.0 if se == 0 and mean == 0 else (0.0 if se == 0 else
-                                                        float(2 * stats.t.sf(abs(mean / se), n - 1)))
+    out["p_value"] = (
+        1.0 if se == 0 and mean == 0 else (0.0 if se == 0 else float(2 * stats.t.sf(abs(mean / se), n - 1)))
+    )
     return out
 
 

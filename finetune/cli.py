@@ -1,11 +1,13 @@
 """`finetune`: move a pretrained backbone to the target's classes and evaluate it."""
+
 from __future__ import annotations
 
 import json
 
 import click
 
-from manifests.cli import CONTEXT, options_from, run_cli
+from datl.core.cli import CONTEXT, run_cli
+from datl.core.options import options_from
 
 from .config import FinetuneConfig
 

@@ -4,6 +4,7 @@ aligned to the unlabeled target), evaluation into ``metrics.json``.
 
 Model selection never peeks at the test labels: the model evaluated is the last one.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,13 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from datl_torch.checkpoint import ModelConfig, load_run, new_model
-from datl_torch.data import Cycle, image_spec, train_loader
-from datl_torch.engine import dist
-from datl_torch.engine.loop import fit
-from datl_torch.engine.optim import annealed, decay_groups
-from datl_torch.modeling import AdaptNet
-from manifests import UserError, open_manifest
+from datl.core.errors import UserError
+from datl.manifests import open_manifest
+from datl.neural.checkpoint import ModelConfig, load_run, new_model
+from datl.neural.data import Cycle, image_spec, train_loader
+from datl.neural.engine import dist
+from datl.neural.engine.loop import fit
+from datl.neural.engine.optim import annealed, decay_groups
+from datl.neural.modeling import AdaptNet
 
 from . import adapt
 from .config import FinetuneConfig
@@ -29,15 +31,17 @@ SAME_CLASSES = "pass a manifest labeled with the same classes, in the same order
 def run(cfg: FinetuneConfig) -> Path:
     cfg.check()
     with dist.session(cfg.device) as d:
-        train, test = open_manifest(cfg.manifest), open_manifest(cfg.test)
+        train, test = open_manifest(cfg.train), open_manifest(cfg.test)
         classes, _ = train.require_training_labels("training")
-        test.require_classes(classes, cfg.manifest, "evaluate on a test set labeled with the same classes, "
-                                                    "in the same order")
+        test.require_classes(
+            classes, cfg.train, "evaluate on a test set labeled with the same classes, in the same order"
+        )
         test.require_training_labels("test")
         val = open_manifest(cfg.val) if cfg.val else None
         if val is not None:
-            val.require_classes(classes, cfg.manifest, "validate on a set labeled with the same classes, "
-                                                       "in the same order")
+            val.require_classes(
+                classes, cfg.train, "validate on a set labeled with the same classes, in the same order"
+            )
             val.require_training_labels("validation")
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
@@ -46,8 +50,9 @@ def run(cfg: FinetuneConfig) -> Path:
         if cfg.two_domain:
             model, hook, extra = adaptation(cfg, model, model_cfg, classes, train, d)
         schedule = annealed if cfg.schedule == "anneal" else None
-        groups = param_groups(model, cfg) + (decay_groups(extra, cfg.lr, cfg.weight_decay)
-                                             if len(list(extra.parameters())) else [])
+        groups = param_groups(model, cfg) + (
+            decay_groups(extra, cfg.lr, cfg.weight_decay) if len(list(extra.parameters())) else []
+        )
         out = fit(model, model_cfg, train, cfg, d, groups, hook, schedule)
         if d.main:
             evaluate(model, model_cfg, test, d.device, out, cfg, val)
@@ -60,13 +65,24 @@ def backbone(cfg: FinetuneConfig, classes: list[str], train) -> tuple[nn.Module,
     if cfg.checkpoint:
         model, src = load_run(cfg.checkpoint)
         if cfg.model and cfg.model != src.arch:
-            raise UserError("--model", f"{cfg.model} differs from the checkpoint's {src.arch}",
-                            "drop --model when fine-tuning a checkpoint")
+            raise UserError(
+                "--model",
+                f"{cfg.model} differs from the checkpoint's {src.arch}",
+                "drop --model when fine-tuning a checkpoint",
+            )
         model.reset_classifier(len(classes))
         size = [cfg.image_size] * 2 if cfg.image_size else src.image_size  # target images are converted
-        mcfg = ModelConfig(arch=src.arch, classes=classes, image_size=list(size), in_chans=src.in_chans,
-                           mean=src.mean, std=src.std, num_features=src.num_features, params=cfg.params(),
-                           bottleneck=src.bottleneck)
+        mcfg = ModelConfig(
+            arch=src.arch,
+            classes=classes,
+            image_size=list(size),
+            in_chans=src.in_chans,
+            mean=src.mean,
+            std=src.std,
+            num_features=src.num_features,
+            params=cfg.params(),
+            bottleneck=src.bottleneck,
+        )
         return model, mcfg
     if not cfg.model:
         raise UserError("finetune", "needs --checkpoint RUN_DIR or --model ARCH (random init)", "pass one of them")
@@ -93,12 +109,12 @@ def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, cl
     unlabeled = labeled_target = None
     if cfg.adapt != adapt.NONE:
         unlabeled = open_manifest(cfg.unlabeled)
-        unlabeled.require_classes(classes, cfg.manifest, SAME_CLASSES + ", or an unlabeled one", allow_unlabeled=True)
+        unlabeled.require_classes(classes, cfg.train, SAME_CLASSES + ", or an unlabeled one", allow_unlabeled=True)
         if not unlabeled.num_rows:
             raise UserError(cfg.unlabeled, "has no rows", "pass the target images to adapt to")
     if cfg.train_target:
         labeled_target = open_manifest(cfg.train_target)
-        labeled_target.require_classes(classes, cfg.manifest, SAME_CLASSES)
+        labeled_target.require_classes(classes, cfg.train, SAME_CLASSES)
         labeled_target.require_training_labels("--train-target")
     net = model if isinstance(model, AdaptNet) else AdaptNet(model, len(classes), cfg.bottleneck)
     if net is not model:  # a checkpoint of an --adapt run is an AdaptNet already, with its own bottleneck
@@ -117,27 +133,39 @@ def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, cl
     def cycle(manifest, labels: bool) -> Cycle | None:
         if manifest is None:
             return None
-        return Cycle(train_loader(manifest, model_cfg, cfg, d, cfg.seed + (2 if labels else 1), persistent=True),
-                     labels)
+        return Cycle(
+            train_loader(manifest, model_cfg, cfg, d, cfg.seed + (2 if labels else 1), persistent=True), labels
+        )
 
-    hook = TwoDomainStep(step_method, cycle(unlabeled, False), cfg.trade_off, d.device, cfg.label_smoothing,
-                         ramp=cfg.trade_off_ramp, labeled_target=cycle(labeled_target, True), soft=soft,
-                         soft_weight=cfg.soft_weight)
+    hook = TwoDomainStep(
+        step_method,
+        cycle(unlabeled, False),
+        cfg.trade_off,
+        d.device,
+        cfg.label_smoothing,
+        ramp=cfg.trade_off_ramp,
+        labeled_target=cycle(labeled_target, True),
+        soft=soft,
+        soft_weight=cfg.soft_weight,
+    )
     return net, hook, extra
 
 
 def teacher_soft_labels(run_dir: str, train, classes: list[str], cfg: FinetuneConfig, d) -> torch.Tensor:
     """Tzeng et al.'s soft labels: the per-class mean softmax(z / T) over the --train images of a
     model already trained on that domain (``run_dir``), computed once."""
-    from datl_torch.checkpoint import load_model
-    from datl_torch.engine.inference import run_model
+    from datl.neural.checkpoint import load_model
+    from datl.neural.engine.inference import run_model
 
     from .adapt.confusion import soft_labels
 
     lm = load_model(run_dir)
     if lm.config.classes != classes:
-        raise UserError(run_dir, f"is a model of other classes than {cfg.manifest}",
-                        "pass a run trained on the --train manifest's classes")
+        raise UserError(
+            run_dir,
+            f"is a model of other classes than {cfg.train}",
+            "pass a run trained on the --train manifest's classes",
+        )
     here = dist.Dist(0, 1, d.local_rank, d.device)  # every rank computes the same table
     rows, logits, _ = run_model(lm, train, here, "logits", max(cfg.batch_size, 256), 0, False)
     labels = torch.as_tensor(train.read(["label"]).column("label").to_numpy()[rows], dtype=torch.long)

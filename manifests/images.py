@@ -1,21 +1,25 @@
 """Decoding images without torch: shared by validation, probing, dedup and ImageDataset.
 
 Every image is read through its Address (a loose file, a tar member or a row of an
-image Parquet file: manifests/shards.py) and decoded from memory.
+image Parquet file: address.py) and decoded from memory. Unreadable images are counted,
+never fatal: :class:`Examples` keeps their count and the first few reasons.
 """
+
 from __future__ import annotations
 
 import io
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ManifestError
+from .address import Address
 from .io import Manifest
-from .shards import Address, read_bytes
+from .reading import read_bytes
+from .schema import ManifestError
 
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, in every stage
@@ -30,8 +34,9 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image
 Image.MAX_IMAGE_PIXELS = None  # our own cap (MAX_PIXELS) replaces PIL's warning and error
 
 
-def load_image(where: str | Address, mode: str, draft: tuple[int, int] | None = None,
-               warned: list[str] | None = None) -> Image.Image:
+def load_image(
+    where: str | Address, mode: str, draft: tuple[int, int] | None = None, warned: list[str] | None = None
+) -> Image.Image:
     """THE decoding path of the project (training, inference, validation, dedup): read the
     bytes, decode fully (so truncation surfaces here) and convert to ``mode`` ('L' or 'RGB')
     faithfully, whatever the file's mode (see ``to_mode``). ``draft``: a size the caller will
@@ -52,8 +57,13 @@ def has_transparency(data: bytes) -> bool:
         return im.mode in ALPHA_MODES or "transparency" in im.info
 
 
-def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None,
-                 background: tuple[int, int, int] = BACKGROUND, warned: list[str] | None = None) -> Image.Image:
+def decode_bytes(
+    data: bytes,
+    mode: str,
+    draft: tuple[int, int] | None = None,
+    background: tuple[int, int, int] = BACKGROUND,
+    warned: list[str] | None = None,
+) -> Image.Image:
     """``load_image`` of bytes already read; ``background``: what transparent pixels become."""
     # PIL's warnings are recorded, never printed: the cases it warns about for ordinary files
     # (palette transparency, decompression bombs) are handled explicitly below, and what is left
@@ -70,8 +80,7 @@ def decode_bytes(data: bytes, mode: str, draft: tuple[int, int] | None = None,
 def _decode(data: bytes, mode: str, draft: tuple[int, int] | None, background: tuple[int, int, int]) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
         if im.width * im.height > MAX_PIXELS:
-            raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel cap "
-                                "(DATL_MAX_PIXELS)")
+            raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel cap (DATL_MAX_PIXELS)")
         if draft is not None and im.format == "JPEG":
             im.draft(mode if mode in ("L", "RGB") else None, draft)
         im.load()
@@ -141,7 +150,32 @@ def probe_images(manifest: Manifest, n: int = 32) -> tuple[tuple[int, int], int]
         if seen >= n:
             break
     if not seen:
-        raise ManifestError(manifest.path, "none of its first images could be read",
-                            "check the image paths with `datl manifest validate`")
+        raise ManifestError(
+            manifest.path,
+            "none of its first images could be read",
+            "check the image paths with `datl manifest validate`",
+        )
     size = sizes.most_common(1)[0][0]
     return size, (1 if grey == seen else 3)
+
+
+class Examples:
+    """A count of the images met with one kind of trouble, and the first ``keep`` lines saying
+    what ("path: reason"): memory does not grow with a source of 10^8 rows and many bad files."""
+
+    def __init__(self, keep: int = 5):
+        self.count = 0
+        self.examples: list[str] = []
+        self.keep = keep
+
+    def add(self, lines: Sequence[str]) -> None:
+        self.count += len(lines)
+        self.examples.extend(lines[: max(self.keep - len(self.examples), 0)])
+
+    def merge(self, other: Examples) -> None:
+        self.add(other.examples)
+        self.count += other.count - len(other.examples)
+
+    @property
+    def first(self) -> str:
+        return self.examples[0] if self.examples else ""

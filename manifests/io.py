@@ -1,14 +1,11 @@
 """Reading and writing manifests: only the columns asked for, in record batches,
 written atomically (temporary file in the same folder, then rename)."""
+
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import os
-import socket
-import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ManifestError, UserError
-from .schema import LABEL, META_KEY, ManifestMeta, check_same_classes, check_schema
+from datl.core.errors import UserError
+from datl.core.files import atomic_output
+
+from .address import ADDRESS_COLUMNS, AddressColumns
+from .schema import LABEL, META_KEY, ManifestError, ManifestMeta, check_same_classes, check_schema
 
 DEFAULT_BATCH = 65_536
 
@@ -34,13 +34,19 @@ class Manifest:
         if not self.path.exists():
             raise ManifestError(self.path, "does not exist", "check the path, or create it with `datl manifest build`")
         if self.path.is_dir():
-            raise ManifestError(self.path, "is a folder, not a manifest file",
-                                "pass a .parquet file (make one with `datl manifest build FOLDER --out M.parquet`)")
+            raise ManifestError(
+                self.path,
+                "is a folder, not a manifest file",
+                "pass a .parquet file (make one with `datl manifest build FOLDER --out M.parquet`)",
+            )
         try:
             self._file = pq.ParquetFile(self.path)
         except (pa.ArrowException, OSError) as e:
-            raise ManifestError(self.path, f"is not a readable Parquet file ({str(e).splitlines()[0]})",
-                                "regenerate it, or check it is a manifest and not another file") from None
+            raise ManifestError(
+                self.path,
+                f"is not a readable Parquet file ({str(e).splitlines()[0]})",
+                "regenerate it, or check it is a manifest and not another file",
+            ) from None
         self.schema: pa.Schema = self._file.schema_arrow
         self.meta: ManifestMeta | None = ManifestMeta.from_schema(self.schema, self.path)
         check_schema(self.schema, self.meta, self.path)
@@ -69,8 +75,11 @@ class Manifest:
     def require_labels(self) -> list[str]:
         """Classes of a labeled manifest, or a one-line error naming the file."""
         if not self.has_labels or not self.classes:
-            raise ManifestError(self.path, "has no labels (no 'label' column with class names)",
-                                "pass a labeled manifest (class sub-folders with `datl manifest build`)")
+            raise ManifestError(
+                self.path,
+                "has no labels (no 'label' column with class names)",
+                "pass a labeled manifest (class sub-folders with `datl manifest build`)",
+            )
         return list(self.classes)
 
     def require_classes(self, classes: list[str], against: object, fix: str, allow_unlabeled: bool = False) -> None:
@@ -81,25 +90,31 @@ class Manifest:
         check_same_classes(classes, self.require_labels(), against, self.path, fix)
 
     # -- rows ------------------------------------------------------------------
-    def iter_batches(self, columns: Iterable[str] | None = None,
-                     batch_size: int = DEFAULT_BATCH) -> Iterator[pa.RecordBatch]:
+    def iter_batches(
+        self, columns: Iterable[str] | None = None, batch_size: int = DEFAULT_BATCH
+    ) -> Iterator[pa.RecordBatch]:
         cols = None if columns is None else list(columns)
         if cols is not None:
             missing = [c for c in cols if c not in self.schema.names]
             if missing:
-                raise ManifestError(self.path, f"has no column {', '.join(map(repr, missing))}",
-                                    "pass a manifest that has it")
+                raise ManifestError(
+                    self.path, f"has no column {', '.join(map(repr, missing))}", "pass a manifest that has it"
+                )
         yield from self._file.iter_batches(batch_size=batch_size, columns=cols)
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         cols = None if columns is None else list(columns)
         batches = list(self.iter_batches(cols))
-        schema = self.schema if cols is None else pa.schema([self.schema.field(c) for c in cols],
-                                                            metadata=self.schema.metadata)
+        schema = (
+            self.schema
+            if cols is None
+            else pa.schema([self.schema.field(c) for c in cols], metadata=self.schema.metadata)
+        )
         return pa.Table.from_batches(batches, schema=schema)
 
-    def iter_take(self, rows: np.ndarray, columns: Iterable[str] | None = None,
-                  batch_size: int = DEFAULT_BATCH) -> Iterator[pa.Table]:
+    def iter_take(
+        self, rows: np.ndarray, columns: Iterable[str] | None = None, batch_size: int = DEFAULT_BATCH
+    ) -> Iterator[pa.Table]:
         """The rows numbered ``rows`` (sorted; repeats give repeated rows), in one streamed pass."""
         start = 0
         for b in self.iter_batches(columns, batch_size):
@@ -110,9 +125,7 @@ class Manifest:
 
     @property
     def address_columns(self) -> list[str]:
-        """The shard-addressing columns this manifest has (manifests/shards.py)."""
-        from .shards import ADDRESS_COLUMNS
-
+        """The shard-addressing columns this manifest has (address.py)."""
         return [c for c in ADDRESS_COLUMNS if c in self.schema.names]
 
     def read_range(self, start: int, stop: int, columns: Iterable[str] | None = None) -> pa.Table:
@@ -150,8 +163,6 @@ class Manifest:
 
     def iter_addresses(self, batch_size: int = 4096):
         """(first row, AddressColumns) per batch of rows: where each image's bytes are."""
-        from .shards import AddressColumns
-
         start = 0
         for b in self.iter_batches(["path", *self.address_columns], batch_size):
             yield start, AddressColumns(pa.Table.from_batches([b]), str(self.folder))
@@ -178,8 +189,11 @@ class Manifest:
                 continue
             if int(vals.min()) < 0 or int(vals.max()) >= k:
                 row, bad = self._first_row(lambda v: (v < 0) | (v >= k))
-                raise ManifestError(self.path, f"label {bad} of row {row} is out of range for its {k} classes "
-                                               f"(0..{k - 1})", "fix the labels or the class list in the datl metadata")
+                raise ManifestError(
+                    self.path,
+                    f"label {bad} of row {row} is out of range for its {k} classes (0..{k - 1})",
+                    "fix the labels or the class list in the datl metadata",
+                )
             counts += np.bincount(vals, minlength=k)
         return counts, n_null
 
@@ -192,9 +206,12 @@ class Manifest:
         counts, n_null = self.label_counts()
         if n_null:
             row, _ = self._first_row(None)
-            raise ManifestError(self.path, f"{n_null:,} of its {self.num_rows:,} rows have no label (first: {row}), "
-                                           f"and a {role} manifest needs every row labeled",
-                                "label those rows, or drop them from the manifest")
+            raise ManifestError(
+                self.path,
+                f"{n_null:,} of its {self.num_rows:,} rows have no label (first: {row}), "
+                f"and a {role} manifest needs every row labeled",
+                "label those rows, or drop them from the manifest",
+            )
         if not counts.sum():
             raise ManifestError(self.path, "has no rows", f"pass a {role} manifest with labeled images")
         return classes, counts
@@ -222,59 +239,6 @@ def open_manifest(path: str | os.PathLike) -> Manifest:
 
 
 # -- writing -----------------------------------------------------------------
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
-
-
-def remove_stale_temporaries(dest: Path) -> int:
-    """Delete the temporary files that a killed writer of ``dest`` left behind (SIGKILL
-    leaves no chance to clean up): those of this host whose process is gone. A live
-    writer's file, or another host's, is left alone. Returns how many were removed."""
-    removed = 0
-    for tmp in dest.parent.glob(f".{glob.escape(dest.name)}.{_HOST}-*.tmp"):
-        try:
-            pid = int(tmp.name[len(dest.name) + 2:].split(".")[0].split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the destination folder; rename it into place on success.
-
-    On any exception (KeyboardInterrupt included) the temporary file is removed and
-    the destination is left as it was: an interrupted stage never leaves a partial file.
-    """
-    dest = Path(path)
-    if dest.parent and not dest.parent.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(dest)
-    tmp = dest.parent / f".{dest.name}.{_HOST}-{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield tmp
-        if tmp.exists():
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _with_meta(schema: pa.Schema, meta: ManifestMeta) -> pa.Schema:
     md = dict(schema.metadata or {})
     md.pop(b"pandas", None)  # pandas' index bookkeeping is not part of the contract
@@ -283,14 +247,23 @@ def _with_meta(schema: pa.Schema, meta: ManifestMeta) -> pa.Schema:
     return pa.schema(fields, metadata=md)
 
 
-def write_manifest(path: str | os.PathLike, data: pa.Table | Iterable[pa.RecordBatch], meta: ManifestMeta,
-                   schema: pa.Schema | None = None) -> Path:
+def write_manifest(
+    path: str | os.PathLike,
+    data: pa.Table | Iterable[pa.RecordBatch],
+    meta: ManifestMeta,
+    schema: pa.Schema | None = None,
+) -> Path:
     """Write a manifest atomically; its schema is checked against the contract first."""
     return write_table(path, data, meta, schema, check=True)
 
 
-def write_table(path: str | os.PathLike, data: pa.Table | Iterable[pa.RecordBatch], meta: ManifestMeta,
-                schema: pa.Schema | None = None, check: bool = False) -> Path:
+def write_table(
+    path: str | os.PathLike,
+    data: pa.Table | Iterable[pa.RecordBatch],
+    meta: ManifestMeta,
+    schema: pa.Schema | None = None,
+    check: bool = False,
+) -> Path:
     """Write any stage table (a manifest, prior.parquet, ...) atomically with ``datl`` metadata.
 
     ``data`` is a Table or an iterable of RecordBatches (streamed: constant memory).
@@ -329,93 +302,34 @@ def _chain(first, rest):
     yield from rest
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def input_hashes(**paths: str | os.PathLike | None) -> dict[str, str]:
-    """{name: sha256} of the input files given (None and folders skipped): a stage output's
-    ``inputs`` metadata."""
-    return {k: file_sha256(v) for k, v in paths.items() if v is not None and Path(v).is_file()}
-
-
-def require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
-    """A path that must exist, or a one-line UserError."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(p, f"{what} does not exist", fix)
-    return p
-
-
-# -- never destroy what datl did not make ----------------------------------------
-OWNED = ".datl-owned"  # the marker in every folder datl creates and may empty or remove
-
-
-def claim_folder(path: str | os.PathLike, what: str) -> Path:
-    """Create ``path`` as a datl folder (with the OWNED marker), or accept it if datl made it or
-    it is empty. A non-empty folder datl did not make is refused: nothing in it is touched."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(p, f"is a file, not a folder for the {what}", "pass another --out")
-    if p.is_dir() and not (p / OWNED).exists() and any(p.iterdir()):
-        raise UserError(p, f"is a folder datl did not create (no {OWNED} marker) and it is not empty",
-                        f"pass a new or empty folder for the {what}; datl never writes into or deletes other folders")
-    p.mkdir(parents=True, exist_ok=True)
-    (p / OWNED).touch()
-    return p
-
-
-_LOCKS: dict[str, int] = {}  # folder -> open descriptor of its marker, flock'ed until this process ends
-
-
-def lock_folder(path: str | os.PathLike, what: str) -> None:
-    """Hold an exclusive lock on a datl folder (on its OWNED marker) for the rest of this
-    process, so two runs can never write one folder; the kernel releases it however the
-    process ends (SIGKILL included). A folder another process holds is refused."""
-    import fcntl
-
-    p = Path(path)
-    key = os.path.realpath(p)
-    if key in _LOCKS:
-        return
-    fd = os.open(p / OWNED, os.O_RDWR | os.O_CREAT, 0o644)
+def write_manifest_two_pass(
+    out: Path, batches: Iterator[pa.RecordBatch], classes: Callable[[], list[str] | None], params: dict, folder: Path
+) -> tuple[int, list[str] | None]:
+    """A manifest whose class names are known only once every row is read (a folder of
+    shards): rows go first to a temporary file beside ``out``, then are streamed into the
+    manifest with its metadata. ``classes()`` is called after the last batch."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.rows.tmp"
+    rows = 0
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise UserError(p, f"is the {what} of another datl process that is still running",
-                        "wait for it to finish, or pass another output folder") from None
-    _LOCKS[key] = fd
-
-
-def remove_owned(path: str | os.PathLike) -> None:
-    """Delete a folder datl made (it holds the OWNED marker); refuse any other."""
-    import shutil
-
-    p = Path(path)
-    if not p.exists():
-        return
-    if not p.is_dir() or not (p / OWNED).exists():
-        raise UserError(p, f"exists and was not made by datl (no {OWNED} marker)",
-                        "move it away or choose another output folder; datl never deletes what it did not make")
-    shutil.rmtree(p)
-
-
-def refuse_clobber(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, str | os.PathLike | None]) -> None:
-    """An output that is an input, or the same file as another output, is refused before any work."""
-    seen: dict[str, str] = {}
-    ins = {os.path.realpath(v): k for k, v in inputs.items() if v is not None}
-    for flag, path in outputs.items():
-        if path is None:
-            continue
-        real = os.path.realpath(path)
-        if real in ins:
-            raise UserError(flag, f"{path} is also the {ins[real]} input: writing it would destroy that input",
-                            "write the output to another path")
-        if real in seen:
-            raise UserError(flag, f"{path} is also the {seen[real]} output", "give each output its own path")
-        seen[real] = flag
+        writer = None
+        for b in batches:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, b.schema)
+            writer.write_batch(b)
+            rows += b.num_rows
+        if writer is not None:
+            writer.close()
+        if rows == 0:
+            raise UserError(folder, "holds shards but no images in them", "check the shards' contents")
+        names = classes()
+        src = pq.ParquetFile(tmp)
+        write_manifest(
+            out,
+            src.iter_batches(batch_size=262_144),
+            ManifestMeta(classes=names, stage="manifest-build", params=params),
+            schema=src.schema_arrow,
+        )
+    finally:
+        tmp.unlink(missing_ok=True)
+    return rows, names

@@ -1,4 +1,5 @@
 """Text renderings of manifests for the terminal: `datl manifest show`, the demo summary."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,9 @@ def summary_table(paths: list[Path]) -> str:
     rows = [("manifest", "rows", "classes", "labeled")]
     for p in paths:
         m = Manifest(p)
-        rows.append((p.name, f"{m.num_rows:,}", str(len(m.classes)) if m.has_labels else "-",
-                     "yes" if m.has_labels else "no"))
+        rows.append(
+            (p.name, f"{m.num_rows:,}", str(len(m.classes)) if m.has_labels else "-", "yes" if m.has_labels else "no")
+        )
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  {r[3]:<{w[3]}}".rstrip() for r in rows)
 

@@ -1,4 +1,5 @@
 """``datl manifest validate``: schema, labels in range, unique ids, every file exists and opens."""
+
 from __future__ import annotations
 
 import csv
@@ -6,39 +7,34 @@ import os
 from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
-from tqdm import tqdm
 
-from .images import DECODE_ERRORS, load_image
-from .errors import ManifestError
-from .io import Manifest, atomic_output, open_manifest
-from .shards import Address, AddressColumns
+from datl.core.files import atomic_output
+from datl.core.pool import fork_map
+from datl.core.progress import bar
 
+from .address import Address, AddressColumns
+from .images import DECODE_ERRORS, Examples, load_image
+from .io import Manifest, open_manifest
+from .schema import ManifestError
 
 EXAMPLES = 20  # lines of each kind a report keeps; the counts cover all, --list has every one
 
 
 @dataclass
 class ValidationReport:
-    """What was checked. Holds counts and the first EXAMPLES lines of each kind, never a
-    line per image, so memory does not grow with a source of 10^8 rows and many bad files."""
+    """What was checked: counts and the first EXAMPLES lines of each kind of trouble, never
+    a line per image, so memory does not grow with a source of 10^8 rows and many bad files."""
+
     rows: int
     classes: int | None
     files_checked: int = 0
     unlabeled: int = 0  # rows of a labeled manifest with a null label
-    bad: int = 0  # missing or unreadable image files
-    warned: int = 0  # decoded, but PIL warned
-    bad_examples: list[str] = field(default_factory=list)  # "path: reason"
-    warned_examples: list[str] = field(default_factory=list)  # "path: warning"
+    unreadable: Examples = field(default_factory=lambda: Examples(EXAMPLES))  # "path: reason"
+    warnings: Examples = field(default_factory=lambda: Examples(EXAMPLES))  # "path: what PIL warned"
 
     def add(self, bad: str | None, warned: str | None) -> None:
-        if bad is not None:
-            self.bad += 1
-            if len(self.bad_examples) < EXAMPLES:
-                self.bad_examples.append(bad)
-        if warned is not None:
-            self.warned += 1
-            if len(self.warned_examples) < EXAMPLES:
-                self.warned_examples.append(warned)
+        self.unreadable.add([bad] if bad is not None else [])
+        self.warnings.add([warned] if warned is not None else [])
 
 
 def allows_repeated_ids(m: Manifest) -> bool:
@@ -71,8 +67,13 @@ def _check_part(path: str, lo: int, hi: int) -> list[tuple[str, str | None, str 
     return out
 
 
-def validate_manifest(path: str | os.PathLike, check_files: bool = True, progress: bool = True,
-                      workers: int | None = None, listing: str | os.PathLike | None = None) -> ValidationReport:
+def validate_manifest(
+    path: str | os.PathLike,
+    check_files: bool = True,
+    progress: bool = True,
+    workers: int | None = None,
+    listing: str | os.PathLike | None = None,
+) -> ValidationReport:
     """Raise ManifestError (one line) on a broken contract; return what was checked.
 
     Unreadable image files do not raise: they are counted in the report (with the first
@@ -93,8 +94,11 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True, progres
         if n_unique != m.num_rows:
             counts = pc.value_counts(ids)
             dup = next(v["values"] for v in counts.to_pylist() if v["counts"] > 1)
-            raise ManifestError(m.path, f"{m.num_rows - n_unique} duplicate id(s) (first: {dup!r})",
-                                "make ids unique (only a with-replacement sample may repeat them)")
+            raise ManifestError(
+                m.path,
+                f"{m.num_rows - n_unique} duplicate id(s) (first: {dup!r})",
+                "make ids unique (only a with-replacement sample may repeat them)",
+            )
     del ids
     if check_files:
         if listing is None:
@@ -109,23 +113,19 @@ def validate_manifest(path: str | os.PathLike, check_files: bool = True, progres
 
 def _check_files(m: Manifest, report: ValidationReport, progress: bool, workers: int | None, writer) -> None:
     """Decode every image, in forked worker processes (decoding is CPU-bound, and PIL's warnings
-    are captured per process: threads would mix up whose warning is whose). Parts of 1,024 rows
-    are handed out a window at a time, so memory does not grow with the manifest."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = workers or max(1, len(os.sched_getaffinity(0)))
-    step, window = 1024, 4 * workers
-    starts = range(0, m.num_rows, step)
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool, \
-            tqdm(total=m.num_rows, desc="checking images", unit="img", disable=not progress, leave=False) as bar:
-        for w in range(0, len(starts), window):
-            parts = [(str(m.path), lo, min(lo + step, m.num_rows)) for lo in starts[w:w + window]]
-            for (_, lo, hi), results in zip(parts, pool.map(_check_part, *zip(*parts))):
-                for id_, bad, warned in results:
-                    report.add(bad, warned)
-                    if writer is not None:
-                        writer.writerows([id_, kind, line] for kind, line in (("unreadable", bad), ("warning", warned))
-                                         if line is not None)
-                bar.update(hi - lo)
-                report.files_checked += hi - lo
+    are captured per process), parts of 1,024 rows a window at a time: memory does not grow
+    with the manifest."""
+    step = 1024
+    parts = [(str(m.path), lo, min(lo + step, m.num_rows)) for lo in range(0, m.num_rows, step)]
+    with bar(total=m.num_rows, desc="checking images", unit="img", enabled=progress) as b:
+        for (_, lo, hi), results in fork_map(_check_part, parts, workers):
+            for id_, bad, warned in results:
+                report.add(bad, warned)
+                if writer is not None:
+                    writer.writerows(
+                        [id_, kind, line]
+                        for kind, line in (("unreadable", bad), ("warning", warned))
+                        if line is not None
+                    )
+            b.update(hi - lo)
+            report.files_checked += hi - lo

@@ -1,9 +1,11 @@
 """`pretrain`: train any timm architecture on a labeled manifest."""
+
 from __future__ import annotations
 
 import click
 
-from manifests.cli import CONTEXT, options_from, run_cli
+from datl.core.cli import CONTEXT, run_cli
+from datl.core.options import options_from
 
 from .config import PretrainConfig
 

@@ -1,11 +1,12 @@
 """Shared fixtures: real demo data (a small fraction, built once)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from manifests.demo import build_demo
+from datl.demo import build_demo
 
 
 @pytest.fixture(scope="session")
@@ -21,12 +22,23 @@ def random_model(tmp_path_factory) -> Path:
     """A deliberately useless model run folder: test_resnet, random init, never trained, 3 classes."""
     import torch
 
-    from datl_torch.checkpoint import ModelConfig, save_run
-    from datl_torch.modeling import create_model
+    from datl.neural.checkpoint import ModelConfig, save_run
+    from datl.neural.modeling import create_model
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("rand") / "run"
     m = create_model("test_resnet", 3, 1)
-    save_run(out, m, ModelConfig(arch="test_resnet", classes=["a", "b", "c"], image_size=[28, 28], in_chans=1,
-                                 mean=[0.5], std=[0.5], num_features=m.num_features))
+    save_run(
+        out,
+        m,
+        ModelConfig(
+            arch="test_resnet",
+            classes=["a", "b", "c"],
+            image_size=[28, 28],
+            in_chans=1,
+            mean=[0.5],
+            std=[0.5],
+            num_features=m.num_features,
+        ),
+    )
     return out

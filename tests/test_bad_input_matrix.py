@@ -1,6 +1,7 @@
 """Issue 17's matrix: each class of bad input through each command that reads it. Every case
 is exit 2 and one line naming the file and the first bad row, no traceback, refused before
 any work: nothing new or changed in the folder the outputs would go to."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,9 +10,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_user_error, cli
 
-from manifests import Manifest
+from datl.manifests import Manifest
+
+from helpers import assert_user_error, cli
 
 RUN = ["--workers", "0", "-q", "--steps", "2", "--batch-size", "8"]
 
@@ -29,8 +31,7 @@ def bad(demo_small, tmp_path_factory) -> Path:
     def set_label(t: pa.Table, row: int, value) -> pa.Table:
         labels = t.column("label").to_pylist()
         labels[row] = value
-        return t.set_column(t.schema.get_field_index("label"), t.schema.field("label"),
-                            pa.array(labels, pa.int32()))
+        return t.set_column(t.schema.get_field_index("label"), t.schema.field("label"), pa.array(labels, pa.int32()))
 
     def missing_images(t: pa.Table) -> pa.Table:
         paths = pa.array(["nowhere/" + p for p in t.column("path").to_pylist()], pa.string())
@@ -47,14 +48,21 @@ def bad(demo_small, tmp_path_factory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-LABEL_PROBLEMS = [("null_label", ["no label", "row 5"]), ("label_99", ["label 99", "row 7", "out of range"]),
-                  ("empty", ["has no rows"])]
+LABEL_PROBLEMS = [
+    ("null_label", ["no label", "row 5"]),
+    ("label_99", ["label 99", "row 7", "out of range"]),
+    ("empty", ["has no rows"]),
+]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem,fragments", LABEL_PROBLEMS, ids=[p for p, _ in LABEL_PROBLEMS])
 @pytest.mark.parametrize("command", ["pretrain", "finetune --train", "finetune --test", "finetune --val"])
 def test_label_problems_are_refused_before_training(bad, demo_small, tmp_path, command, problem, fragments):
@@ -74,21 +82,59 @@ def test_label_problems_are_refused_before_training(bad, demo_small, tmp_path, c
     assert snapshot(tmp_path) == before and not (out / "run").exists()
 
 
-@pytest.mark.parametrize("argv,culprit", [
-    (["curate", "estimate", "--model", "{model}", "--target", "{bad}/target_unlabeled_missing.parquet"],
-     "target_unlabeled_missing.parquet"),
-    (["curate", "estimate", "--model", "{model}", "--target", "{bad}/target_unlabeled_empty.parquet"],
-     "target_unlabeled_empty.parquet"),
-    (["curate", "dedup", "--no-feature", "--source", "{demo}/source.parquet", "--target",
-      "{bad}/target_unlabeled_missing.parquet"], "target_unlabeled_missing.parquet"),
-    (["curate", "dedup", "--no-feature", "--source", "{bad}/source_missing.parquet", "--target",
-      "{demo}/target_all.parquet"], "source_missing.parquet"),
-    (["pretrain", "--model", "test_resnet", "--steps", "2", "-m", "{bad}/source_missing.parquet"],
-     "source_missing.parquet"),
-    (["datl", "manifest", "validate", "{bad}/source_label_99.parquet"], "source_label_99.parquet"),
-    (["datl", "manifest", "validate", "{bad}/target_test_missing.parquet"], "target_test_missing.parquet"),
-], ids=["estimate-unreadable", "estimate-empty", "dedup-unreadable-target", "dedup-unreadable-source",
-        "pretrain-unreadable", "validate-label", "validate-unreadable"])
+@pytest.mark.parametrize(
+    "argv,culprit",
+    [
+        (
+            ["curate", "estimate", "--model", "{model}", "--target", "{bad}/target_unlabeled_missing.parquet"],
+            "target_unlabeled_missing.parquet",
+        ),
+        (
+            ["curate", "estimate", "--model", "{model}", "--target", "{bad}/target_unlabeled_empty.parquet"],
+            "target_unlabeled_empty.parquet",
+        ),
+        (
+            [
+                "curate",
+                "dedup",
+                "--no-feature",
+                "--source",
+                "{demo}/source.parquet",
+                "--target",
+                "{bad}/target_unlabeled_missing.parquet",
+            ],
+            "target_unlabeled_missing.parquet",
+        ),
+        (
+            [
+                "curate",
+                "dedup",
+                "--no-feature",
+                "--source",
+                "{bad}/source_missing.parquet",
+                "--target",
+                "{demo}/target_all.parquet",
+            ],
+            "source_missing.parquet",
+        ),
+        (
+            ["pretrain", "--model", "test_resnet", "--steps", "2", "-m", "{bad}/source_missing.parquet"],
+            "source_missing.parquet",
+        ),
+        (["datl", "manifest", "validate", "{bad}/source_label_99.parquet"], "source_label_99.parquet"),
+        (["datl", "manifest", "validate", "{bad}/target_test_missing.parquet"], "target_test_missing.parquet"),
+    ],
+    ids=[
+        "estimate-unreadable",
+        "estimate-empty",
+        "dedup-unreadable-target",
+        "dedup-unreadable-source",
+        "pretrain-unreadable",
+        "validate-label",
+        "validate-unreadable",
+    ],
+)
+@pytest.mark.slow
 def test_no_readable_image_or_bad_rows_is_exit_2(bad, demo_small, random_model, tmp_path, argv, culprit):
     out = tmp_path / "out"
     out.mkdir()

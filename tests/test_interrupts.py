@@ -1,6 +1,7 @@
 """Issue 17: stopped runs leave nothing behind and nothing running. A killed writer's temporary
 file is removed by the next writer of that output; two runs cannot write one folder; a
 `datl run` that is stopped (SIGTERM) or killed (SIGKILL) takes its stage with it."""
+
 from __future__ import annotations
 
 import os
@@ -9,12 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
+from datl.core.files import _HOST
+
 from helpers import BIN, assert_user_error, cli
 
-from manifests.io import _HOST
-
-FAST = ["--model", "test_resnet", "--save-every", "5", "--log-every", "1", "--batch-size", "8", "--workers", "0",
-        "-q"]
+FAST = ["--model", "test_resnet", "--save-every", "5", "--log-every", "1", "--batch-size", "8", "--workers", "0", "-q"]
 LONG = [*FAST, "--steps", "100000"]
 
 
@@ -58,16 +60,29 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(demo_small, tmp
     live.write_bytes(b"y")
     other = tmp_path / ".t.parquet.000000-1.0badc0de.tmp"  # another output's: not ours to judge
     other.write_bytes(b"z")
-    res = cli("curate", "sample", "--source", str(demo_small / "source.parquet"), "--uniform", "--size", "10",
-              "--out", str(out))
+    res = cli(
+        "curate",
+        "sample",
+        "--source",
+        str(demo_small / "source.parquet"),
+        "--uniform",
+        "--size",
+        "10",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     assert out.exists() and not stale.exists() and live.exists() and other.exists()
 
 
+@pytest.mark.slow
 def test_two_runs_cannot_write_one_run_folder(demo_small, tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([str(BIN / "pretrain"), "-m", str(demo_small / "source.parquet"), "--out", str(out),
-                              *LONG], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [str(BIN / "pretrain"), "-m", str(demo_small / "source.parquet"), "--out", str(out), *LONG],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for(out / "state.pt", first)
         metrics = (out / "metrics.jsonl").read_bytes()
@@ -81,8 +96,17 @@ def test_two_runs_cannot_write_one_run_folder(demo_small, tmp_path):
     assert b"stopped by signal 15" in err and b"Traceback" not in err
     assert not list(out.glob(".*.tmp"))
     # the lock goes with its process: now it resumes
-    res = cli("pretrain", "-m", str(demo_small / "source.parquet"), "--out", str(out), "--resume", *LONG,
-              "--stop-after-steps", "1")
+    res = cli(
+        "pretrain",
+        "-m",
+        str(demo_small / "source.parquet"),
+        "--out",
+        str(out),
+        "--resume",
+        *LONG,
+        "--stop-after-steps",
+        "1",
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -100,13 +124,16 @@ stages:
     return p
 
 
+@pytest.mark.slow
 def test_stopping_or_killing_datl_run_stops_its_stage(demo_small, tmp_path):
     pipe = _pipeline(tmp_path, demo_small)
     stage = tmp_path / "out" / "long_model"
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        runner = subprocess.Popen([str(BIN / "datl"), "run", str(pipe)] + (["--force"] if sig == signal.SIGKILL
-                                                                           else []),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        runner = subprocess.Popen(
+            [str(BIN / "datl"), "run", str(pipe)] + (["--force"] if sig == signal.SIGKILL else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         wait_for(stage / "state.pt", runner)
         assert running_with(str(stage)), "the stage is not running"
         runner.send_signal(sig)  # the runner only, not its process group: as `kill PID` does

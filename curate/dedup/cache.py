@@ -10,6 +10,7 @@ thresholds computes nothing again.
   index kind and the chunk size; thresholds are applied when the chunks are merged.
   A chunk file is written atomically when its chunk is done: a rerun skips it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from manifests import Manifest, UserError, atomic_output, file_sha256
+from datl.core.errors import UserError
+from datl.core.files import atomic_output, file_sha256
+from datl.core.specs import parse_model_spec
+from datl.manifests import Manifest
 
 from . import pixel as px
 
@@ -59,7 +63,7 @@ def model_fingerprint(spec: str | None, weights: str | None) -> str:
     """Changes whenever the model's weights or config change; 'none' without a model."""
     if spec is None:
         return "none"
-    if spec.startswith("timm:"):
+    if parse_model_spec(spec).is_timm:
         return f"{spec}:{file_sha256(weights)}" if weights else spec
     run = Path(spec)
     return f"{file_sha256(run / 'model.safetensors')}:{file_sha256(run / 'config.json')}"
@@ -76,22 +80,27 @@ def _save_npz(path: Path, meta: dict, **arrays) -> None:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Each row of ``x`` scaled to unit length (a zero row stays near zero)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
 
 
-def embed(lm, manifest: Manifest, d, batch_size: int, workers: int, progress: bool,
-          rows: tuple[int, int] | None = None) -> Embeddings:
+def embed(
+    lm, manifest: Manifest, d, batch_size: int, workers: int, progress: bool, rows: tuple[int, int] | None = None
+) -> Embeddings:
     """L2-normalised float16 model features of a manifest (or of rows [start, stop), in this process)."""
-    from datl_torch.engine.inference import run_model
+    from datl.neural.engine.inference import run_model
 
     idx, feats, _ = run_model(lm, manifest, d, "features", batch_size, workers, progress, rows=rows)
     dim = lm.config.num_features
     if len(feats) and feats.shape[1] != dim:
-        raise UserError(manifest.path, f"the model gives {feats.shape[1]}-d features but its config says {dim}",
-                        "rerun the stage that wrote the model")
-    return Embeddings(idx, normalise(feats).astype(np.float16))
+        raise UserError(
+            manifest.path,
+            f"the model gives {feats.shape[1]}-d features but its config says {dim}",
+            "rerun the stage that wrote the model",
+        )
+    return Embeddings(idx, l2_normalise(feats).astype(np.float16))
 
 
 def target_path(cache_dir: Path, target: Manifest, fingerprint: str, image_size) -> Path:
@@ -103,7 +112,7 @@ def target_path(cache_dir: Path, target: Manifest, fingerprint: str, image_size)
 
 def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: int, progress: bool) -> TargetSide:
     """Compute the target side on rank 0 (unless cached), then load it on every rank."""
-    from datl_torch.engine import dist
+    from datl.neural.engine import dist
 
     if d.main and _load_target(path) is None:  # none yet, or unreadable (a killed disk, a bad copy)
         content = px.content_pass(target, views=True, progress=progress)
@@ -146,8 +155,9 @@ def chunk_file(folder: Path, c: int) -> Path:
 
 def save_chunk(path: Path, r: ChunkResult, files: str) -> None:
     """``files``: the chunk's images' fingerprint (Manifest.files_fingerprint) when computed."""
-    _save_npz(path, {"start": r.start, "stop": r.stop, "files": files},
-              **{k: getattr(r, k) for k in ChunkResult.ARRAYS})
+    _save_npz(
+        path, {"start": r.start, "stop": r.stop, "files": files}, **{k: getattr(r, k) for k in ChunkResult.ARRAYS}
+    )
 
 
 def load_chunk(path: Path, files: str | None = None) -> ChunkResult | None:

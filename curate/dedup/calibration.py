@@ -1,15 +1,20 @@
 """``curate dedup --calibrate``: planted edited copies of target images, recall and
 false-positive rates per threshold and per check, and their histogram."""
+
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from manifests import Manifest, atomic_output
+from datl.core.files import atomic_output
+from datl.manifests import Manifest
 
 from .pixel import border_colour
+
+logger = logging.getLogger(__name__)
 
 
 AUGMENTATIONS = ("crop", "rotate", "blur", "contrast", "jpeg", "resize", "colour")  # edits of any image
@@ -52,7 +57,7 @@ def augment(img, kind: str, rng: np.random.Generator):
 def edits_for(data: bytes) -> tuple[str, ...]:
     """The edits that make sense for one encoded image: every image gets AUGMENTATIONS, a
     colour one also ``recolour``, a transparent one also ``flatten`` and ``rerender``."""
-    from manifests.images import GREY_MODES, has_transparency, open_bytes
+    from datl.manifests.images import GREY_MODES, has_transparency, open_bytes
 
     with open_bytes(data) as im:
         grey = im.mode in GREY_MODES
@@ -69,7 +74,7 @@ def plant_one(data: bytes, kind: str, rng: np.random.Generator):
     """
     from PIL import Image
 
-    from manifests.images import GREY_MODES, decode_bytes, open_bytes
+    from datl.manifests.images import GREY_MODES, decode_bytes, open_bytes
 
     if kind == "flatten":
         return decode_bytes(data, "RGB", background=(0, 0, 0))
@@ -95,8 +100,9 @@ def plant_copies(target: Manifest, folder: Path, n: int, seed: int = 0) -> Path:
     which image each copies and ``edit`` how."""
     import pyarrow as pa
 
-    from manifests import ManifestMeta, write_manifest
-    from manifests.shards import AddressColumns, read_bytes
+    from datl.manifests import ManifestMeta, write_manifest
+    from datl.manifests.address import AddressColumns
+    from datl.manifests.reading import read_bytes
 
     rng = np.random.default_rng(seed)
     t = target.read(["id", "path", *target.address_columns])
@@ -147,14 +153,16 @@ class Tally:
     @staticmethod
     def rate_at_or_above(hist: np.ndarray, t: float) -> float:
         total = hist.sum()
-        return float(hist[int(round((t + 1.0) * 1000.0)):].sum() / total) if total else 0.0
+        return float(hist[int(round((t + 1.0) * 1000.0)) :].sum() / total) if total else 0.0
 
 
 def calibration_table(planted: np.ndarray, ordinary: np.ndarray, thresholds=THRESHOLDS) -> list[tuple]:
     """(threshold, recall on planted copies, false-positive rate on ordinary source images);
     ``ordinary`` is a Tally histogram."""
-    return [(t, float((planted >= t).mean()) if len(planted) else 0.0, Tally.rate_at_or_above(ordinary, t))
-            for t in thresholds]
+    return [
+        (t, float((planted >= t).mean()) if len(planted) else 0.0, Tally.rate_at_or_above(ordinary, t))
+        for t in thresholds
+    ]
 
 
 def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> None:
@@ -165,16 +173,21 @@ def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.8), constrained_layout=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(channels), figsize=(7 * len(channels), 4.8), constrained_layout=True, squeeze=False)
     for ax, (name, (planted, ordinary, threshold)) in zip(axes[0], channels.items()):
         lo = min(planted.min(initial=1), EDGES[np.flatnonzero(ordinary)[0]] if ordinary.any() else 1, 0.5)
         edges = EDGES[EDGES >= max(lo, -1.0) - 0.01][::10]
         counts = np.add.reduceat(ordinary, np.searchsorted(EDGES[:-1], edges[:-1]))[: len(edges) - 1]
-        ax.stairs(counts / max(counts.sum() * np.diff(edges).mean(), 1e-12), edges, fill=True, alpha=0.6,
-                  label=f"ordinary source images (n={int(ordinary.sum()):,})")
-        ax.hist(planted, bins=edges, alpha=0.6, density=True,
-                label=f"planted edited copies of target (n={len(planted):,})")
+        ax.stairs(
+            counts / max(counts.sum() * np.diff(edges).mean(), 1e-12),
+            edges,
+            fill=True,
+            alpha=0.6,
+            label=f"ordinary source images (n={int(ordinary.sum()):,})",
+        )
+        ax.hist(
+            planted, bins=edges, alpha=0.6, density=True, label=f"planted edited copies of target (n={len(planted):,})"
+        )
         ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.2f}")
         ax.set_xlabel(f"best {name} cosine similarity to any target image")
         ax.set_ylabel("density")
@@ -187,11 +200,11 @@ def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], 
     plt.close(fig)
 
 
-def report(ix, tally: Tally, planted: Manifest, lm, d, batch_size: int, workers: int, out: Path,
-           progress: bool) -> None:
+def report(
+    ix, tally: Tally, planted: Manifest, lm, d, batch_size: int, workers: int, out: Path, progress: bool
+) -> None:
     """Print recall on the planted copies and false positives on ordinary source images, per
     check and threshold, and the combined figures; draw the histogram next to ``out``."""
-    import click
 
     from .checks import check_chunk
 
@@ -199,14 +212,17 @@ def report(ix, tally: Tally, planted: Manifest, lm, d, batch_size: int, workers:
     pp, pf = r.psim, r.fsim
     pt, ft = tally.pixel_threshold, tally.threshold
     edits = sorted(set(planted.read(["edit"]).column("edit").to_pylist()), key=EDITS.index)
-    click.echo(f"calibration: {len(pp):,} planted edited copies ({', '.join(edits)}) "
-               f"vs {tally.n:,} ordinary source images")
-    click.echo("  threshold   pixel: recall  false-pos   feature: recall  false-pos")
+    logger.info(
+        f"calibration: {len(pp):,} planted edited copies ({', '.join(edits)}) vs {tally.n:,} ordinary source images"
+    )
+    logger.info("  threshold   pixel: recall  false-pos   feature: recall  false-pos")
     for (t, pr, pfp), (_, fr, ffp) in zip(calibration_table(pp, tally.pixel), calibration_table(pf, tally.feature)):
-        click.echo(f"  {t:9.2f}  {pr:14.4f}  {pfp:9.4%}  {fr:16.4f}  {ffp:9.4%}")
+        logger.info(f"  {t:9.2f}  {pr:14.4f}  {pfp:9.4%}  {fr:16.4f}  {ffp:9.4%}")
     rec = float(((pp >= pt) | (pf >= ft)).mean()) if len(pp) else 0.0
-    click.echo(f"  combined at --pixel-threshold {pt} and --threshold {ft}: "
-               f"recall {rec:.4f}, false-positive rate {tally.either / max(tally.n, 1):.4%}")
+    logger.info(
+        f"  combined at --pixel-threshold {pt} and --feature-threshold {ft}: "
+        f"recall {rec:.4f}, false-positive rate {tally.either / max(tally.n, 1):.4%}"
+    )
     png = Path(out).with_suffix(".calibration.png")
     plot_calibration({"pixel": (pp, tally.pixel, pt), "feature": (pf, tally.feature, ft)}, png)
-    click.echo(f"histogram: {png}")
+    logger.info(f"histogram: {png}")

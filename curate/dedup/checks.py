@@ -12,6 +12,7 @@ target image it matched (``match`` says which check):
 - ``feature``: the model's pooled features, L2-normalised; cosine similarity >=
   ``--threshold``. Catches what survives in the model's eyes but not in pixels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,12 +34,13 @@ class Indexes:
     and index kind into the cache (IVF training is the costly part); every rank reads them."""
 
     def __init__(self, target: TargetSide, kind: str, stem: Path, d):
-        from datl_torch.engine import dist
+        from datl.neural.engine import dist
 
         def views() -> np.ndarray:
             return target.content.pixel.reshape(-1, target.content.pixel.shape[-1])
 
         self.target = target
+
         def file(name: str) -> Path:
             return stem.with_name(f"{stem.name}.{name}-{kind}-{INDEX_FORMAT}.faiss")
 
@@ -49,8 +51,10 @@ class Indexes:
         dist.barrier(d)
         self.pixel = cached_index(file("pixel"), views, kind, build=False)
         self.feature = cached_index(file("feature"), None, kind, build=False) if target.emb is not None else None
-        self.description = {"pixel": describe(self.pixel),
-                            "feature": describe(self.feature) if self.feature is not None else "off"}
+        self.description = {
+            "pixel": describe(self.pixel),
+            "feature": describe(self.feature) if self.feature is not None else "off",
+        }
 
 
 def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: int, workers: int) -> ChunkResult:
@@ -67,8 +71,19 @@ def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: i
         emb.rows = emb.rows - start
         fsim, fpos = feature_best(ix.feature, emb, ix.target.emb, n)
     plain = content.readable & ~content.pixel.any(axis=-1)  # decoded, yet the zero descriptor: is_plain
-    return ChunkResult(start, stop, exact, exact_t, psim.astype(np.float32), ppos.astype(np.int64), fsim, fpos,
-                       content.readable, plain, content.warned)
+    return ChunkResult(
+        start,
+        stop,
+        exact,
+        exact_t,
+        psim.astype(np.float32),
+        ppos.astype(np.int64),
+        fsim,
+        fpos,
+        content.readable,
+        plain,
+        content.warned,
+    )
 
 
 @dataclass
@@ -110,8 +125,7 @@ def chunk_duplicates(r: ChunkResult, pixel_threshold: float, threshold: float) -
     return dup
 
 
-def find_duplicates(exact: tuple, pixel: tuple, feature: tuple, pixel_threshold: float,
-                    threshold: float) -> Duplicates:
+def find_duplicates(exact: tuple, pixel: tuple, feature: tuple, pixel_threshold: float, threshold: float) -> Duplicates:
     """Combine the three checks, each a (hit or similarity, target row) pair per source row.
 
     A row caught by several checks is reported under the first of exact, pixel, feature.
@@ -126,5 +140,4 @@ def find_duplicates(exact: tuple, pixel: tuple, feature: tuple, pixel_threshold:
     target = np.where(e, ex_t[rows], np.where(pm, ppos[rows], fpos[rows]))
     sim = np.where(e, 1.0, np.where(pm, psim[rows], fsim[rows]))
     match = np.where(e, "exact", np.where(pm, "pixel", "feature"))
-    return Duplicates(rows.astype(np.int64), target.astype(np.int64),
-                      np.minimum(sim, 1.0).astype(np.float32), match)
+    return Duplicates(rows.astype(np.int64), target.astype(np.int64), np.minimum(sim, 1.0).astype(np.float32), match)

@@ -1,30 +1,25 @@
 """FAISS over the TARGET (the small side): one inner-product index per descriptor, source
 descriptors streamed through it as queries (k = 1).
 
-Index (``--index``): ``flat`` is exact inner product (IndexFlatIP). ``ivf``
-(IndexIVFFlat, inner product) uses nlist = 4 * sqrt(n) lists (at least 1, at most
-n / 39 so each list trains on 39 points) and probes nprobe = 2 of them: a near copy sits
-next to its original, so it falls in the original's list or, near a cell boundary, the
-neighbouring one. bench/dedup.py measured recall 1.0 of 10,000 planted copies with
-nprobe 2, and 29x flat's speed (nprobe 4: 17x, 8: 13.5x, 19: 6x). ``auto`` takes flat
-below 50,000 indexed vectors, where it is fast enough and exact, and ivf above.
+Invariant: the similarity a threshold is compared with is always the exact cosine; only the
+candidate search may be approximate.
 
-``reduce`` (the pixel index passes ``PIXEL_REDUCE`` = 64): the IVF stage runs on a PCA projection
-of the vectors to that many dimensions and returns ``REFINE_K`` = 64 candidates, which are re-ranked
-by their exact inner product on the full vectors (faiss ``PCA64,IVF...,Flat,RFlat``). The
-similarity a threshold is compared with is therefore still the exact one; only the candidate
-search is approximate. On the 760,000 crop views of bench/scale.py's 10,000-image target this
-searched 103,000 queries/s instead of 47,000 (2 cores), with recall of the planted copies
-unchanged (bench/RESULTS.md). 32 dimensions were faster still (156,000/s) and 16 lost matches
-above 0.9; 64 keeps a margin for photos, whose thumbnails carry more fine detail than the
-bench's smooth fields.
+Index (``--index``): ``flat`` is exact inner product (IndexFlatIP). ``ivf`` (IndexIVFFlat,
+inner product) uses nlist = 4 * sqrt(n) lists (at least 1, at most n / 39 so each list
+trains on 39 points) and probes nprobe = 2 of them: a near copy sits next to its original,
+so it falls in the original's list or, near a cell boundary, the neighbouring one. ``auto``
+takes flat below AUTO_FLAT_MAX indexed vectors, where it is fast enough and exact, and ivf
+above.
 
-REFINE_K was 8 until the colour icons of bench/colour_dedup.py: every target image is indexed
-under 76 crop views, so the 8 best candidates in PCA space were often 8 views of one wrong
-image, and a copy whose exact similarity to its original was above 0.99 went unflagged. 64
-candidates took the colour set's recall from 0.652 to 0.752 (flat, exact: 0.758) and the digit
-demo's --calibrate recall at 0.96 from 0.942 to 0.990 (flat: 0.998).
+``reduce`` (the pixel index passes ``PIXEL_REDUCE`` = 64): the IVF stage runs on a PCA
+projection of the vectors to that many dimensions and returns ``REFINE_K`` = 64 candidates,
+which are re-ranked by their exact inner product on the full vectors (faiss
+``PCA64,IVF...,Flat,RFlat``). 64 candidates, not 8: every target image is indexed under
+many views, so the 8 best candidates were often 8 views of one wrong image. What nprobe,
+the projection, the re-rank depth and ``TRAIN_PER_LIST`` cost and buy is measured in
+bench/RESULTS.md (dedup.py, scale.py, colour_dedup.py).
 """
+
 from __future__ import annotations
 
 import errno
@@ -34,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from manifests import UserError
+from datl.core.errors import UserError
 
 AUTO_FLAT_MAX = 50_000
-# k-means points per list. 64 trained 3x faster (25 s instead of 71 s for 760k vectors, 2 cores) but then found
-# 91.3% instead of 98.0% of noisy copies of random 256-d unit vectors at nprobe 2: training is paid once per
-# target and model (the trained index is cached), recall on every run.
+# k-means points per list: fewer train faster but lose recall (bench/RESULTS.md, dedup.py); training is paid
+# once per target and model (the trained index is cached), recall on every run.
 TRAIN_PER_LIST = 256
 PIXEL_REDUCE = 64
 REFINE_K = 64
@@ -96,8 +90,11 @@ def describe(index) -> str:
     if isinstance(index, faiss.IndexFlat):
         return f"flat (exact), {index.ntotal:,} target vectors"
     ivf = faiss.extract_index_ivf(index)
-    reduced = (f", searched in {ivf.d} PCA dimensions, best {index.k_factor:g} re-ranked exactly"
-               if isinstance(index, faiss.IndexRefine) else "")
+    reduced = (
+        f", searched in {ivf.d} PCA dimensions, best {index.k_factor:g} re-ranked exactly"
+        if isinstance(index, faiss.IndexRefine)
+        else ""
+    )
     return f"ivf, nlist {ivf.nlist}, nprobe {ivf.nprobe}{reduced}, {index.ntotal:,} target vectors"
 
 
@@ -106,7 +103,7 @@ def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None
     and the file is missing. The others call it after a barrier, with ``build`` False."""
     import faiss
 
-    from manifests import atomic_output
+    from datl.core.files import atomic_output
 
     if build and (not path.exists() or _read(path) is None):  # none yet, or unreadable: (re)build
         index, _ = build_index(vectors(), kind, reduce)
@@ -114,8 +111,9 @@ def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None
             try:
                 faiss.write_index(index, str(tmp))
             except RuntimeError as e:  # faiss reports a full disk or an I/O error this way
-                raise OSError(errno.EIO, f"FAISS could not write the index ({str(e).split('(')[-1].rstrip(')')})",
-                              str(path)) from None
+                raise OSError(
+                    errno.EIO, f"FAISS could not write the index ({str(e).split('(')[-1].rstrip(')')})", str(path)
+                ) from None
     index = _read(path)
     if index is None:
         raise UserError(path, "is not a readable FAISS index", "delete it and rerun")
@@ -137,7 +135,7 @@ def best_match(index, queries: np.ndarray, chunk: int = 65_536) -> tuple[np.ndar
     """(best cosine similarity, target position) for every query, streamed in chunks."""
     sims, pos = [], []
     for i in range(0, len(queries), chunk):
-        s, p = index.search(np.ascontiguousarray(queries[i:i + chunk], dtype=np.float32), 1)
+        s, p = index.search(np.ascontiguousarray(queries[i : i + chunk], dtype=np.float32), 1)
         sims.append(s[:, 0])
         pos.append(p[:, 0])
     if not sims:

@@ -19,13 +19,9 @@ more flattened on black instead of white when it has transparency (a copy saved 
 its alpha channel usually sits on black or on white), and, for a colour image, the whole
 image with every hue turned by a quarter, a half and three quarters of the HSV circle (a
 recoloured copy: its grey thumbnail is not a linear function of the original's, so the
-correlation alone misses it). The rotations and the black view came from the colour icons
-of bench/colour_dedup.py, where rotated copies and copies without alpha were the ones
-missed (bench/RESULTS.md); the fourth crop size came from crops missed between the sizes
-of three; the hue views from recoloured copies, the weakest edit there (seed 0: 42 of 50
-found without them, 50 with, false positives unchanged). They also find recolours made
-otherwise (channel permutations, hue turned in HLS or YIQ: 149 of 149 each on seed 0's
-colour icons, against 131-149 without). A source image cropped to 85-95% of its target
+correlation alone misses it). The rotations, the black view, the fourth crop size and the
+hue views were each chosen on the validation plant of bench/colour_dedup.py, where those
+edits were the ones missed; what each bought is in docs/results.md. A source image cropped to 85-95% of its target
 original then sits close to one of its views. Source images get one descriptor each.
 Unreadable images get hash ``b""`` (no file) or a zero descriptor (not decodable), which
 matches nothing.
@@ -35,19 +31,21 @@ more than 90% of its pixels within 6 grey levels of its border colour (a small s
 large background), or a spread under 3 grey levels (a blank or near-blank image). Two such
 images correlate through where their one blob sits, not through what they show; on the
 clip art of issue 18, such pairs were a large share of the false copies. They are left to
-the exact and feature checks, and ``curate dedup`` says how many there were. (0.3% of the
-Oxygen icons and none of the demo's digits are plain.)
+the exact and feature checks, and ``curate dedup`` says how many there were.
 """
+
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from manifests import Manifest
-from manifests.shards import Address, read_bytes
+from datl.core.pool import cores_per_rank, fork_map
+from datl.core.progress import bar
+from datl.manifests import Manifest
+from datl.manifests.address import Address
+from datl.manifests.reading import read_bytes
 
 HASH_BYTES = 16
 SIDE = 16
@@ -57,8 +55,10 @@ ROTATIONS = (-5.0, 5.0)  # degrees: the whole image turned, its corners filled w
 HUE_TURNS = (64, 128, 192)  # of 256: the whole colour image with every hue turned (a recoloured copy)
 VIEWS = 1 + len(CROP_FRACTIONS) * len(CROP_OFFSETS) ** 2 + len(ROTATIONS) + 1 + len(HUE_TURNS)  # + on black
 PLAIN_SHARE, PLAIN_TOLERANCE, PLAIN_STD = 0.9, 6.0, 3.0  # see is_plain
-PARAMS = (f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-rot{ROTATIONS}-black1"
-          f"-plain{PLAIN_SHARE},{PLAIN_TOLERANCE},{PLAIN_STD}-hue{HUE_TURNS}")  # part of the cache key
+PARAMS = (
+    f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-rot{ROTATIONS}-black1"
+    f"-plain{PLAIN_SHARE},{PLAIN_TOLERANCE},{PLAIN_STD}-hue{HUE_TURNS}"
+)  # part of the cache key
 
 
 @dataclass
@@ -88,7 +88,7 @@ def is_plain(thumbs: np.ndarray) -> np.ndarray:
     return (share > PLAIN_SHARE) | (v.std(axis=-1) < PLAIN_STD)
 
 
-def normalise(thumbs: np.ndarray) -> np.ndarray:
+def descriptors(thumbs: np.ndarray) -> np.ndarray:
     """Descriptors of thumbnails (..., 256): mean-free, L2-normalised; zeros, which match
     nothing, for a plain image (``is_plain``); vectorised over a whole chunk (per image in
     Python it cost more than the decode)."""
@@ -127,7 +127,7 @@ def border_colour(img) -> int | tuple[int, ...]:
 def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool, bool]:
     """(content hash, thumbnail(s) uint8, readable, PIL warned) of one image; a zero thumbnail,
     which normalises to a zero descriptor that matches nothing, when it cannot be read."""
-    from manifests.images import DECODE_ERRORS, decode_bytes, has_transparency
+    from datl.manifests.images import DECODE_ERRORS, decode_bytes, has_transparency
 
     shape = (VIEWS, SIDE * SIDE) if views else (SIDE * SIDE,)
     try:
@@ -146,8 +146,14 @@ def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, bool, bool]:
     # alpha channel (JPEG, a screenshot) usually sits on black or white; a colour one also
     # with its hues turned: a recoloured copy's grey differs from the original's
     black = decode_bytes(data, "L", (4 * SIDE, 4 * SIDE), (0, 0, 0)) if has_transparency(data) else grey
-    return digest, np.stack([thumbnail(v) for v in crop_views(grey)] + [thumbnail(black)]
-                            + [thumbnail(v) for v in hue_views(data)]), True, bool(notes)
+    return (
+        digest,
+        np.stack(
+            [thumbnail(v) for v in crop_views(grey)] + [thumbnail(black)] + [thumbnail(v) for v in hue_views(data)]
+        ),
+        True,
+        bool(notes),
+    )
 
 
 def hue_views(data: bytes) -> list:
@@ -156,64 +162,56 @@ def hue_views(data: bytes) -> list:
     descriptors match nothing: it has no hue to turn."""
     from PIL import Image
 
-    from manifests.images import decode_bytes
+    from datl.manifests.images import decode_bytes
 
     rgb = decode_bytes(data, "RGB", (4 * SIDE, 4 * SIDE))
     h, s, v = rgb.convert("HSV").split()
     if not np.asarray(s).any():
         return [Image.new("L", (SIDE, SIDE))] * len(HUE_TURNS)
-    return [Image.merge("HSV", (h.point(lambda x, t=t: (x + t) % 256), s, v)).convert("RGB").convert("L")
-            for t in HUE_TURNS]
-
-
-def default_workers() -> int:
-    """This process's share of the cores (torchrun's ranks on one node split them)."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return [
+        Image.merge("HSV", (h.point(lambda x, t=t: (x + t) % 256), s, v)).convert("RGB").convert("L") for t in HUE_TURNS
+    ]
 
 
 def _part(path: str, views: bool, lo: int, hi: int) -> tuple[np.ndarray, ...]:
     """Hashes, descriptors, readability and PIL warnings of rows [lo, hi) of the manifest at ``path``; normalised
     here, in the worker, so the parent's serial share stays small."""
-    from manifests.shards import AddressColumns
+    from datl.manifests.address import AddressColumns
 
     m = Manifest(path)
     where = AddressColumns(m.read_range(lo, hi, ["path", *m.address_columns]), str(m.folder))
     out = [_one(where.address(i), views) for i in range(len(where))]
     dim = (0, VIEWS, SIDE * SIDE) if views else (0, SIDE * SIDE)
     thumbs = np.stack([o[1] for o in out]) if out else np.zeros(dim, np.uint8)
-    return (np.array([o[0] for o in out], dtype=f"S{HASH_BYTES}"), normalise(thumbs).astype(np.float16),
-            np.array([o[2] for o in out], dtype=bool), np.array([o[3] for o in out], dtype=bool))
+    return (
+        np.array([o[0] for o in out], dtype=f"S{HASH_BYTES}"),
+        descriptors(thumbs).astype(np.float16),
+        np.array([o[2] for o in out], dtype=bool),
+        np.array([o[3] for o in out], dtype=bool),
+    )
 
 
-def content_pass(manifest: Manifest, views: bool, workers: int | None = None, progress: bool = False,
-                 rows: tuple[int, int] | None = None) -> Content:
+def content_pass(
+    manifest: Manifest,
+    views: bool,
+    workers: int | None = None,
+    progress: bool = False,
+    rows: tuple[int, int] | None = None,
+) -> Content:
     """Hashes and pixel descriptors of every row (or of rows [start, stop)), in manifest order.
 
-    Decoding small images is Python-bound (threads only contend for the GIL: 2 threads did
-    7k images/s where one did 20k on this project's 2-core machine), so the rows are split
-    over ``workers`` forked processes, each reading and decoding its own part."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from tqdm import tqdm
-
+    Decoding small images is Python-bound (threads only contend for the GIL), so the rows are
+    split over ``workers`` forked processes (default: this rank's share of the cores), each
+    reading and decoding its own part."""
     lo, hi = rows if rows is not None else (0, manifest.num_rows)
-    workers = workers or default_workers()
+    workers = workers or cores_per_rank()
     step = max(256, min(4096, -(-(hi - lo) // (4 * workers))))
     parts = [(str(manifest.path), views, a, min(a + step, hi)) for a in range(lo, hi, step)]
-    bar = tqdm(total=hi - lo, desc=f"hash+pixels {manifest.path.name}", unit="img", disable=not progress,
-               leave=False)
     results = []
-    if workers == 1 or len(parts) <= 1:
-        for part in parts:
-            results.append(_part(*part))
-            bar.update(part[3] - part[2])
-    else:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            for part, r in zip(parts, pool.map(_part, *zip(*parts))):
-                results.append(r)
-                bar.update(part[3] - part[2])
-    bar.close()
+    with bar(total=hi - lo, desc=f"hash+pixels {manifest.path.name}", unit="img", enabled=progress) as b:
+        for part, r in fork_map(_part, parts, workers):
+            results.append(r)
+            b.update(part[3] - part[2])
     dim = (0, VIEWS, SIDE * SIDE) if views else (0, SIDE * SIDE)
     hashes = np.concatenate([r[0] for r in results]) if results else np.zeros(0, f"S{HASH_BYTES}")
     pixel = np.concatenate([r[1] for r in results]) if results else np.zeros(dim, np.float16)

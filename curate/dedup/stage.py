@@ -10,64 +10,85 @@ with the source; a killed run continues from its last finished chunk; a rerun wi
 thresholds reads the chunk files only. Chunks are the same whatever the world size, so the
 result is too.
 """
+
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import pyarrow as pa
 
-from datl_torch.engine.config import DEVICES
-from manifests import ManifestMeta, UserError, input_hashes, open_manifest, refuse_clobber, write_table
-from manifests.cli import opt
+from datl.core.errors import UserError
+from datl.core.files import input_hashes, refuse_clobber
+from datl.core.options import DEVICES, opt, validate
+from datl.core.progress import bar
+from datl.manifests import ManifestMeta, open_manifest, write_table
 
 from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, Duplicates, Indexes, chunk_duplicates
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
 class DedupConfig:
     source: str = opt(help="Source manifest.")
     target: str = opt(help="Target manifest (every image of the target domain).")
-    model: str | None = opt(None, help="Feature extractor: a RUN_DIR, or timm:ARCH with --weights (needed by the "
-                                       "feature check).")
+    model: str | None = opt(
+        None, help="Feature extractor: a RUN_DIR, or timm:ARCH with --weights (needed by the feature check)."
+    )
     weights: str | None = opt(None, help="Local state dict for --model timm:ARCH.")
     out: str = opt(short="-o", help="duplicates.parquet to write (id, target_id, similarity, match, exact).")
-    threshold: float = opt(DEFAULT_THRESHOLD, help="Model-feature cosine similarity at or above which a source "
-                                                   "image is a near copy.", bounds="(0, 1]")
-    pixel_threshold: float = opt(DEFAULT_PIXEL_THRESHOLD, help="Pixel-descriptor cosine similarity at or above "
-                                 "which a source image is a near copy; 1 keeps only pixel-perfect copies.",
-                                 bounds="(0, 1]")
-    feature: bool = opt(True, negatable=True, help="Run the model-feature check; --no-feature: exact and pixel "
-                                                   "checks only, no model.")
+    feature_threshold: float = opt(
+        DEFAULT_THRESHOLD,
+        aliases=("--threshold",),
+        help="Model-feature cosine similarity at or above which a source image is a near copy.",
+        bounds="(0, 1]",
+    )
+    pixel_threshold: float = opt(
+        DEFAULT_PIXEL_THRESHOLD,
+        help="Pixel-descriptor cosine similarity at or above "
+        "which a source image is a near copy; 1 keeps only pixel-perfect copies.",
+        bounds="(0, 1]",
+    )
+    feature: bool = opt(
+        True, negatable=True, help="Run the model-feature check; --no-feature: exact and pixel checks only, no model."
+    )
     chunk_size: int = opt(65_536, help="Source rows per chunk: the unit of work, memory and resume.", bounds="[1, inf)")
-    index: str = opt("auto", choices=("auto", "flat", "ivf"),
-                     help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.")
-    cache: str | None = opt(None, help="Folder for the target side and the per-chunk results "
-                                       "[default: OUT's folder/embeddings].")
-    calibrate: bool = opt(False, help="Also plant edited copies of target images (crop, rotate, blur, contrast, "
-                                      "jpeg, resize, colour; recolour for colour images; flatten and rerender for "
-                                      "transparent ones) and print recall / false positives per threshold.")
+    index: str = opt(
+        "auto",
+        choices=("auto", "flat", "ivf"),
+        help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.",
+    )
+    cache: str | None = opt(
+        None, help="Folder for the target side and the per-chunk results [default: OUT's folder/embeddings]."
+    )
+    calibrate: bool = opt(
+        False,
+        help="Also plant edited copies of target images (crop, rotate, blur, contrast, "
+        "jpeg, resize, colour; recolour for colour images; flatten and rerender for "
+        "transparent ones) and print recall / false positives per threshold.",
+    )
     plant: int = opt(500, help="How many copies --calibrate plants.", bounds="[1, inf)")
-    image_size: int | None = opt(None, help="Feature extractor input size (timm: models; default 224).",
-                                 bounds="[1, inf)")
+    image_size: int | None = opt(
+        None, help="Feature extractor input size (timm: models; default 224).", bounds="[1, inf)"
+    )
     batch_size: int = opt(256, bounds="[1, inf)")
     workers: int = opt(2, bounds="[0, inf)")
     device: str = opt("auto", choices=DEVICES)
     quiet: bool = opt(False, short="-q")
 
     def check(self) -> None:
+        validate(self)
         refuse_clobber({"--out": self.out}, {"--source": self.source, "--target": self.target})
         if self.feature and not self.model:
-            raise UserError("curate dedup", "the feature check needs --model RUN_DIR (or timm:ARCH --weights FILE)",
-                            "pass --model, or --no-feature for the exact and pixel checks only")
-        if self.chunk_size < 1:
-            raise UserError("--chunk-size", f"{self.chunk_size} is not positive", "pass e.g. 65536")
-        for name, t in (("--threshold", self.threshold), ("--pixel-threshold", self.pixel_threshold)):
-            if not 0.0 < t <= 1.0:
-                raise UserError(name, f"{t} is outside (0, 1]", "pass a cosine similarity such as 0.96")
+            raise UserError(
+                "curate dedup",
+                "the feature check needs --model RUN_DIR (or timm:ARCH --weights FILE)",
+                "pass --model, or --no-feature for the exact and pixel checks only",
+            )
 
     @property
     def cache_dir(self) -> Path:
@@ -76,8 +97,8 @@ class DedupConfig:
 
 def run(cfg: DedupConfig) -> Path:
     """Target side on rank 0, source chunks on every rank, the merge on rank 0."""
-    from datl_torch.checkpoint import load_model
-    from datl_torch.engine import dist
+    from datl.neural.checkpoint import load_model
+    from datl.neural.engine import dist
 
     from .cache import chunk_folder, model_fingerprint, target_path, target_side
 
@@ -106,14 +127,11 @@ def chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
 
 def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
     """This rank's chunks (c % world == rank), each skipped if its result file exists."""
-    from tqdm import tqdm
-
     from .cache import chunk_file, load_chunk, save_chunk
     from .checks import check_chunk
 
     mine = [(c, lo, hi) for c, (lo, hi) in enumerate(chunks(sm.num_rows, cfg.chunk_size)) if c % d.world == d.rank]
-    for c, lo, hi in tqdm(mine, desc=f"dedup {sm.path.name}", unit="chunk", disable=not (progress and d.main),
-                          leave=False):
+    for c, lo, hi in bar(mine, desc=f"dedup {sm.path.name}", unit="chunk", enabled=progress and d.main):
         path, files = chunk_file(folder, c), sm.files_fingerprint(lo, hi)
         if load_chunk(path, files) is None:
             save_chunk(path, check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers), files)
@@ -121,33 +139,36 @@ def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress:
 
 def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
     """Stream the chunk results in order, apply the thresholds, write the pairs."""
-    from .calibration import Tally
     from .cache import chunk_file, load_chunk
+    from .calibration import Tally
 
     parts: list[Duplicates] = []
-    tally = Tally(cfg.pixel_threshold, cfg.threshold)
+    tally = Tally(cfg.pixel_threshold, cfg.feature_threshold)
     unreadable = plain = warned = 0
     for c, _ in enumerate(chunks(sm.num_rows, cfg.chunk_size)):
         r = load_chunk(chunk_file(folder, c))
         if r is None:
             raise RuntimeError(f"chunk {c} of {sm.path} has no result in {folder}: a rank stopped early")
-        parts.append(chunk_duplicates(r, cfg.pixel_threshold, cfg.threshold))
+        parts.append(chunk_duplicates(r, cfg.pixel_threshold, cfg.feature_threshold))
         ordinary = ~r.exact
         tally.add(r.psim[ordinary], r.fsim[ordinary])
         unreadable += int((~r.readable).sum())
         plain += int(r.plain.sum())
         warned += int(r.warned.sum())
     if sm.num_rows and unreadable == sm.num_rows:
-        raise UserError(sm.path, f"has no readable image (all {unreadable:,} unreadable)",
-                        "check it with `datl manifest validate`")
+        raise UserError(
+            sm.path, f"has no readable image (all {unreadable:,} unreadable)", "check it with `datl manifest validate`"
+        )
     if not parts:  # an empty source
-        parts = [Duplicates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                            np.zeros(0, dtype="<U7"))]
-    dup = Duplicates(*(np.concatenate([getattr(p, f) for p in parts])
-                       for f in ("rows", "target_rows", "similarity", "match")))
+        parts = [
+            Duplicates(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, dtype="<U7"))
+        ]
+    dup = Duplicates(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "target_rows", "similarity", "match"))
+    )
     write_duplicates(cfg, sm, tm, dup, ix, unreadable, plain, warned)
     if warning := collapsed_features(tally, cfg):
-        click.echo(warning, err=True)
+        logger.warning(warning)
     if cfg.calibrate:
         from .calibration import plant_copies, report
 
@@ -169,21 +190,25 @@ def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig) -
     total = sum(counts.values())
     if not n_source or total <= PLAUSIBLE_SHARE * n_source:
         return []
-    fix = {"pixel": f"raise --pixel-threshold (now {cfg.pixel_threshold})",
-           "feature": f"raise --threshold (now {cfg.threshold}), use a stronger --model, or --no-feature",
-           "exact": "check that the source does not contain the target itself"}
+    fix = {
+        "pixel": f"raise --pixel-threshold (now {cfg.pixel_threshold})",
+        "feature": f"raise --feature-threshold (now {cfg.feature_threshold}), use a stronger --model, or --no-feature",
+        "exact": "check that the source does not contain the target itself",
+    }
     over = [c for c in counts if counts[c] > PLAUSIBLE_SHARE * n_source] or [max(counts, key=counts.get)]
-    return [f"warning: {total / n_source:.1%} of the source is flagged as copies of the target, "
-            f"{counts[c]:,} of them ({counts[c] / n_source:.1%} of the source) by the {c} check; that is implausible "
-            f"for most sources: look at the borderline pairs (`datl report`, `--calibrate`) and {fix[c]}" for c in over]
+    return [
+        f"warning: {total / n_source:.1%} of the source is flagged as copies of the target, "
+        f"{counts[c]:,} of them ({counts[c] / n_source:.1%} of the source) by the {c} check; that is implausible "
+        f"for most sources: look at the borderline pairs (`datl report`, `--calibrate`) and {fix[c]}"
+        for c in over
+    ]
 
 
 def collapsed_features(tally, cfg: DedupConfig) -> str | None:
     """A warning when the model's features barely tell images apart: the median source image's
-    best feature similarity to the target is over COLLAPSED_MEDIAN. Measured medians: 0.68 for
-    the demo's source classifier on digits, 0.67 for ImageNet MobileNetV2 on the colour icons,
-    0.91 for a resnet18 trained 2 epochs on those icons, whose feature check then flagged 21% of
-    ordinary icons (bench/RESULTS.md)."""
+    best feature similarity to the target is over COLLAPSED_MEDIAN (a trained source
+    classifier sits well below it; a weak one above, where its feature check flags a large
+    share of ordinary images: docs/results.md)."""
     hist = tally.feature
     if not cfg.feature or hist.sum() == 0:
         return None
@@ -192,42 +217,70 @@ def collapsed_features(tally, cfg: DedupConfig) -> str | None:
     median = float(EDGES[np.searchsorted(np.cumsum(hist), hist.sum() / 2)])
     if median <= COLLAPSED_MEDIAN:
         return None
-    return (f"warning: the model's features barely tell images apart: half the source lies within {median:.2f} "
-            f"(cosine) of some target image; its feature check's hits are unreliable: use a stronger --model "
-            f"(a trained classifier of the source gave about 0.68), a higher --threshold (now {cfg.threshold}), "
-            "or --no-feature")
+    return (
+        f"warning: the model's features barely tell images apart: half the source lies within {median:.2f} "
+        f"(cosine) of some target image; its feature check's hits are unreliable: use a stronger --model "
+        f"(a trained classifier of the source gave about 0.68), a higher --feature-threshold "
+        f"(now {cfg.feature_threshold}), or --no-feature"
+    )
 
 
-def write_duplicates(cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int, plain: int,
-                     warned: int) -> None:
+def write_duplicates(
+    cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int, plain: int, warned: int
+) -> None:
     rows = dup.rows.astype(np.int64)
     sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
     tid = tm.read(["id"]).column("id")  # the target is the small side
-    table = pa.table({"id": sid.column("id") if sid is not None else pa.array([], pa.string()),
-                      "target_id": tid.take(pa.array(dup.target_rows.astype(np.int64))),
-                      "similarity": pa.array(dup.similarity.astype(np.float32), pa.float32()),
-                      "match": pa.array([str(m) for m in dup.match], pa.string()),
-                      "exact": pa.array(dup.match == "exact")})
-    write_table(cfg.out, table, ManifestMeta(stage="dedup", params={
-        "threshold": cfg.threshold, "pixel_threshold": cfg.pixel_threshold, "model": cfg.model,
-        "feature": cfg.feature, "index": ix.description, "unreadable_source_images": unreadable,
-        "plain_source_images": plain, "warned_source_images": warned},
-        inputs=input_hashes(source=cfg.source, target=cfg.target)))
+    table = pa.table(
+        {
+            "id": sid.column("id") if sid is not None else pa.array([], pa.string()),
+            "target_id": tid.take(pa.array(dup.target_rows.astype(np.int64))),
+            "similarity": pa.array(dup.similarity.astype(np.float32), pa.float32()),
+            "match": pa.array([str(m) for m in dup.match], pa.string()),
+            "exact": pa.array(dup.match == "exact"),
+        }
+    )
+    write_table(
+        cfg.out,
+        table,
+        ManifestMeta(
+            stage="dedup",
+            params={
+                "threshold": cfg.feature_threshold,
+                "pixel_threshold": cfg.pixel_threshold,
+                "model": cfg.model,
+                "feature": cfg.feature,
+                "index": ix.description,
+                "unreadable_source_images": unreadable,
+                "plain_source_images": plain,
+                "warned_source_images": warned,
+            },
+            inputs=input_hashes(source=cfg.source, target=cfg.target),
+        ),
+    )
     counts = {k: int(np.sum(dup.match == k)) for k in ("exact", "pixel", "feature")}
     desc = ix.description
     share = len(rows) / max(sm.num_rows, 1)
-    click.echo(f"wrote {cfg.out}: {len(rows):,} of {sm.num_rows:,} source images ({share:.2%}) duplicate a target "
-               f"image ({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {cfg.pixel_threshold}, "
-               f"{counts['feature']:,} feature >= {cfg.threshold}); index: pixel {desc['pixel']}; "
-               f"feature {desc['feature']}")
+    logger.info(
+        f"wrote {cfg.out}: {len(rows):,} of {sm.num_rows:,} source images ({share:.2%}) duplicate a target "
+        f"image ({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {cfg.pixel_threshold}, "
+        f"{counts['feature']:,} feature >= {cfg.feature_threshold}); index: pixel {desc['pixel']}; "
+        f"feature {desc['feature']}"
+    )
     for warning in implausible_share(counts, sm.num_rows, cfg):
-        click.echo(warning, err=True)
+        logger.warning(warning)
     if plain:
-        click.echo(f"note: {plain:,} source image(s) are too plain for the pixel check (over 90% background, or "
-                   f"nearly blank); only the exact{' and feature checks' if cfg.feature else ' check'} saw them")
+        logger.info(
+            f"note: {plain:,} source image(s) are too plain for the pixel check (over 90% background, or "
+            f"nearly blank); only the exact{' and feature checks' if cfg.feature else ' check'} saw them"
+        )
     if warned:
-        click.echo(f"note: {warned:,} source image(s) decoded with a warning from PIL and were checked as decoded "
-                   "(`datl manifest validate` lists them)", err=True)
+        logger.warning(
+            f"note: {warned:,} source image(s) decoded with a warning from PIL and were checked as decoded "
+            "(`datl manifest validate` lists them)"
+        )
     if unreadable:
-        click.echo(f"warning: {unreadable:,} source image(s) could not be read; they were checked by nothing "
-                   "(`datl manifest validate` lists them)", err=True)
+        logger.warning(
+            f"warning: {unreadable:,} source image(s) could not be read; they were checked by nothing "
+            "(`datl manifest validate` lists them)"
+        )

@@ -24,13 +24,14 @@ T = 1 (no flattening: at T = 2 EM's exact answer on a known shift is pulled half
 uniform); a T given explicitly applies to the final estimate, P_t ∝ P_t^(1/T), the same
 flattening as if log P_t were the logits.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from manifests import UserError
+from datl.core.errors import UserError
 
 METHODS = ("mean", "em", "bbse", "em-bcts")
 PAPER_TEMPERATURE = 2.0  # Ngiam et al.'s smoothing, the default for `mean` only
@@ -39,6 +40,8 @@ PAPER_TEMPERATURE = 2.0  # Ngiam et al.'s smoothing, the default for `mean` only
 def default_temperature(method: str) -> float:
     """The paper's T = 2 for ``mean``; no flattening (T = 1) for the consistent estimators."""
     return PAPER_TEMPERATURE if method == "mean" else 1.0
+
+
 NEEDS_CALIBRATION = ("bbse", "em-bcts")
 
 
@@ -49,7 +52,8 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def normalise(p: np.ndarray) -> np.ndarray:
+def to_distribution(p: np.ndarray) -> np.ndarray:
+    """``p`` clipped at 0 and scaled to sum to 1 (uniform if nothing is left)."""
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, None)
     s = p.sum()
     return p / s if s > 0 else np.full_like(p, 1.0 / len(p))
@@ -58,17 +62,17 @@ def normalise(p: np.ndarray) -> np.ndarray:
 def smooth(p: np.ndarray, temperature: float) -> np.ndarray:
     """P ∝ P^(1/T): flattens toward uniform for T > 1 (zeros stay zero)."""
     if temperature == 1.0:
-        return normalise(p)
+        return to_distribution(p)
     with np.errstate(divide="ignore"):
-        logp = np.log(normalise(p))
-    return normalise(np.exp((logp - logp.max()) / temperature))
+        logp = np.log(to_distribution(p))
+    return to_distribution(np.exp((logp - logp.max()) / temperature))
 
 
 def estimate_mean(logits: np.ndarray, temperature: float = 2.0, chunk: int = 65_536) -> np.ndarray:
     total = np.zeros(logits.shape[1])
     for i in range(0, len(logits), chunk):
-        total += softmax(logits[i:i + chunk], temperature).sum(axis=0)
-    return normalise(total)
+        total += softmax(logits[i : i + chunk], temperature).sum(axis=0)
+    return to_distribution(total)
 
 
 @dataclass
@@ -79,12 +83,13 @@ class EMResult:
     last_change: float  # L1 change of the last iteration
 
 
-def run_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9,
-           steps: int | None = None) -> EMResult:
+def run_em(
+    probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9, steps: int | None = None
+) -> EMResult:
     """Saerens et al. 2002. ``probs``: posteriors under ``p_source`` (rows sum to 1). Stops when
     an iteration changes P_t by less than ``tol`` (L1), or at ``max_iter`` (not converged);
     ``steps`` runs exactly that many iterations."""
-    p_s = normalise(p_source)
+    p_s = to_distribution(p_source)
     ok = p_s > 0
     p, change = p_s.copy(), float("inf")
     for i in range(1, (steps or max_iter) + 1):
@@ -95,12 +100,13 @@ def run_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: f
         change = float(np.abs(new - p).sum())
         p = new
         if steps is None and change < tol:
-            return EMResult(normalise(p), i, True, change)
-    return EMResult(normalise(p), steps or max_iter, steps is not None, change)
+            return EMResult(to_distribution(p), i, True, change)
+    return EMResult(to_distribution(p), steps or max_iter, steps is not None, change)
 
 
-def estimate_em(probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9,
-                steps: int | None = None) -> np.ndarray:
+def estimate_em(
+    probs: np.ndarray, p_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9, steps: int | None = None
+) -> np.ndarray:
     """Saerens et al. 2002: P_t only (see :func:`run_em`)."""
     return run_em(probs, p_source, max_iter, tol, steps).p
 
@@ -118,7 +124,7 @@ def estimate_bbse(target_pred: np.ndarray, cal_pred: np.ndarray, cal_labels: np.
     w, *_ = np.linalg.lstsq(conf, mu, rcond=None)
     w = np.clip(w, 0.0, None)
     p_cal = conf.sum(axis=0)
-    return normalise(w * p_cal)
+    return to_distribution(w * p_cal)
 
 
 def fit_bcts(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[float, np.ndarray]:
@@ -145,8 +151,14 @@ def apply_bcts(logits: np.ndarray, t: float, b: np.ndarray) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / t + b)
 
 
-def estimate(method: str, target_logits: np.ndarray, p_source: np.ndarray | None, temperature: float,
-             cal_logits: np.ndarray | None = None, cal_labels: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def estimate(
+    method: str,
+    target_logits: np.ndarray,
+    p_source: np.ndarray | None,
+    temperature: float,
+    cal_logits: np.ndarray | None = None,
+    cal_labels: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict]:
     """P_t(y) by ``method``; returns (p, facts worth recording: iterations, fitted T, ...)."""
     if method not in METHODS:
         raise UserError("--method", f"unknown method '{method}'", f"pass one of {', '.join(METHODS)}")
@@ -155,13 +167,19 @@ def estimate(method: str, target_logits: np.ndarray, p_source: np.ndarray | None
         return estimate_mean(target_logits, temperature), {}
     if method == "em":
         if p_source is None:
-            raise UserError("--method em", "needs the source prior",
-                            "pass --source SOURCE.parquet, or a checkpoint that recorded its class prior")
+            raise UserError(
+                "--method em",
+                "needs the source prior",
+                "pass --source SOURCE.parquet, or a checkpoint that recorded its class prior",
+            )
         r = run_em(softmax(target_logits), p_source)
         return smooth(r.p, temperature), em_facts(r)
     if cal_logits is None or cal_labels is None or len(cal_labels) == 0:
-        raise UserError(f"--method {method}", "needs held-out labeled source images",
-                        "pass --calibration HELDOUT_SOURCE.parquet (labeled with the source classes)")
+        raise UserError(
+            f"--method {method}",
+            "needs held-out labeled source images",
+            "pass --calibration HELDOUT_SOURCE.parquet (labeled with the source classes)",
+        )
     if method == "bbse":
         p = estimate_bbse(target_logits.argmax(1), cal_logits.argmax(1), cal_labels, k)
         return smooth(p, temperature), {}

@@ -4,6 +4,7 @@ to re-estimate with any method or temperature without running the model again.
 One row per image: ``id``, ``set`` (target or calibration), ``label`` (calibration only),
 ``logits`` (fixed-size list of float32); the classes in the ``datl`` metadata.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from manifests import ManifestMeta, UserError, write_table
+from datl.core.errors import UserError
+from datl.manifests import ManifestMeta, write_table
 
 PREDICTION_SETS = ("target", "calibration")
 
@@ -24,14 +26,19 @@ def write_predictions(path, classes: list[str], parts: dict, meta_params: dict) 
     for name, (ids, logits, labels) in parts.items():
         k = logits.shape[1]
         flat = pa.array(logits.astype(np.float32).reshape(-1))
-        tables.append(pa.table({
-            "id": pa.array(ids, pa.string()),
-            "set": pa.array([name] * len(ids), pa.string()),
-            "label": pa.array(labels, pa.int32()),
-            "logits": pa.FixedSizeListArray.from_arrays(flat, k),
-        }))
-    write_table(path, pa.concat_tables(tables), ManifestMeta(classes=classes, stage="estimate-predictions",
-                                                             params=meta_params))
+        tables.append(
+            pa.table(
+                {
+                    "id": pa.array(ids, pa.string()),
+                    "set": pa.array([name] * len(ids), pa.string()),
+                    "label": pa.array(labels, pa.int32()),
+                    "logits": pa.FixedSizeListArray.from_arrays(flat, k),
+                }
+            )
+        )
+    write_table(
+        path, pa.concat_tables(tables), ManifestMeta(classes=classes, stage="estimate-predictions", params=meta_params)
+    )
 
 
 def read_predictions(path) -> tuple[list[str], dict, dict]:

@@ -1,21 +1,25 @@
 """``curate estimate``: P_t(y) over the SOURCE classes, from a source classifier run on the
 unlabeled target (rank-sharded under torchrun), or from a ``--save-predictions`` file.
 Writes prior.parquet: label, class_name, p_target (sums to 1)."""
+
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 import pyarrow as pa
 
-from datl_torch.engine.config import DEVICES
-from manifests import ManifestMeta, RunFailed, UserError, input_hashes, open_manifest, refuse_clobber, write_table
-from manifests.cli import opt
+from datl.core.errors import RunFailed, UserError
+from datl.core.files import input_hashes, refuse_clobber
+from datl.core.options import DEVICES, opt, validate
+from datl.manifests import ManifestMeta, open_manifest, write_table
 
 from .estimators import METHODS, NEEDS_CALIBRATION, default_temperature, estimate
 from .predictions import read_predictions, write_predictions
+
+logger = logging.getLogger(__name__)
 
 MODEL_CLASSES = "estimate with a model trained on these classes"
 
@@ -26,21 +30,33 @@ class EstimateConfig:
     weights: str | None = opt(None, help="Local state dict for --model timm:ARCH.")
     target: str | None = opt(None, help="Unlabeled target manifest.")
     out: str = opt(short="-o", help="prior.parquet to write (label, class_name, p_target).")
-    method: str = opt("mean", choices=METHODS,
-                      help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.")
-    temperature: float | None = opt(None, help="Smoothing: mean divides each image's logits by T; other methods "
-                                               "flatten the result to P^(1/T) [default: 2.0 (the paper's) for mean; "
-                                               "1, no flattening, for em, bbse, em-bcts].", bounds="(0, inf)")
+    method: str = opt(
+        "mean",
+        choices=METHODS,
+        help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.",
+    )
+    temperature: float | None = opt(
+        None,
+        help="Smoothing: mean divides each image's logits by T; other methods "
+        "flatten the result to P^(1/T) [default: 2.0 (the paper's) for mean; "
+        "1, no flattening, for em, bbse, em-bcts].",
+        bounds="(0, inf)",
+    )
     calibration: str | None = opt(None, help="Held-out labeled source manifest (needed by bbse and em-bcts).")
-    source: str | None = opt(None, help="Source manifest: its label counts are P_s(y) when the model recorded "
-                                        "no training prior, or with --source-prior source.")
-    source_prior: str = opt("checkpoint", choices=("checkpoint", "source"), noun="source prior",
-                            help="P_s(y) for em: the checkpoint's training prior (what its posteriors carry), "
-                                 "or --source's label frequencies.")
-    save_predictions: str | None = opt(None, help="Also write per-image logits here, to re-estimate without "
-                                                  "the model.")
-    predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running "
-                                             "the model.")
+    source: str | None = opt(
+        None,
+        help="Source manifest: its label counts are P_s(y) when the model recorded "
+        "no training prior, or with --source-prior source.",
+    )
+    source_prior: str = opt(
+        "checkpoint",
+        choices=("checkpoint", "source"),
+        noun="source prior",
+        help="P_s(y) for em: the checkpoint's training prior (what its posteriors carry), "
+        "or --source's label frequencies.",
+    )
+    save_predictions: str | None = opt(None, help="Also write per-image logits here, to re-estimate without the model.")
+    predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running the model.")
     batch_size: int = opt(256, bounds="[1, inf)")
     workers: int = opt(2, help="DataLoader workers.", bounds="[0, inf)")
     device: str = opt("auto", choices=DEVICES)
@@ -52,18 +68,28 @@ class EstimateConfig:
         return self.temperature if self.temperature is not None else default_temperature(self.method)
 
     def check(self) -> None:
-        refuse_clobber({"--out": self.out, "--save-predictions": self.save_predictions},
-                       {"--target": self.target, "--calibration": self.calibration, "--source": self.source,
-                        "--predictions": self.predictions})
-        if not self.t > 0:
-            raise UserError("--temperature", f"{self.temperature} is not a positive number",
-                            "pass T > 0 (1 = no smoothing)")
+        validate(self)
+        refuse_clobber(
+            {"--out": self.out, "--save-predictions": self.save_predictions},
+            {
+                "--target": self.target,
+                "--calibration": self.calibration,
+                "--source": self.source,
+                "--predictions": self.predictions,
+            },
+        )
         if self.method in NEEDS_CALIBRATION and not (self.calibration or self.predictions):
-            raise UserError(f"--method {self.method}", "needs held-out labeled source images",
-                            "pass --calibration HELDOUT_SOURCE.parquet")
+            raise UserError(
+                f"--method {self.method}",
+                "needs held-out labeled source images",
+                "pass --calibration HELDOUT_SOURCE.parquet",
+            )
         if not self.predictions and not (self.model and self.target):
-            raise UserError("curate estimate", "needs --model and --target (or --predictions FILE)",
-                            "pass the source classifier and the unlabeled target manifest")
+            raise UserError(
+                "curate estimate",
+                "needs --model and --target (or --predictions FILE)",
+                "pass the source classifier and the unlabeled target manifest",
+            )
 
 
 @dataclass
@@ -77,7 +103,7 @@ class Logits:
 
 def run(cfg: EstimateConfig) -> Path:
     cfg.check()
-    from datl_torch.engine import dist
+    from datl.neural.engine import dist
 
     with dist.session(cfg.device) as d:
         logits = read_predictions_file(cfg.predictions) if cfg.predictions else model_logits(cfg, d)
@@ -93,8 +119,8 @@ def read_predictions_file(path: str) -> Logits:
 
 def model_logits(cfg: EstimateConfig, d) -> Logits:
     """Run the model over the target (and --calibration); full on rank 0, rank-sharded work."""
-    from datl_torch.checkpoint import load_model
-    from datl_torch.engine.inference import run_model
+    from datl.neural.checkpoint import load_model
+    from datl.neural.engine.inference import run_model
 
     tm = open_manifest(cfg.target)
     if tm.num_rows == 0:
@@ -103,7 +129,9 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
     classes = lm.config.classes
     rows, target, bad = run_model(lm, tm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
     if d.main and len(rows) == 0:
-        raise UserError(cfg.target, f"has no readable image ({bad.summary()})", "check it with `datl manifest validate`")
+        raise UserError(
+            cfg.target, f"has no readable image ({bad.summary()})", "check it with `datl manifest validate`"
+        )
     if d.main:
         bad.report(str(cfg.target))
     out = Logits(classes, target, class_prior=lm.config.class_prior)
@@ -116,11 +144,15 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
             cbad.report(str(cfg.calibration))
         t = cm.read(["id", "label"])
         out.calibration_labels = t.column("label").to_numpy(zero_copy_only=False)[crow]
-        parts["calibration"] = (t.column("id").take(pa.array(crow)).to_pylist(), out.calibration,
-                                out.calibration_labels.tolist())
+        parts["calibration"] = (
+            t.column("id").take(pa.array(crow)).to_pylist(),
+            out.calibration,
+            out.calibration_labels.tolist(),
+        )
     if cfg.save_predictions and d.main:
-        write_predictions(cfg.save_predictions, classes, parts, {"model": cfg.model,
-                                                                 "class_prior": lm.config.class_prior})
+        write_predictions(
+            cfg.save_predictions, classes, parts, {"model": cfg.model, "class_prior": lm.config.class_prior}
+        )
     return out
 
 
@@ -138,10 +170,15 @@ def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
     counted = counts / counts.sum()
     use_source = checkpoint is None or cfg.source_prior == "source"
     if checkpoint is not None and (gap := float(np.abs(counted - checkpoint).sum())) > 1e-3:
-        used, other = ("--source's label frequencies", "the checkpoint's training prior") if use_source else \
-            ("the checkpoint's training prior", "--source's label frequencies")
-        click.echo(f"note: {cfg.source}'s label frequencies differ from the checkpoint's training prior "
-                   f"(L1 {gap:.3f}); using {used}, not {other} (--source-prior)", err=True)
+        used, other = (
+            ("--source's label frequencies", "the checkpoint's training prior")
+            if use_source
+            else ("the checkpoint's training prior", "--source's label frequencies")
+        )
+        logger.warning(
+            f"note: {cfg.source}'s label frequencies differ from the checkpoint's training prior "
+            f"(L1 {gap:.3f}); using {used}, not {other} (--source-prior)"
+        )
     return counted if use_source else checkpoint
 
 
@@ -150,25 +187,55 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
     for name, z in (("target", logits.target), ("calibration", logits.calibration)):
         if z is not None and len(z) and not np.isfinite(z).all():
             n = int((~np.isfinite(z).all(axis=1)).sum())
-            raise RunFailed(cfg.model, f"gives non-finite logits for {n:,} {name} image(s) (a diverged model?)",
-                            "retrain the model (e.g. a lower --lr), or pass another")
-    p, facts = estimate(cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration,
-                        logits.calibration_labels)
+            raise RunFailed(
+                cfg.model,
+                f"gives non-finite logits for {n:,} {name} image(s) (a diverged model?)",
+                "retrain the model (e.g. a lower --lr), or pass another",
+            )
+    p, facts = estimate(
+        cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration, logits.calibration_labels
+    )
     if not (np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
-        raise RunFailed(cfg.model, f"{cfg.method} gave a prior that is not a distribution (non-finite, negative or "
-                                   f"all zero)", "try --method mean, or check the model and the calibration split")
-    table = pa.table({"label": pa.array(np.arange(len(classes), dtype=np.int32)),
-                      "class_name": pa.array(classes, pa.string()), "p_target": pa.array(p, pa.float64())})
-    params = {"method": cfg.method, "temperature": cfg.t, "temperature_default": cfg.temperature is None,
-              "model": cfg.model, "n_target": len(logits.target), **facts}
-    write_table(cfg.out, table, ManifestMeta(classes=classes, stage="estimate", params=params, inputs=input_hashes(
-        target=cfg.target, calibration=cfg.calibration, source=cfg.source, predictions=cfg.predictions)))
-    click.echo(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {cfg.method} (T={cfg.t:g}); top:")
+        raise RunFailed(
+            cfg.model,
+            f"{cfg.method} gave a prior that is not a distribution (non-finite, negative or all zero)",
+            "try --method mean, or check the model and the calibration split",
+        )
+    table = pa.table(
+        {
+            "label": pa.array(np.arange(len(classes), dtype=np.int32)),
+            "class_name": pa.array(classes, pa.string()),
+            "p_target": pa.array(p, pa.float64()),
+        }
+    )
+    params = {
+        "method": cfg.method,
+        "temperature": cfg.t,
+        "temperature_default": cfg.temperature is None,
+        "model": cfg.model,
+        "n_target": len(logits.target),
+        **facts,
+    }
+    write_table(
+        cfg.out,
+        table,
+        ManifestMeta(
+            classes=classes,
+            stage="estimate",
+            params=params,
+            inputs=input_hashes(
+                target=cfg.target, calibration=cfg.calibration, source=cfg.source, predictions=cfg.predictions
+            ),
+        ),
+    )
+    logger.info(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {cfg.method} (T={cfg.t:g}); top:")
     for i in np.argsort(-p)[:10]:
-        click.echo(f"  {classes[i]:<24} {p[i]:.4f}")
+        logger.info(f"  {classes[i]:<24} {p[i]:.4f}")
     if "em_iterations" in facts:
         if facts["em_converged"]:
-            click.echo(f"EM converged after {facts['em_iterations']} iterations")
+            logger.info(f"EM converged after {facts['em_iterations']} iterations")
         else:
-            click.echo(f"warning: EM stopped at its cap of {facts['em_iterations']} iterations without converging "
-                       f"(last change {facts['em_last_change']:.2e} in L1); the estimate may be off", err=True)
+            logger.warning(
+                f"warning: EM stopped at its cap of {facts['em_iterations']} iterations without converging "
+                f"(last change {facts['em_last_change']:.2e} in L1); the estimate may be off"
+            )

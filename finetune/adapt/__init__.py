@@ -13,6 +13,7 @@ returns the scalar transfer loss; :class:`net.TwoDomainStep` adds it, times
 | jmmd      | jmmd.py       | Long et al. 2017 (JAN), joint MMD |
 | jan-a     | jmmd.py       | Long et al. 2017 (JAN-A), adversarial JMMD |
 """
+
 from __future__ import annotations
 
 import re

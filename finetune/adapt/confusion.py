@@ -1,5 +1,6 @@
 """Domain confusion with soft labels: Tzeng et al. 2015, "Simultaneous Deep Transfer
 Across Domains and Tasks"."""
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def confusion_loss(domain_logits: torch.Tensor) -> torch.Tensor:
     return -(domain_logits.log_softmax(1).mean(1)).mean()
 
 
-def class_softmax_sums(logits: torch.Tensor, labels: torch.Tensor, classes: int,
-                       temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def class_softmax_sums(
+    logits: torch.Tensor, labels: torch.Tensor, classes: int, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class k: the sum of softmax(z / T) over the images of class k, and their count."""
     p = (logits / temperature).softmax(1)
     sums = torch.zeros(classes, logits.shape[1], dtype=p.dtype, device=p.device).index_add_(0, labels, p)
@@ -33,7 +35,9 @@ def soft_labels(logits: torch.Tensor, labels: torch.Tensor, classes: int, temper
     return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, 1.0 / logits.shape[1]))
 
 
-def soft_label_loss(logits: torch.Tensor, labels: torch.Tensor, table: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_label_loss(
+    logits: torch.Tensor, labels: torch.Tensor, table: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """L_soft = -1/N sum_i sum_k l^(y_i)_k log softmax(z_i / T)_k."""
     return -(table[labels] * (logits / temperature).log_softmax(1)).sum(1).mean()
 

@@ -1,4 +1,5 @@
 """DANN: Ganin & Lempitsky 2015, "Unsupervised Domain Adaptation by Backpropagation"."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """JAN: Long et al. 2017, "Deep Transfer Learning with Joint Adaptation Networks"."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,12 @@ class JointMMD(nn.Module):
     those tiny differences up to order-one kernel values. The unbiased or linear estimator
     as in DAN."""
 
-    def __init__(self, multipliers=(DEFAULT_MULTIPLIERS, (1.0,)), bandwidths=(None, SOFTMAX_BANDWIDTH),
-                 estimator: str = "unbiased"):
+    def __init__(
+        self,
+        multipliers=(DEFAULT_MULTIPLIERS, (1.0,)),
+        bandwidths=(None, SOFTMAX_BANDWIDTH),
+        estimator: str = "unbiased",
+    ):
         super().__init__()
         self.multipliers, self.bandwidths, self.estimator = multipliers, bandwidths, estimator
 

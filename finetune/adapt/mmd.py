@@ -1,4 +1,5 @@
 """DAN: Long et al. 2015, "Learning Transferable Features with Deep Adaptation Networks"."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,9 @@ from .registry import Method, register
 DEFAULT_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def gaussian_kernel_stack(x: torch.Tensor, y: torch.Tensor, multipliers=DEFAULT_MULTIPLIERS,
-                          base: torch.Tensor | None = None) -> torch.Tensor:
+def gaussian_kernel_stack(
+    x: torch.Tensor, y: torch.Tensor, multipliers=DEFAULT_MULTIPLIERS, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """[u, i, j] = exp(-||a_i - a_j||^2 / (m_u * base)) over the rows a of cat(x, y), one
     matrix per multiplier m_u.
 
@@ -24,8 +26,9 @@ def gaussian_kernel_stack(x: torch.Tensor, y: torch.Tensor, multipliers=DEFAULT_
     return torch.stack([torch.exp(-d2 / (m * base)) for m in multipliers])
 
 
-def gaussian_kernels(x: torch.Tensor, y: torch.Tensor, multipliers=DEFAULT_MULTIPLIERS,
-                     base: torch.Tensor | None = None) -> torch.Tensor:
+def gaussian_kernels(
+    x: torch.Tensor, y: torch.Tensor, multipliers=DEFAULT_MULTIPLIERS, base: torch.Tensor | None = None
+) -> torch.Tensor:
     """sum_u exp(-||a - b||^2 / (m_u * base)) for every pair of rows of cat(x, y)."""
     return gaussian_kernel_stack(x, y, multipliers, base).sum(0)
 
@@ -35,8 +38,11 @@ def mmd2_unbiased(k: torch.Tensor, n: int) -> torch.Tensor:
     1/(n(n-1)) sum_{i!=j} k(s_i,s_j) + 1/(m(m-1)) sum_{i!=j} k(t_i,t_j) - 2/(nm) sum k(s_i,t_j)."""
     m = len(k) - n
     kss, ktt, kst = k[:n, :n], k[n:, n:], k[:n, n:]
-    return ((kss.sum() - kss.diagonal().sum()) / (n * (n - 1)) + (ktt.sum() - ktt.diagonal().sum()) / (m * (m - 1))
-            - 2 * kst.sum() / (n * m))
+    return (
+        (kss.sum() - kss.diagonal().sum()) / (n * (n - 1))
+        + (ktt.sum() - ktt.diagonal().sum()) / (m * (m - 1))
+        - 2 * kst.sum() / (n * m)
+    )
 
 
 def linear_h(k: torch.Tensor, n: int) -> torch.Tensor:
@@ -68,7 +74,7 @@ def optimal_kernel_weights(d: torch.Tensor, q: torch.Tensor, eps: float = 1e-3) 
     m = len(d)
     d, a = d.double().cpu(), (q.double().cpu() + eps * torch.eye(m, dtype=torch.float64))
     best, best_obj = None, float("inf")
-    for mask in range(1, 2 ** m):
+    for mask in range(1, 2**m):
         idx = torch.tensor([u for u in range(m) if mask >> u & 1])
         ds = d[idx]
         if not (ds > 0).any():
@@ -101,8 +107,13 @@ class MultiKernelMMD(nn.Module):
     linear-time terms and their second moments, and scaled by the number of kernels so
     that equal weights give the same loss as "equal"."""
 
-    def __init__(self, multipliers=DEFAULT_MULTIPLIERS, estimator: str = "unbiased", kernels: str = "equal",
-                 momentum: float = 0.99):
+    def __init__(
+        self,
+        multipliers=DEFAULT_MULTIPLIERS,
+        estimator: str = "unbiased",
+        kernels: str = "equal",
+        momentum: float = 0.99,
+    ):
         super().__init__()
         if estimator not in ("unbiased", "linear") or kernels not in ("equal", "learned"):
             raise ValueError((estimator, kernels))

@@ -1,5 +1,6 @@
 """The step that feeds the network two domains, and the layers the methods share (gradient
 reversal, the domain discriminator)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -8,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datl_torch.engine.device import to_device
-from datl_torch.modeling import unwrap
+from datl.neural.engine.device import to_device
+from datl.neural.modeling import unwrap
 
 
 class TwoDomainStep:
@@ -33,10 +34,18 @@ class TwoDomainStep:
     each rank computes it on its own batches; ``method`` may be DDP-wrapped.
     """
 
-    def __init__(self, method: nn.Module | None, unlabeled: Iterator[torch.Tensor] | None, trade_off: float,
-                 device, label_smoothing: float = 0.0, ramp: bool = False,
-                 labeled_target: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 soft: nn.Module | None = None, soft_weight: float = 0.1):
+    def __init__(
+        self,
+        method: nn.Module | None,
+        unlabeled: Iterator[torch.Tensor] | None,
+        trade_off: float,
+        device,
+        label_smoothing: float = 0.0,
+        ramp: bool = False,
+        labeled_target: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        soft: nn.Module | None = None,
+        soft_weight: float = 0.1,
+    ):
         self.method, self.unlabeled, self.trade_off, self.ramp = method, unlabeled, trade_off, ramp
         self.device, self.label_smoothing = device, label_smoothing
         self.labeled_target, self.soft, self.soft_weight = labeled_target, soft, soft_weight
@@ -75,18 +84,18 @@ class TwoDomainStep:
         x_all = to_device(torch.cat(parts), self.device)  # channels_last again after the cat, on CUDA
         f, z = net(x_all, with_features=True)  # through the DDP wrapper, if any
         z = z.float()
-        labeled = torch.cat([z[:n], z[n + m:]])  # labeled domain, then labeled target
+        labeled = torch.cat([z[:n], z[n + m :]])  # labeled domain, then labeled target
         loss = F.cross_entropy(labeled, y, label_smoothing=self.label_smoothing)
         self.last = {"ce": loss.detach()}
         if self.method is not None:
             w = self.weight(progress)
-            fs, ft, zs, zt = (scale_gradient(t, w) for t in (f[:n].float(), f[n:n + m].float(), z[:n], z[n:n + m]))
+            fs, ft, zs, zt = (scale_gradient(t, w) for t in (f[:n].float(), f[n : n + m].float(), z[:n], z[n : n + m]))
             transfer = self.method(fs, ft, zs, zt, progress)
             loss = loss + transfer
             self.last.update(transfer=transfer.detach(), transfer_weight=w)
         if self.soft is not None:
             self.soft.update(z[:n].detach(), y[:n])
-            soft = self.soft(z[n + m:], y[n:])
+            soft = self.soft(z[n + m :], y[n:])
             loss = loss + self.soft_weight * soft
             self.last["soft"] = soft.detach()
         return loss
@@ -124,5 +133,12 @@ class DomainDiscriminator(nn.Sequential):
     """features -> 1024 -> 1024 -> n_domains logits (ReLU, dropout 0.5), DANN's."""
 
     def __init__(self, width: int, hidden: int = 1024, n_domains: int = 2):
-        super().__init__(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden, n_domains))
+        super().__init__(
+            nn.Linear(width, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, n_domains),
+        )

@@ -8,6 +8,7 @@ returns the scalar transfer loss. It builds itself from the run's config
 the same for every method and lives in the run's config, not here, so that switching
 ``--adapt`` changes only the transfer loss. Adding a method is adding one file.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Test helpers: run the real CLIs, check the one-line error contract, make tiny real data."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from manifests import ManifestMeta, write_manifest
+from datl.manifests import ManifestMeta, write_manifest
 
 BIN = Path(sys.executable).parent
 
@@ -61,10 +62,18 @@ def write_pngs(folder: Path, n: int, size: int = 12, seed: int = 0, mode: str = 
     return paths
 
 
-def tiny_manifest(path: Path, paths: list[str], labels: list[int] | None, classes: list[str] | None = None,
-                  ids: list[str] | None = None, **meta) -> Path:
-    cols = {"id": pa.array(ids or [f"r{i}" for i in range(len(paths))], pa.string()),
-            "path": pa.array(paths, pa.string())}
+def tiny_manifest(
+    path: Path,
+    paths: list[str],
+    labels: list[int] | None,
+    classes: list[str] | None = None,
+    ids: list[str] | None = None,
+    **meta,
+) -> Path:
+    cols = {
+        "id": pa.array(ids or [f"r{i}" for i in range(len(paths))], pa.string()),
+        "path": pa.array(paths, pa.string()),
+    }
     if labels is not None:
         cols["label"] = pa.array(labels, pa.int32())
     return write_manifest(path, pa.table(cols), ManifestMeta(classes=classes, **meta))
@@ -84,7 +93,7 @@ def subset_manifest(src: Path, out: Path, families: tuple[str, ...]) -> Path:
     import numpy as np
     import pyarrow.compute as pc
 
-    from manifests import Manifest
+    from datl.manifests import Manifest
 
     m = Manifest(src)
     keep = [i for i, c in enumerate(m.classes) if c.split("/")[0] in families]
@@ -93,8 +102,9 @@ def subset_manifest(src: Path, out: Path, families: tuple[str, ...]) -> Path:
     remap = np.full(len(m.classes), -1, dtype=np.int32)
     remap[keep] = np.arange(len(keep), dtype=np.int32)
     paths = [str(m.resolve(p)) for p in t.column("path").to_pylist()]
-    t = t.set_column(t.schema.get_field_index("label"), "label",
-                     pa.array(remap[t.column("label").to_numpy()], pa.int32()))
+    t = t.set_column(
+        t.schema.get_field_index("label"), "label", pa.array(remap[t.column("label").to_numpy()], pa.int32())
+    )
     t = t.set_column(t.schema.get_field_index("path"), "path", pa.array(paths, pa.string()))
     return write_manifest(out, t, ManifestMeta(classes=[m.classes[i] for i in keep], stage="test-subset"))
 
@@ -105,15 +115,20 @@ def loose_bytes(m) -> list[bytes]:
     return [Path(m.resolve(p)).read_bytes() for p in t.column("path").to_pylist()]
 
 
-def hf_parquet(path: Path, images: list[bytes], labels: list[int], names: list[str], binary: bool = False,
-               rows_per_group: int = 7) -> None:
+def hf_parquet(
+    path: Path, images: list[bytes], labels: list[int], names: list[str], binary: bool = False, rows_per_group: int = 7
+) -> None:
     """An image Parquet file as HuggingFace `datasets` writes one: an {bytes, path} struct
     (or a plain binary column), an int label, ClassLabel names in the `huggingface` metadata."""
-    img = pa.array(images, pa.binary()) if binary else pa.array(
-        [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
-        pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-    hf = {"info": {"features": {"image": {"_type": "Image"},
-                                "label": {"names": names, "_type": "ClassLabel"}}}}
+    img = (
+        pa.array(images, pa.binary())
+        if binary
+        else pa.array(
+            [{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images)],
+            pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
+    )
+    hf = {"info": {"features": {"image": {"_type": "Image"}, "label": {"names": names, "_type": "ClassLabel"}}}}
     t = pa.table({"image": img, "label": pa.array(labels, pa.int64())})
     t = t.replace_schema_metadata({b"huggingface": json.dumps(hf).encode()})
     pq.write_table(t, path, row_group_size=rows_per_group)

@@ -12,6 +12,7 @@ MATE itself draws it at 32x32 px, a separate hand-hinted drawing, not an edit of
 Used by tests/curate/test_dedup_colour.py and bench/colour_dedup.py. Nothing is downloaded
 at run time: the themes are Debian packages (apt-get, from the package registry).
 """
+
 from __future__ import annotations
 
 import glob
@@ -46,7 +47,7 @@ def _id(f: str) -> str:
 
 
 def _manifest(out: Path, ids: list[str], paths: list[str], labels: list[int], classes: list[str]) -> Path:
-    from manifests import ManifestMeta, write_manifest
+    from datl.manifests import ManifestMeta, write_manifest
 
     t = pa.table({"id": ids, "path": paths, "label": pa.array(labels, pa.int32())})
     return write_manifest(out, t, ManifestMeta(classes=classes))
@@ -59,7 +60,7 @@ def build_icon_set(work: Path, n_plant: int, seed: int, every: int = 1, redraw: 
 
     from PIL import Image
 
-    from curate.dedup.calibration import edits_for, plant_one
+    from datl.curate.dedup.calibration import edits_for, plant_one
 
     src_files, tgt_files = icon_files()
     if not src_files or not tgt_files:
@@ -68,8 +69,9 @@ def build_icon_set(work: Path, n_plant: int, seed: int, every: int = 1, redraw: 
     classes = sorted({Path(f).parent.name for f in src_files + tgt_files})
     work.mkdir(parents=True, exist_ok=True)
     tgt_ids = [_id(f) for f in tgt_files]
-    target = _manifest(work / "target.parquet", tgt_ids, tgt_files,
-                       [classes.index(Path(f).parent.name) for f in tgt_files], classes)
+    target = _manifest(
+        work / "target.parquet", tgt_ids, tgt_files, [classes.index(Path(f).parent.name) for f in tgt_files], classes
+    )
 
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(tgt_files), size=min(n_plant, len(tgt_files)), replace=False))
@@ -93,8 +95,13 @@ def build_icon_set(work: Path, n_plant: int, seed: int, every: int = 1, redraw: 
         planted[name.stem] = (tgt_ids[int(i)], kind)
         paths.append(str(name))
     ordinary = [_id(f) for f in src_files]
-    source = _manifest(work / f"source-s{seed}.parquet", ordinary + list(planted), src_files + paths,
-                       [classes.index(Path(f).parent.name) for f in src_files] + [0] * len(planted), classes)
+    source = _manifest(
+        work / f"source-s{seed}.parquet",
+        ordinary + list(planted),
+        src_files + paths,
+        [classes.index(Path(f).parent.name) for f in src_files] + [0] * len(planted),
+        classes,
+    )
     modes: Counter = Counter()
     for f in src_files + tgt_files:
         with Image.open(f) as im:
@@ -111,6 +118,11 @@ def score(icons: IconSet, flagged: set[str]) -> dict:
     edits = [e for e in tot if e != REDRAW]
     n_edit = sum(tot[e] for e in edits)
     fp = sum(1 for i in icons.ordinary if i in flagged)
-    return {"recall": {e: (hit[e], tot[e]) for e in tot},
-            "recall_edits": sum(hit[e] for e in edits) / max(n_edit, 1), "n_edits": n_edit,
-            "false_positives": fp, "n_ordinary": len(icons.ordinary), "fp_rate": fp / max(len(icons.ordinary), 1)}
+    return {
+        "recall": {e: (hit[e], tot[e]) for e in tot},
+        "recall_edits": sum(hit[e] for e in edits) / max(n_edit, 1),
+        "n_edits": n_edit,
+        "false_positives": fp,
+        "n_ordinary": len(icons.ordinary),
+        "fp_rate": fp / max(len(icons.ordinary), 1),
+    }

@@ -1,6 +1,7 @@
 """The shrunken pipeline that tests/datl runs end to end: once per pytest run (the
 ``pipeline_run`` fixture of tests/datl/conftest.py), shared by the end-to-end test of
 ``datl run`` and the report test, which need the same kind of finished run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,8 @@ stages:
   sample_adaptive:
     run: sample
     per_seed: true
-    inputs: {{source: "@data/source.parquet", weights: "@weights/weights.parquet", exclude: "@dedup/duplicates.parquet"}}
+    inputs: {{source: "@data/source.parquet", weights: "@weights/weights.parquet",
+             exclude: "@dedup/duplicates.parquet"}}
     params: {{size: {size}}}
 compare:
   pretrain: {{model: test_resnet, steps: 3, batch_size: 16, workers: 0}}

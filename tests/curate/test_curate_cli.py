@@ -1,4 +1,5 @@
 """curate estimate | weight | sample through the real CLI, with a real tiny classifier on real images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_user_error, cli, subset_manifest
 from PIL import Image
 
-from manifests import Manifest, ManifestMeta, write_manifest
+from datl.manifests import Manifest, ManifestMeta, write_manifest
+
+from helpers import assert_user_error, cli, subset_manifest
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +20,24 @@ def classifier(demo_small, tmp_path_factory) -> tuple[Path, Path]:
     """test_resnet trained on MNIST digits + animal silhouettes (20 classes) from the demo source."""
     tmp = tmp_path_factory.mktemp("clf")
     src = subset_manifest(demo_small / "source.parquet", tmp / "src.parquet", ("mnist", "animal"))
-    res = cli("pretrain", "-m", str(src), "--model", "test_resnet", "--out", str(tmp / "run"), "--steps", "60",
-              "--lr", "0.05", "--batch-size", "32", "--workers", "0", "-q")
+    res = cli(
+        "pretrain",
+        "-m",
+        str(src),
+        "--model",
+        "test_resnet",
+        "--out",
+        str(tmp / "run"),
+        "--steps",
+        "60",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "32",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     return tmp / "run", src
 
@@ -29,11 +47,25 @@ def _prior(path):
     return t.column("class_name").to_pylist(), t.column("p_target").to_numpy()
 
 
+@pytest.mark.slow
 def test_estimate_on_real_target_digits_puts_mass_on_digit_classes(classifier, demo_small, tmp_path):
     run, src = classifier
     target = demo_small / "target_unlabeled.parquet"
-    res = cli("curate", "estimate", "--model", str(run), "--target", str(target), "--out", str(tmp_path / "p.parquet"),
-              "--save-predictions", str(tmp_path / "preds.parquet"), "--calibration", str(src), "-q")
+    res = cli(
+        "curate",
+        "estimate",
+        "--model",
+        str(run),
+        "--target",
+        str(target),
+        "--out",
+        str(tmp_path / "p.parquet"),
+        "--save-predictions",
+        str(tmp_path / "preds.parquet"),
+        "--calibration",
+        str(src),
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     names, p = _prior(tmp_path / "p.parquet")
     assert p.sum() == pytest.approx(1.0)
@@ -42,14 +74,27 @@ def test_estimate_on_real_target_digits_puts_mass_on_digit_classes(classifier, d
     # T=2 on a 60-step model is flat (measured 0.58); EM and BBSE concentrate (0.98, 0.86).
     assert 0.5 < p[digit].sum(), dict(zip(names, p.round(3)))
     # re-estimate from saved predictions, no model: mean at T=2 reproduces the file exactly
-    res = cli("curate", "estimate", "--predictions", str(tmp_path / "preds.parquet"),
-              "--out", str(tmp_path / "p2.parquet"))
+    res = cli(
+        "curate", "estimate", "--predictions", str(tmp_path / "preds.parquet"), "--out", str(tmp_path / "p2.parquet")
+    )
     assert res.returncode == 0, res.stderr
     assert np.allclose(_prior(tmp_path / "p2.parquet")[1], p, atol=1e-6)
     share = {}
     for method in ("mean", "em", "bbse", "em-bcts"):
-        res = cli("curate", "estimate", "--predictions", str(tmp_path / "preds.parquet"), "--method", method,
-                  "--source", str(src), "--temperature", "1", "--out", str(tmp_path / f"{method}.parquet"))
+        res = cli(
+            "curate",
+            "estimate",
+            "--predictions",
+            str(tmp_path / "preds.parquet"),
+            "--method",
+            method,
+            "--source",
+            str(src),
+            "--temperature",
+            "1",
+            "--out",
+            str(tmp_path / f"{method}.parquet"),
+        )
         assert res.returncode == 0, (method, res.stderr)
         q = _prior(tmp_path / f"{method}.parquet")[1]
         assert q.sum() == pytest.approx(1.0)
@@ -58,11 +103,24 @@ def test_estimate_on_real_target_digits_puts_mass_on_digit_classes(classifier, d
     assert share["em"] > 0.85 and share["bbse"] > 0.7, share
 
 
+@pytest.mark.slow
 def test_weight_and_sample_end_to_end(classifier, demo_small, tmp_path):
     run, src = classifier
     prior = tmp_path / "p.parquet"
-    assert cli("curate", "estimate", "--model", str(run), "--target", str(demo_small / "target_unlabeled.parquet"),
-               "--out", str(prior), "-q").returncode == 0
+    assert (
+        cli(
+            "curate",
+            "estimate",
+            "--model",
+            str(run),
+            "--target",
+            str(demo_small / "target_unlabeled.parquet"),
+            "--out",
+            str(prior),
+            "-q",
+        ).returncode
+        == 0
+    )
     res = cli("curate", "weight", "--source", str(src), "--prior", str(prior), "--out", str(tmp_path / "w.parquet"))
     assert res.returncode == 0, res.stderr
     w = pq.read_table(tmp_path / "w.parquet")
@@ -73,8 +131,18 @@ def test_weight_and_sample_end_to_end(classifier, demo_small, tmp_path):
     assert np.allclose(ws, w.column("p_target").to_numpy() / (counts / counts.sum()))
     png = Image.open(tmp_path / "w.png")
     assert png.size[0] >= 1200 and png.size[1] >= 800
-    res = cli("curate", "sample", "--source", str(src), "--weights", str(tmp_path / "w.parquet"), "--size", "400",
-              "--out", str(tmp_path / "s.parquet"))
+    res = cli(
+        "curate",
+        "sample",
+        "--source",
+        str(src),
+        "--weights",
+        str(tmp_path / "w.parquet"),
+        "--size",
+        "400",
+        "--out",
+        str(tmp_path / "s.parquet"),
+    )
     assert res.returncode == 0, res.stderr
     s = Manifest(tmp_path / "s.parquet")
     assert s.num_rows == 400 and s.meta.stage == "sample" and s.meta.params["replacement"] is True
@@ -90,39 +158,108 @@ def test_weight_drops_classes_with_target_mass_but_no_source_images(tmp_path):
     t = pa.table({"id": ["a", "b", "c"], "path": ["a", "b", "c"], "label": pa.array([0, 0, 1], pa.int32())})
     src = write_manifest(tmp_path / "src.parquet", t, ManifestMeta(classes=["x", "y", "z"]))
     prior = tmp_path / "p.parquet"
-    from manifests import write_table
+    from datl.manifests import write_table
 
-    write_table(prior, pa.table({"label": pa.array([0, 1, 2], pa.int32()), "class_name": ["x", "y", "z"],
-                                 "p_target": [0.2, 0.3, 0.5]}), ManifestMeta(classes=["x", "y", "z"]))
-    res = cli("curate", "weight", "--source", str(src), "--prior", str(prior), "--out", str(tmp_path / "w.parquet"),
-              "--no-plot")
+    write_table(
+        prior,
+        pa.table(
+            {"label": pa.array([0, 1, 2], pa.int32()), "class_name": ["x", "y", "z"], "p_target": [0.2, 0.3, 0.5]}
+        ),
+        ManifestMeta(classes=["x", "y", "z"]),
+    )
+    res = cli(
+        "curate",
+        "weight",
+        "--source",
+        str(src),
+        "--prior",
+        str(prior),
+        "--out",
+        str(tmp_path / "w.parquet"),
+        "--no-plot",
+    )
     assert res.returncode == 0 and "1 class(es) have target mass but no source image" in res.stderr
     w = pq.read_table(tmp_path / "w.parquet")
     assert w.column("p_target").to_pylist() == pytest.approx([0.4, 0.6, 0.0])
     assert w.column("weight").to_pylist() == pytest.approx([0.4 / (2 / 3), 0.6 / (1 / 3), 0.0])
 
 
+@pytest.mark.slow
 def test_bad_input(classifier, demo_small, tmp_path):
     run, src = classifier
     out = tmp_path / "o.parquet"
     target = str(demo_small / "target_unlabeled.parquet")
     for method in ("bbse", "em-bcts"):
-        assert_user_error(cli("curate", "estimate", "--model", str(run), "--target", target, "--out", str(out),
-                              "--method", method), "needs held-out labeled source", "--calibration")
-    empty = write_manifest(tmp_path / "empty.parquet", pa.table({"id": pa.array([], pa.string()),
-                                                                 "path": pa.array([], pa.string())}), ManifestMeta())
-    assert_user_error(cli("curate", "estimate", "--model", str(run), "--target", str(empty), "--out", str(out)),
-                      "empty.parquet", "is empty")
+        assert_user_error(
+            cli("curate", "estimate", "--model", str(run), "--target", target, "--out", str(out), "--method", method),
+            "needs held-out labeled source",
+            "--calibration",
+        )
+    empty = write_manifest(
+        tmp_path / "empty.parquet",
+        pa.table({"id": pa.array([], pa.string()), "path": pa.array([], pa.string())}),
+        ManifestMeta(),
+    )
+    assert_user_error(
+        cli("curate", "estimate", "--model", str(run), "--target", str(empty), "--out", str(out)),
+        "empty.parquet",
+        "is empty",
+    )
     # a prior over other classes than the source's
     prior = tmp_path / "p.parquet"
     assert cli("curate", "estimate", "--model", str(run), "--target", target, "--out", str(prior), "-q").returncode == 0
-    assert_user_error(cli("curate", "weight", "--source", str(demo_small / "source.parquet"), "--prior", str(prior),
-                          "--out", str(out)), "classes differ")
-    assert cli("curate", "weight", "--source", str(src), "--prior", str(prior), "--out",
-               str(tmp_path / "w.parquet"), "--no-plot").returncode == 0
+    assert_user_error(
+        cli(
+            "curate", "weight", "--source", str(demo_small / "source.parquet"), "--prior", str(prior), "--out", str(out)
+        ),
+        "classes differ",
+    )
+    assert (
+        cli(
+            "curate",
+            "weight",
+            "--source",
+            str(src),
+            "--prior",
+            str(prior),
+            "--out",
+            str(tmp_path / "w.parquet"),
+            "--no-plot",
+        ).returncode
+        == 0
+    )
     for size in ("0", "-5"):
-        assert_user_error(cli("curate", "sample", "--source", str(src), "--weights", str(tmp_path / "w.parquet"),
-                              "--size", size, "--out", str(out)), "--size", "not positive")
-    assert_user_error(cli("curate", "sample", "--source", str(src), "--weights", str(tmp_path / "w.parquet"),
-                          "--size", "100000", "--no-replacement", "--out", str(out)), "eligible", "--size")
+        assert_user_error(
+            cli(
+                "curate",
+                "sample",
+                "--source",
+                str(src),
+                "--weights",
+                str(tmp_path / "w.parquet"),
+                "--size",
+                size,
+                "--out",
+                str(out),
+            ),
+            "--size",
+            "not positive",
+        )
+    assert_user_error(
+        cli(
+            "curate",
+            "sample",
+            "--source",
+            str(src),
+            "--weights",
+            str(tmp_path / "w.parquet"),
+            "--size",
+            "100000",
+            "--no-replacement",
+            "--out",
+            str(out),
+        ),
+        "eligible",
+        "--size",
+    )
     assert not out.exists()

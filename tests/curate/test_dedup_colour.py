@@ -3,6 +3,7 @@
 The set is Debian's icon themes (tests/_lib/icon_set.py): Oxygen icons as the source, MATE's
 drawings of the same things as the target, edited copies of MATE icons planted into the source.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+
 from helpers import apt_install, cli
 from icon_set import PACKAGES, REDRAW, build_icon_set, icon_files, score
 
@@ -24,17 +26,31 @@ def icons(tmp_path_factory):
     return build_icon_set(tmp_path_factory.mktemp("icons"), n_plant=200, seed=1, every=2)
 
 
+@pytest.mark.slow
 def test_the_set_is_real_transparent_colour_png_of_several_modes(icons):
     assert icons.modes.get("RGBA", 0) > 100, icons.modes
     assert sum(n for m, n in icons.modes.items() if m != "RGBA") > 0, icons.modes  # palette, LA, ...
 
 
+@pytest.mark.slow
 def test_dedup_meets_the_colour_goal_without_a_model(icons, tmp_path):
     """Recall >= 0.95 of the planted edited copies with at most 0.5% of ordinary icons flagged,
     at the default thresholds; the theme's own redrawings are reported, not part of the goal."""
     out = tmp_path / "dups.parquet"
-    res = cli("curate", "dedup", "--source", str(icons.source), "--target", str(icons.target), "--no-feature",
-              "--out", str(out), "--cache", str(tmp_path / "cache"), "-q")
+    res = cli(
+        "curate",
+        "dedup",
+        "--source",
+        str(icons.source),
+        "--target",
+        str(icons.target),
+        "--no-feature",
+        "--out",
+        str(out),
+        "--cache",
+        str(tmp_path / "cache"),
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     flagged = set(pq.read_table(out).column("id").to_pylist())
     s = score(icons, flagged)
@@ -54,9 +70,9 @@ def test_recoloured_copies_land_on_the_hue_views(icons):
 
     from PIL import Image
 
-    from curate.dedup import pixel
-    from manifests.images import decode_bytes
-    from manifests.shards import Address
+    from datl.curate.dedup import pixel
+    from datl.manifests.address import Address
+    from datl.manifests.images import decode_bytes
 
     found = found_without = n = 0
     for f in icon_files()[1][::2][::10]:
@@ -64,55 +80,128 @@ def test_recoloured_copies_land_on_the_hue_views(icons):
         rgb = decode_bytes(data, "RGB")
         if not np.asarray(rgb.convert("HSV"))[..., 1].any():
             continue
-        views = pixel.normalise(pixel._one(Address(f), True)[1]).astype(np.float32)
+        views = pixel.descriptors(pixel._one(Address(f), True)[1]).astype(np.float32)
         r, g, b = rgb.split()
         buf = io.BytesIO()
         Image.merge("RGB", (g, b, r)).save(buf, "PNG")
-        copy = pixel.normalise(pixel.thumbnail(decode_bytes(buf.getvalue(), "L"))[None])[0].astype(np.float32)
+        copy = pixel.descriptors(pixel.thumbnail(decode_bytes(buf.getvalue(), "L"))[None])[0].astype(np.float32)
         sims = views @ copy
         n += 1
         found += sims.max() >= 0.96
-        found_without += sims[:pixel.VIEWS - len(pixel.HUE_TURNS)].max() >= 0.96
+        found_without += sims[: pixel.VIEWS - len(pixel.HUE_TURNS)].max() >= 0.96
     assert n >= 50 and found == n and found_without < n - 5, (n, found, found_without)
     grey = Image.open(f).convert("LA")  # a grey image has no hue to turn: blank hue views, zero descriptors
     buf = io.BytesIO()
     grey.save(buf, "PNG")
-    assert not pixel.normalise(np.stack([pixel.thumbnail(v) for v in pixel.hue_views(buf.getvalue())])).any()
+    assert not pixel.descriptors(np.stack([pixel.thumbnail(v) for v in pixel.hue_views(buf.getvalue())])).any()
 
 
+@pytest.mark.slow
 def test_every_stage_reads_transparent_colour_icons(icons, tmp_path):
     """pretrain, estimate, weight, dedup with the model's features, sample and finetune, on the
     icons as they are (RGBA, palette with a transparent index, LA): no image is unreadable."""
     run = tmp_path / "run"
-    res = cli("pretrain", "--manifest", str(icons.source), "--model", "test_resnet", "--out", str(run),
-              "--steps", "2", "--batch-size", "16", "--image-size", "32", "--workers", "0", "-q")
+    res = cli(
+        "pretrain",
+        "--manifest",
+        str(icons.source),
+        "--model",
+        "test_resnet",
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--image-size",
+        "32",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["in_chans"] == 3  # colour icons give a colour model
     prior = tmp_path / "prior.parquet"
-    res = cli("curate", "estimate", "--model", str(run), "--target", str(icons.target), "--out", str(prior),
-              "--workers", "0", "-q")
+    res = cli(
+        "curate",
+        "estimate",
+        "--model",
+        str(run),
+        "--target",
+        str(icons.target),
+        "--out",
+        str(prior),
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     assert "unreadable" not in res.stdout + res.stderr
     p = pq.read_table(prior).column("p_target").to_numpy()
     assert np.isclose(p.sum(), 1.0) and (p > 0).all()
     dups = tmp_path / "dups.parquet"
-    res = cli("curate", "dedup", "--source", str(icons.source), "--target", str(icons.target), "--model",
-              str(run), "--out", str(dups), "--cache", str(tmp_path / "cache"), "--workers", "0", "-q")
+    res = cli(
+        "curate",
+        "dedup",
+        "--source",
+        str(icons.source),
+        "--target",
+        str(icons.target),
+        "--model",
+        str(run),
+        "--out",
+        str(dups),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     assert "could not be read" not in res.stderr
     # a 2-step model's features put every icon near every other: said, naming the fixes
     assert "the model's features barely tell images apart" in res.stderr and "--no-feature" in res.stderr
     weights = tmp_path / "weights.parquet"
-    assert cli("curate", "weight", "--source", str(icons.source), "--prior", str(prior),
-               "--out", str(weights)).returncode == 0
+    assert (
+        cli("curate", "weight", "--source", str(icons.source), "--prior", str(prior), "--out", str(weights)).returncode
+        == 0
+    )
     sample = tmp_path / "sample.parquet"
-    res = cli("curate", "sample", "--source", str(icons.source), "--weights", str(weights), "--size", "64",
-              "--exclude", str(dups), "--out", str(sample))
+    res = cli(
+        "curate",
+        "sample",
+        "--source",
+        str(icons.source),
+        "--weights",
+        str(weights),
+        "--size",
+        "64",
+        "--exclude",
+        str(dups),
+        "--out",
+        str(sample),
+    )
     assert res.returncode == 0, res.stderr
     ft = tmp_path / "ft"
-    res = cli("finetune", "--checkpoint", str(run), "--train", str(icons.target), "--test", str(icons.target),
-              "--out", str(ft), "--steps", "2", "--batch-size", "16", "--workers", "0", "-q")
+    res = cli(
+        "finetune",
+        "--checkpoint",
+        str(run),
+        "--train",
+        str(icons.target),
+        "--test",
+        str(icons.target),
+        "--out",
+        str(ft),
+        "--steps",
+        "2",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     metrics = json.loads((ft / "metrics.json").read_text())
     assert metrics["n_unreadable"] == 0 and metrics["n_test"] == pq.read_metadata(icons.target).num_rows
@@ -124,7 +213,8 @@ def test_a_model_sees_the_same_pixels_whatever_mode_the_icon_is_stored_in(icons,
     import pyarrow as pa
     from PIL import Image
 
-    from manifests import ImageDataset, Manifest, ManifestMeta, write_manifest
+    from datl.manifests import Manifest, ManifestMeta, write_manifest
+    from datl.neural.data import ImageDataset
 
     paths = Manifest(icons.source).read(["path"]).column("path").to_pylist()
     picked: dict[str, list[str]] = {"P": [], "LA": []}
@@ -142,10 +232,14 @@ def test_a_model_sees_the_same_pixels_whatever_mode_the_icon_is_stored_in(icons,
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         white.alpha_composite(rgba)
         white.convert("RGB").save(tmp_path / f"{k}_flat.png")
-        rows += [(f"{k}_orig", p), (f"{k}_rgba", str(tmp_path / f"{k}_rgba.png")),
-                 (f"{k}_flat", str(tmp_path / f"{k}_flat.png"))]
-    m = write_manifest(tmp_path / "m.parquet", pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows]}),
-                       ManifestMeta())
+        rows += [
+            (f"{k}_orig", p),
+            (f"{k}_rgba", str(tmp_path / f"{k}_rgba.png")),
+            (f"{k}_flat", str(tmp_path / f"{k}_flat.png")),
+        ]
+    m = write_manifest(
+        tmp_path / "m.parquet", pa.table({"id": [r[0] for r in rows], "path": [r[1] for r in rows]}), ManifestMeta()
+    )
     ds = ImageDataset(m, mode="RGB")
     first = np.asarray(ds[0].image)
     for k in range(0, len(rows), 3):

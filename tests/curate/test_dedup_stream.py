@@ -1,6 +1,7 @@
 """curate dedup streams the source in chunks: the result does not depend on the chunk size
 or the number of ranks, a kill -9 resumes from the last finished chunk, and the
 model-free checks run without a model."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import BIN, assert_user_error, cli
 
+from helpers import BIN, assert_user_error, cli
 
 
 def table(path: Path) -> list[tuple]:
@@ -22,9 +23,28 @@ def table(path: Path) -> list[tuple]:
 
 
 def dedup_args(demo_small: Path, model: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return ["curate", "dedup", "--source", str(demo_small / "source.parquet"), "--target",
-            str(demo_small / "target_unlabeled.parquet"), "--model", str(model), "--out", str(out), "--cache",
-            str(cache), "--threshold", "0.9", "--pixel-threshold", "0.9", "--workers", "0", "-q", *extra]
+    return [
+        "curate",
+        "dedup",
+        "--source",
+        str(demo_small / "source.parquet"),
+        "--target",
+        str(demo_small / "target_unlabeled.parquet"),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        "--threshold",
+        "0.9",
+        "--pixel-threshold",
+        "0.9",
+        "--workers",
+        "0",
+        "-q",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +58,7 @@ def reference(demo_small, random_model, tmp_path_factory) -> list[tuple]:
     return rows
 
 
+@pytest.mark.slow
 def test_chunks_and_ranks_do_not_change_the_result(demo_small, random_model, reference, tmp_path):
     """13 chunks instead of one: the same pairs; similarities agree to float32 rounding (FAISS
     and the model batch differently). 13 chunks on 2 ranks: the same chunks, identical result."""
@@ -48,18 +69,30 @@ def test_chunks_and_ranks_do_not_change_the_result(demo_small, random_model, ref
     assert max(abs(a[2] - b[2]) for a, b in zip(chunked, reference)) < 1e-5
     assert len(list((tmp_path / "c1").glob("source.chunks.*/chunk-*.npz"))) == 13  # ceil(1246 / 97)
 
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            str(BIN / "curate"), *dedup_args(demo_small, random_model, tmp_path / "b.parquet", tmp_path / "c2",
-                                             "--chunk-size", "97", "--device", "cpu")[1:]]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(BIN / "curate"),
+        *dedup_args(
+            demo_small, random_model, tmp_path / "b.parquet", tmp_path / "c2", "--chunk-size", "97", "--device", "cpu"
+        )[1:],
+    ]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert table(tmp_path / "b.parquet") == chunked
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_continues_from_the_last_chunk(demo_small, random_model, reference, tmp_path):
     cache = tmp_path / "cache"
-    argv = [str(BIN / "curate"), *dedup_args(demo_small, random_model, tmp_path / "d.parquet", cache,
-                                             "--chunk-size", "25")[1:]]
+    argv = [
+        str(BIN / "curate"),
+        *dedup_args(demo_small, random_model, tmp_path / "d.parquet", cache, "--chunk-size", "25")[1:],
+    ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     done = []
@@ -78,20 +111,44 @@ def test_kill_9_then_rerun_continues_from_the_last_chunk(demo_small, random_mode
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("source.chunks.*/chunk-*.npz")}
     assert len(after) == 50 and all(after[k] == v for k, v in finished.items())  # kept, not recomputed
     uninterrupted = tmp_path / "u.parquet"
-    assert cli(*dedup_args(demo_small, random_model, uninterrupted, tmp_path / "c2", "--chunk-size", "25")).returncode == 0
+    assert (
+        cli(*dedup_args(demo_small, random_model, uninterrupted, tmp_path / "c2", "--chunk-size", "25")).returncode == 0
+    )
     assert table(tmp_path / "d.parquet") == table(uninterrupted)
 
     # other thresholds: only the merge runs, no chunk is recomputed
-    res = cli(*dedup_args(demo_small, random_model, tmp_path / "e.parquet", cache, "--chunk-size", "25",
-                          "--threshold", "0.95", "--pixel-threshold", "0.95"))  # the last value counts
+    res = cli(
+        *dedup_args(
+            demo_small,
+            random_model,
+            tmp_path / "e.parquet",
+            cache,
+            "--chunk-size",
+            "25",
+            "--threshold",
+            "0.95",
+            "--pixel-threshold",
+            "0.95",
+        )
+    )  # the last value counts
     assert res.returncode == 0, res.stderr
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("source.chunks.*/chunk-*.npz")} == after
     assert len(table(tmp_path / "e.parquet")) <= len(table(uninterrupted))
 
 
+@pytest.mark.slow
 def test_model_free_checks_need_no_model(demo_small, tmp_path):
-    base = ["curate", "dedup", "--source", str(demo_small / "source.parquet"), "--target",
-            str(demo_small / "target_unlabeled.parquet"), "--out", str(tmp_path / "d.parquet"), "-q"]
+    base = [
+        "curate",
+        "dedup",
+        "--source",
+        str(demo_small / "source.parquet"),
+        "--target",
+        str(demo_small / "target_unlabeled.parquet"),
+        "--out",
+        str(tmp_path / "d.parquet"),
+        "-q",
+    ]
     res = cli(*base, "--no-feature")
     assert res.returncode == 0, res.stderr
     assert set(pq.read_table(tmp_path / "d.parquet").column("match").to_pylist()) <= {"exact", "pixel"}

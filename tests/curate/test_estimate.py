@@ -7,13 +7,14 @@ over-confident, biased one). 4,000 target and 4,000 held-out source points, 5 se
 Measured L1 errors (mean over the seeds): mean 0.31, em 0.05, bbse 0.07; uncalibrated
 em 0.25, em-bcts on the same logits 0.06. Each assertion leaves a 2x margin.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from curate.estimate import estimate, estimate_em, estimate_mean, fit_bcts, smooth, softmax
-from manifests import UserError
+from datl.core.errors import UserError
+from datl.curate.estimate import estimate, estimate_em, estimate_mean, fit_bcts, smooth, softmax
 
 SEEDS = range(5)
 
@@ -90,6 +91,7 @@ def test_methods_that_need_calibration_say_so():
         estimate("em", zt, None, 1.0)
 
 
+@pytest.mark.slow
 def test_em_with_default_flags_recovers_a_known_shift_and_mean_does_not(tmp_path):
     """`curate estimate --method em` with no other flag: T = 1 (no flattening), the checkpoint's
     training prior as P_s, and the true prior recovered (L1 < 0.02) on 60,000 target images of a
@@ -100,9 +102,10 @@ def test_em_with_default_flags_recovers_a_known_shift_and_mean_does_not(tmp_path
     import json
 
     import pyarrow.parquet as pq
-    from helpers import cli
 
-    from curate.estimate.predictions import write_predictions
+    from datl.curate.estimate.predictions import write_predictions
+
+    from helpers import cli
 
     rng = np.random.default_rng(7)
     k, d = 6, 3
@@ -113,9 +116,15 @@ def test_em_with_default_flags_recovers_a_known_shift_and_mean_does_not(tmp_path
     logits = -0.5 * ((x[:, None, :] - mu[None]) ** 2).sum(-1) + np.log(p_s)  # exact posteriors under p_s
     classes = [f"c{i}" for i in range(k)]
     preds = tmp_path / "preds.parquet"
-    write_predictions(preds, classes, {"target": ([str(i) for i in range(len(y))], logits, [None] * len(y)),
-                                       "calibration": ([], np.zeros((0, k)), [])},
-                      {"model": "synthetic", "class_prior": p_s.tolist()})
+    write_predictions(
+        preds,
+        classes,
+        {
+            "target": ([str(i) for i in range(len(y))], logits, [None] * len(y)),
+            "calibration": ([], np.zeros((0, k)), []),
+        },
+        {"model": "synthetic", "class_prior": p_s.tolist()},
+    )
     found = {}
     for method in ("em", "mean"):
         out = tmp_path / f"{method}.parquet"
@@ -139,8 +148,10 @@ def test_em_with_default_flags_recovers_a_known_shift_and_mean_does_not(tmp_path
     res = cli(*base, "--out", str(tmp_path / "a.parquet"))
     assert res.returncode == 0 and "differ from the checkpoint's training prior" in res.stderr
     assert "using the checkpoint's training prior" in res.stderr
-    assert np.allclose(pq.read_table(tmp_path / "a.parquet").column("p_target").to_numpy(),
-                       pq.read_table(tmp_path / "em.parquet").column("p_target").to_numpy())
+    assert np.allclose(
+        pq.read_table(tmp_path / "a.parquet").column("p_target").to_numpy(),
+        pq.read_table(tmp_path / "em.parquet").column("p_target").to_numpy(),
+    )
     res = cli(*base, "--source-prior", "source", "--out", str(tmp_path / "b.parquet"))
     assert res.returncode == 0 and "using --source's label frequencies" in res.stderr
     assert l1(pq.read_table(tmp_path / "b.parquet").column("p_target").to_numpy(), p_t) > 0.05  # wrong P_s

@@ -3,6 +3,7 @@
 Statistical checks use fixed seeds, so they are deterministic; each threshold is one a
 correct sampler passes with probability > 0.999 (chi-square p > 0.001).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,22 +12,34 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from curate.sample import plan_with_replacement, plan_without_replacement, run_sample
-from manifests import Manifest, ManifestMeta, UserError, write_manifest, write_table
+from datl.core.errors import UserError
+from datl.curate.sample import plan_with_replacement, plan_without_replacement, run_sample
+from datl.manifests import Manifest, ManifestMeta, write_manifest, write_table
 
 
 def source(tmp_path, sizes=(300, 200, 100, 50)):
     labels = np.repeat(np.arange(len(sizes)), sizes).astype(np.int32)
     n = len(labels)
-    t = pa.table({"id": [f"r{i}" for i in range(n)], "path": [f"x/{i}.png" for i in range(n)],
-                  "label": labels, "extra": np.arange(n)})
+    t = pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "path": [f"x/{i}.png" for i in range(n)],
+            "label": labels,
+            "extra": np.arange(n),
+        }
+    )
     return Manifest(write_manifest(tmp_path / "src.parquet", t, ManifestMeta(classes=list("abcd"[: len(sizes)]))))
 
 
 def weights_table(p_target, n_source):
     p_source = np.asarray(n_source) / np.sum(n_source)
-    return pa.table({"label": np.arange(len(p_target), dtype=np.int32), "p_target": np.asarray(p_target, float),
-                     "weight": np.asarray(p_target) / p_source})
+    return pa.table(
+        {
+            "label": np.arange(len(p_target), dtype=np.int32),
+            "p_target": np.asarray(p_target, float),
+            "weight": np.asarray(p_target) / p_source,
+        }
+    )
 
 
 def test_class_counts_follow_the_multinomial(tmp_path):
@@ -80,9 +93,12 @@ def test_size_above_eligible_names_the_max():
 def _write_sample(src, wt, tmp_path, name, **kw):
     kw = {"size": 500, "replacement": True, "exclude": None, "seed": 0, **kw}
     plan, batches, schema = run_sample(src, src.classes, wt, **kw)
-    write_manifest(tmp_path / name, batches, ManifestMeta(classes=src.classes, stage="sample",
-                                                          params={"replacement": kw["replacement"]}),
-                   schema=schema)
+    write_manifest(
+        tmp_path / name,
+        batches,
+        ManifestMeta(classes=src.classes, stage="sample", params={"replacement": kw["replacement"]}),
+        schema=schema,
+    )
     return pq.read_table(tmp_path / name)
 
 
@@ -107,6 +123,9 @@ def test_output_rows_seeds_and_exclusion(tmp_path):
 
 
 def test_prior_table_is_not_a_manifest_but_has_metadata(tmp_path):
-    write_table(tmp_path / "p.parquet", pa.table({"label": pa.array([0, 1], pa.int32()), "p_target": [0.5, 0.5]}),
-                ManifestMeta(classes=["a", "b"], stage="estimate"))
+    write_table(
+        tmp_path / "p.parquet",
+        pa.table({"label": pa.array([0, 1], pa.int32()), "p_target": [0.5, 0.5]}),
+        ManifestMeta(classes=["a", "b"], stage="estimate"),
+    )
     assert ManifestMeta.from_schema(pq.read_schema(tmp_path / "p.parquet"), "p").classes == ["a", "b"]

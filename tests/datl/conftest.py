@@ -1,10 +1,12 @@
 """One finished `datl run` of the shrunken pipeline per pytest run (tests/_lib/pipelines.py)."""
+
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
 import pytest
+
 from helpers import cli
 from pipelines import write
 

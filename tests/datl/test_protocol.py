@@ -2,12 +2,13 @@
 P_t(y) is estimated without a test image, dedup sees every target image, every choice is made
 on a validation split disjoint from test, and the source classifier never trains on the
 calibration split."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+from datl.manifests import Manifest
 from datl.pipeline import load, ref_file, ref_stage
-from manifests import Manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 

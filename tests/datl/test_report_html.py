@@ -3,6 +3,7 @@ chromium-driver, driven by selenium), checked as a person would use it: the weig
 sorts, filters and pages; a click shows a class's source and target thumbnails; duplicate
 pairs show both images; the results table has the paired interval; nothing is fetched from
 the network; no script error. And at 20,000 classes the page holds one page of rows."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+
+from datl.manifests import ManifestMeta, write_table
+
 from helpers import apt_install, assert_user_error, cli
 
-from manifests import ManifestMeta, write_table
 
 @pytest.fixture(scope="module")
 def browser():
-    reason = apt_install(("chromium", "chromium-driver"),
-                         lambda: bool(shutil.which("chromium") and shutil.which("chromedriver")))
+    reason = apt_install(
+        ("chromium", "chromium-driver"), lambda: bool(shutil.which("chromium") and shutil.which("chromedriver"))
+    )
     if reason:
         pytest.skip(reason)
     from selenium import webdriver
@@ -59,14 +63,18 @@ def errors_and_fetches(driver) -> tuple[list, list]:
 
 
 def visible_rows(driver) -> list[list[str]]:
-    return [[td.text for td in tr.find_elements("css selector", "td")]
-            for tr in driver.find_elements("css selector", "#weights-table tr.class-row")]
+    return [
+        [td.text for td in tr.find_elements("css selector", "td")]
+        for tr in driver.find_elements("css selector", "#weights-table tr.class-row")
+    ]
 
 
 def loaded(driver, selector: str) -> list[int]:
     return driver.execute_script(f"return [...document.querySelectorAll('{selector}')].map(i => i.naturalWidth)")
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_the_report_as_a_person_uses_it(run_out, browser):
     d = open_page(browser, run_out / "report.html")
     weights = {r["class_name"]: r for r in pa.parquet.read_table(run_out / "weights" / "weights.parquet").to_pylist()}
@@ -118,7 +126,9 @@ def test_the_report_as_a_person_uses_it(run_out, browser):
     assert sims == sorted(sims)  # all thresholds are 0.9 here: nearest the threshold first
     # estimators side by side, results with the paired interval, timings
     assert "prior_em" in d.find_element("css selector", "#estimators-table").text
-    arms = {tr.get_attribute("data-arm"): tr.text for tr in d.find_elements("css selector", "#results-table tr.arm-row")}
+    arms = {
+        tr.get_attribute("data-arm"): tr.text for tr in d.find_elements("css selector", "#results-table tr.arm-row")
+    }
     assert set(arms) == {"adaptive", "scratch"} and "vs scratch" in arms["adaptive"] and "n=2" in arms["adaptive"]
     stages = d.find_element("css selector", "#timings-table").text
     assert "source_model" in stages and "dedup" in stages
@@ -128,6 +138,8 @@ def test_the_report_as_a_person_uses_it(run_out, browser):
     assert files and max(f.stat().st_size for f in files) < 20_000  # thumbnails, not the images
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_twenty_thousand_classes_render_one_page(tmp_path, browser):
     out = tmp_path / "big"
     stage = out / "weights"
@@ -135,9 +147,17 @@ def test_twenty_thousand_classes_render_one_page(tmp_path, browser):
     k = 20_000
     rng = np.random.default_rng(0)
     p_t = rng.dirichlet(np.ones(k))
-    table = pa.table({"label": pa.array(np.arange(k), pa.int32()), "class_name": [f"class_{i:05d}" for i in range(k)],
-                      "n_source": rng.integers(1, 1000, k), "p_source": np.full(k, 1 / k), "p_target": p_t,
-                      "weight": p_t * k, "n_excluded": np.zeros(k, np.int64)})
+    table = pa.table(
+        {
+            "label": pa.array(np.arange(k), pa.int32()),
+            "class_name": [f"class_{i:05d}" for i in range(k)],
+            "n_source": rng.integers(1, 1000, k),
+            "p_source": np.full(k, 1 / k),
+            "p_target": p_t,
+            "weight": p_t * k,
+            "n_excluded": np.zeros(k, np.int64),
+        }
+    )
     write_table(stage / "weights.parquet", table, ManifestMeta(stage="weight"))
     (stage / "stamp.json").write_text(json.dumps({"kind": "weight", "inputs": {}, "params": {}, "seconds": 1.0}))
     res = cli("datl", "report", str(out))

@@ -1,5 +1,6 @@
 """datl run: a shrunken pipeline end to end, skipped when up to date, partial reruns,
 resuming a killed run, and bad pipeline files refused before anything runs."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,14 @@ import subprocess
 import time
 
 import pytest
+
+from datl.manifests import Manifest
+
 from helpers import BIN, assert_user_error, cli
 from pipelines import PIPELINE, statuses, write
 
-from manifests import Manifest
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run):
     pipe, first = pipeline_run
     tmp_path = pipe.parent
@@ -25,7 +29,9 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run):
     assert set(results["arms"]) == {"adaptive", "scratch"}
     ad = results["arms"]["adaptive"]
     assert ad["pretrain_size"] == 64 and results["arms"]["scratch"]["pretrain_size"] == 0
-    assert len(ad["per_seed"]) == 2 and min(ad["per_seed"].values()) <= ad["test_accuracy"] <= max(ad["per_seed"].values())
+    assert len(ad["per_seed"]) == 2 and min(ad["per_seed"].values()) <= ad["test_accuracy"] <= max(
+        ad["per_seed"].values()
+    )
     # a with-replacement sample of 64 draws from ~750 images: fewer distinct images than draws
     sample_ids = Manifest(out / "sample_adaptive.s0" / "sample.parquet").read(["id"]).column(0).to_pylist()
     assert ad["distinct_images"] == len(set(sample_ids)) < 64
@@ -36,7 +42,9 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run):
     # the choice between arms is made on validation accuracy, which every fine-tuning reports
     val = {a: sum(r["val_per_seed"].values()) / 2 for a, r in results["arms"].items()}
     sel = results["selection"]
-    assert sel["val_accuracy"] == val and sel["chosen"] == max(["scratch", "adaptive"], key=lambda a: (val[a], a == "scratch"))
+    assert sel["val_accuracy"] == val and sel["chosen"] == max(
+        ["scratch", "adaptive"], key=lambda a: (val[a], a == "scratch")
+    )
     assert sel["test_accuracy"] == results["arms"][sel["chosen"]]["test_accuracy"]
     assert "chosen on validation accuracy" in first.stdout
     assert "adaptive" in first.stdout.split("results:")[0].splitlines()[-4]  # the table is printed
@@ -52,8 +60,15 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run):
     third = cli("datl", "run", str(pipe))
     assert third.returncode == 0, third.stderr
     ran = {n for n, s in statuses(third.stdout).items() if s == "ran"}
-    assert ran == {"sample_adaptive.s0", "sample_adaptive.s1", "pretrain.adaptive.s0", "pretrain.adaptive.s1",
-                   "finetune.adaptive.s0", "finetune.adaptive.s1", "compare"}, ran
+    assert ran == {
+        "sample_adaptive.s0",
+        "sample_adaptive.s1",
+        "pretrain.adaptive.s0",
+        "pretrain.adaptive.s1",
+        "finetune.adaptive.s0",
+        "finetune.adaptive.s1",
+        "compare",
+    }, ran
     assert json.loads((out / "results.json").read_text())["arms"]["adaptive"]["pretrain_size"] == 48
 
     fourth = cli("datl", "run", str(pipe), "--from", "prior", "-q")
@@ -61,13 +76,19 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run):
     assert (out / "prior" / "stamp.json").stat().st_mtime > (out / "dedup" / "stamp.json").stat().st_mtime
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     pipe = write(tmp_path, source_steps=200)
     # only the stages up to the one killed: what follows it is the end-to-end test's business
     pipe.write_text(pipe.read_text().split("  prior:")[0])
     out = tmp_path / "out"
-    proc = subprocess.Popen([str(BIN / "datl"), "run", str(pipe)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "datl"), "run", str(pipe)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     state = out / "source_model" / "state.pt"
     deadline = time.time() + 240
     while not state.exists() and time.time() < deadline and proc.poll() is None:
@@ -85,21 +106,33 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 200  # continued, no step logged twice
 
 
-@pytest.mark.parametrize("edit, fragments", [
-    (("run: estimate", "run: estimat"), ("stage 'prior'", "unknown stage kind 'estimat'")),
-    (('target: "@data/target_unlabeled.parquet"}}', 'target: "nope/t.parquet"}}'),
-     ("stage 'prior' input 'target'", "'nope/t.parquet' does not exist")),
-    (('prior: "@prior/prior.parquet"', 'prior: "@priors/prior.parquet"'),
-     ("stage 'weights' input 'prior'", "no stage 'priors' produces")),
-    (('inputs: {{train: "@data/source.parquet"}}', 'inputs: {{train: "@weights/weights.parquet"}}'),
-     ("is in a cycle", "source_model")),
-    (("batch_size: 16, workers: 0, save_every: 2", "batch_sise: 16"), ("stage 'source_model' param 'batch_sise'",)),
-    (("batch_size: 16, workers: 0, save_every: 2", "batch_size: 16, workers: 0, save_every: 0"),
-     ("stage 'source_model' param 'save_every'", "outside [1, inf)")),
-    (("params: {{size: {size}}}", "params: {{size: {size}}}\n    oops: 1"), ("stage 'sample_adaptive'", "'oops'")),
-    (("select: [scratch, adaptive]", "select: [scratch, nope]"), ("compare select", "two or more of the arms")),
-    (('val: "@data/target_val.parquet", ', ""), ("compare select", "no val input")),
-])
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (("run: estimate", "run: estimat"), ("stage 'prior'", "unknown stage kind 'estimat'")),
+        (
+            ('target: "@data/target_unlabeled.parquet"}}', 'target: "nope/t.parquet"}}'),
+            ("stage 'prior' input 'target'", "'nope/t.parquet' does not exist"),
+        ),
+        (
+            ('prior: "@prior/prior.parquet"', 'prior: "@priors/prior.parquet"'),
+            ("stage 'weights' input 'prior'", "no stage 'priors' produces"),
+        ),
+        (
+            ('inputs: {{train: "@data/source.parquet"}}', 'inputs: {{train: "@weights/weights.parquet"}}'),
+            ("is in a cycle", "source_model"),
+        ),
+        (("batch_size: 16, workers: 0, save_every: 2", "batch_sise: 16"), ("stage 'source_model' param 'batch_sise'",)),
+        (
+            ("batch_size: 16, workers: 0, save_every: 2", "batch_size: 16, workers: 0, save_every: 0"),
+            ("stage 'source_model' param 'save_every'", "outside [1, inf)"),
+        ),
+        (("params: {{size: {size}}}", "params: {{size: {size}}}\n    oops: 1"), ("stage 'sample_adaptive'", "'oops'")),
+        (("select: [scratch, adaptive]", "select: [scratch, nope]"), ("compare select", "two or more of the arms")),
+        (('val: "@data/target_val.parquet", ', ""), ("compare select", "no val input")),
+    ],
+)
+@pytest.mark.slow
 def test_bad_pipelines_are_refused_before_anything_runs(tmp_path, edit, fragments):
     text = PIPELINE.replace(*edit).format(size=64, source_steps=4)
     p = tmp_path / "bad.yaml"
@@ -120,10 +153,17 @@ def test_empty_pipeline_and_a_folder_are_refused(tmp_path):
 
 def test_a_param_value_that_looks_like_a_flag_stays_a_value(tmp_path):
     """`model: "--out=/elsewhere"` must reach pretrain as the model's name, never as its --out."""
+    from datl.pretrain.cli import cli as pretrain_cli
     from datl.stages import command_line
-    from pretrain.cli import cli as pretrain_cli
 
-    argv = command_line("pretrain", tmp_path / "stage", {"train": "m.parquet"},
-                        {"model": "--out=/elsewhere", "steps": 3}, "cpu", tmp_path / "cache", None)
+    argv = command_line(
+        "pretrain",
+        tmp_path / "stage",
+        {"train": "m.parquet"},
+        {"model": "--out=/elsewhere", "steps": 3},
+        "cpu",
+        tmp_path / "cache",
+        None,
+    )
     ctx = pretrain_cli.make_context("pretrain", argv[1:])
     assert ctx.params["model"] == "--out=/elsewhere" and ctx.params["out"] == str(tmp_path / "stage")

@@ -1,4 +1,5 @@
 """The paired difference of two arms over seeds: Student's t by hand."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """The size sweep: `sizes:` expands per-size stages and arms, each arm is paired with the
 baseline AT ITS SIZE, and the report plots accuracy against size with intervals."""
+
 from __future__ import annotations
 
 import json
@@ -7,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from helpers import assert_user_error, cli
 from PIL import Image
 
+from datl.compare import compare
+from datl.manifests import ManifestMeta, write_manifest
 from datl.pipeline import load
-from datl.report import compare
-from manifests import ManifestMeta, write_manifest
+
+from helpers import assert_user_error, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +27,8 @@ def test_the_shipped_sweep_expands_per_size_and_seed():
     assert s.params == {"size": 12000, "replacement": False, "seed": 3}
     assert pipe.stages["pretrain.adaptive@3000.s1"].inputs == {"train": "@sample_adaptive.z3000.s1/sample.parquet"}
     assert {n for n in pipe.stages if n.startswith("finetune.")} == {
-        f"finetune.{a}.s{k}" for a in pipe.arms for k in seeds}
+        f"finetune.{a}.s{k}" for a in pipe.arms for k in seeds
+    }
     assert pipe.stages["compare"].params["sizes"] == sizes
 
 
@@ -60,8 +63,11 @@ def test_sweep_pairs_each_size_with_its_baseline_and_plots(tmp_path):
     for z in (10, 20):
         for seed in pipe.seeds:
             ids = [f"x{i % 7}" for i in range(z)]
-            write_manifest(pipe.out / f"sample_uniform.z{z}.s{seed}" / "sample.parquet",
-                           pa.table({"id": ids, "path": ids}), ManifestMeta())
+            write_manifest(
+                pipe.out / f"sample_uniform.z{z}.s{seed}" / "sample.parquet",
+                pa.table({"id": ids, "path": ids}),
+                ManifestMeta(),
+            )
     (pipe.out / "compare").mkdir()
     compare(pipe, pipe.stages["compare"], pipe.out / "compare")
     results = json.loads((pipe.out / "results.json").read_text())
@@ -80,8 +86,11 @@ def test_sweep_pairs_each_size_with_its_baseline_and_plots(tmp_path):
 
 
 def test_bad_sizes_are_refused(tmp_path):
-    for bad, fragment in (("sizes: [10, 10]", "distinct positive"), ("sizes: [0]", "distinct positive"),
-                          ("sizes: 5", "distinct positive")):
+    for bad, fragment in (
+        ("sizes: [10, 10]", "distinct positive"),
+        ("sizes: [0]", "distinct positive"),
+        ("sizes: 5", "distinct positive"),
+    ):
         p = tmp_path / "s.yaml"
         p.write_text(SWEEP.replace("sizes: [10, 20]", bad))
         assert_user_error(cli("datl", "run", str(p), "--dry-run"), "s.yaml", "sizes", fragment)

@@ -1,4 +1,5 @@
 """finetune --adapt: the losses' mathematics, and the CLI's bad-input contract."""
+
 from __future__ import annotations
 
 import itertools
@@ -6,17 +7,17 @@ import math
 
 import pytest
 import torch
-from helpers import assert_user_error, cli
-
 import torch.nn.functional as F
 
-from datl_torch.modeling import AdaptNet, create_model
-from finetune.adapt.confusion import DomainConfusion, SoftLabelLoss, confusion_loss, soft_label_loss, soft_labels
-from datl_torch.engine.optim import annealed
-from finetune.adapt.dann import DomainAdversarialLoss
-from finetune.adapt.jmmd import JAN, SOFTMAX_BANDWIDTH, JointMMD
-from finetune.adapt.mmd import DAN, MultiKernelMMD, gaussian_kernels, mmd2_unbiased
-from finetune.adapt.net import TwoDomainStep, grl_lambda, reverse_gradient, scale_gradient
+from datl.finetune.adapt.confusion import DomainConfusion, SoftLabelLoss, confusion_loss, soft_label_loss, soft_labels
+from datl.finetune.adapt.dann import DomainAdversarialLoss
+from datl.finetune.adapt.jmmd import JAN, SOFTMAX_BANDWIDTH, JointMMD
+from datl.finetune.adapt.mmd import DAN, MultiKernelMMD, gaussian_kernels, mmd2_unbiased
+from datl.finetune.adapt.net import TwoDomainStep, grl_lambda, reverse_gradient, scale_gradient
+from datl.neural.engine.optim import annealed
+from datl.neural.modeling import AdaptNet, create_model
+
+from helpers import assert_user_error, cli
 
 
 @pytest.mark.parametrize("est, n, tol", [("unbiased", 200, 0.02), ("linear", 2000, 0.07)])
@@ -85,7 +86,7 @@ def test_lambda_and_the_annealing_follow_total_steps():
     assert grl_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
     assert grl_lambda(1.0) == pytest.approx(0.9999092, abs=1e-6)
     f = annealed(100)
-    assert f(0) == 1.0 and f(50) == pytest.approx(6 ** -0.75) and f(100) == pytest.approx(11 ** -0.75)
+    assert f(0) == 1.0 and f(50) == pytest.approx(6**-0.75) and f(100) == pytest.approx(11**-0.75)
 
 
 def test_dann_reverses_at_coefficient_one_its_lambda_comes_from_the_step():
@@ -120,7 +121,8 @@ def test_confusion_trains_discriminator_and_features_apart():
     m = DomainConfusion(4, hidden=8).eval()
     fs, ft = torch.randn(5, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True)
     m(fs, ft).backward()
-    from finetune.adapt.confusion import confusion_loss as conf
+    from datl.finetune.adapt.confusion import confusion_loss as conf
+
     fs2, ft2 = fs.detach().clone().requires_grad_(), ft.detach().clone().requires_grad_()
     conf(m.discriminator(torch.cat([fs2, ft2]))).backward()
     assert torch.allclose(fs.grad, fs2.grad, atol=1e-6)  # features learn from the confusion loss only
@@ -168,8 +170,9 @@ def test_two_domain_step_is_ce_plus_transfer_plus_soft_loss_with_the_transfer_gr
     x, xt, xl = torch.randn(4, 1, 32, 32), torch.randn(5, 1, 32, 32), torch.randn(2, 1, 32, 32)
     y, yl = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2])
     soft = SoftLabelLoss(3, temperature=2.0)
-    step = TwoDomainStep(DAN(), iter([xt]), 0.5, "cpu", ramp=True, labeled_target=iter([(xl, yl)]), soft=soft,
-                         soft_weight=0.3)
+    step = TwoDomainStep(
+        DAN(), iter([xt]), 0.5, "cpu", ramp=True, labeled_target=iter([(xl, yl)]), soft=soft, soft_weight=0.3
+    )
     loss = step(net, x, y, 0.25)
     loss.backward()
     got = [p.grad.clone() for p in net.parameters()]
@@ -177,16 +180,24 @@ def test_two_domain_step_is_ce_plus_transfer_plus_soft_loss_with_the_transfer_gr
     f = net.features(torch.cat([x, xt, xl]))
     z = net.head(f)
     w = 0.5 * grl_lambda(0.25)
-    expect = (F.cross_entropy(torch.cat([z[:4], z[9:]]), torch.cat([y, yl]))
-              + w * DAN()(f[:4], f[4:9], z[:4], z[4:9], 0.25)
-              + 0.3 * soft_label_loss(z[9:], yl, soft_labels(z[:4].detach(), y, 3, 2.0), 2.0))
+    expect = (
+        F.cross_entropy(torch.cat([z[:4], z[9:]]), torch.cat([y, yl]))
+        + w * DAN()(f[:4], f[4:9], z[:4], z[4:9], 0.25)
+        + 0.3 * soft_label_loss(z[9:], yl, soft_labels(z[:4].detach(), y, 3, 2.0), 2.0)
+    )
     expect.backward()
     for g, p in zip(got, net.parameters()):  # the network gets trade-off x lambda_p x the transfer gradient
         assert torch.allclose(g, p.grad, atol=1e-5)
-    assert float(loss.detach()) == pytest.approx(float(expect.detach() - w * step.last["transfer"] + step.last["transfer"]),
-                                                 rel=1e-5)  # the value holds the unweighted transfer loss
+    assert float(loss.detach()) == pytest.approx(
+        float(expect.detach() - w * step.last["transfer"] + step.last["transfer"]), rel=1e-5
+    )  # the value holds the unweighted transfer loss
     assert step.weight(0.0) == 0.0 and step.weight(1.0) == pytest.approx(0.5, rel=1e-4)
-    assert step.last["transfer_weight"] == pytest.approx(0.5 * grl_lambda(0.25)) and set(step.last) == {"ce", "transfer", "transfer_weight", "soft"}
+    assert step.last["transfer_weight"] == pytest.approx(0.5 * grl_lambda(0.25)) and set(step.last) == {
+        "ce",
+        "transfer",
+        "transfer_weight",
+        "soft",
+    }
 
 
 def test_jan_a_maps_ascend_while_features_descend():
@@ -203,26 +214,52 @@ def test_jan_a_maps_ascend_while_features_descend():
     assert torch.allclose(jan.maps[0].weight.grad, -w.grad, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_input(tmp_path, demo_small):
     d = demo_small
-    base = ["finetune", "--model", "test_resnet", "--train", str(d / "target_train.parquet"), "--test",
-            str(d / "target_test.parquet"), "--out", str(tmp_path / "ft"), "--steps", "1"]
+    base = [
+        "finetune",
+        "--model",
+        "test_resnet",
+        "--train",
+        str(d / "target_train.parquet"),
+        "--test",
+        str(d / "target_test.parquet"),
+        "--out",
+        str(tmp_path / "ft"),
+        "--steps",
+        "1",
+    ]
     assert_user_error(cli(*base, "--adapt", "dann"), "--adapt", "needs --unlabeled")
-    assert_user_error(cli(*base, "--adapt", "coral", "--unlabeled", str(d / "target_unlabeled.parquet")),
-                      "--adapt", "unknown method 'coral'")
-    assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "source.parquet")),
-                      "source.parquet", "other classes")
+    assert_user_error(
+        cli(*base, "--adapt", "coral", "--unlabeled", str(d / "target_unlabeled.parquet")),
+        "--adapt",
+        "unknown method 'coral'",
+    )
+    assert_user_error(
+        cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "source.parquet")), "source.parquet", "other classes"
+    )
     assert_user_error(cli(*base, "--soft-labels"), "--soft-labels", "needs --train-target")
     assert_user_error(cli(*base, "--train-target", str(d / "source.parquet")), "source.parquet", "other classes")
-    assert_user_error(cli(*base, "--train-target", str(d / "target_unlabeled.parquet")),
-                      "target_unlabeled.parquet", "no labels")
-    assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
-                          "--soft-temperature", "0"), "--soft-temperature", "outside (0, inf)")
-    assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"),
-                          "--mmd-kernels", "best"), "--mmd-kernels", "unknown kernel weighting 'best'")
+    assert_user_error(
+        cli(*base, "--train-target", str(d / "target_unlabeled.parquet")), "target_unlabeled.parquet", "no labels"
+    )
+    assert_user_error(
+        cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"), "--soft-temperature", "0"),
+        "--soft-temperature",
+        "outside (0, inf)",
+    )
+    assert_user_error(
+        cli(*base, "--adapt", "mmd", "--unlabeled", str(d / "target_unlabeled.parquet"), "--mmd-kernels", "best"),
+        "--mmd-kernels",
+        "unknown kernel weighting 'best'",
+    )
     assert_user_error(cli(*base, "--lr-schedule", "step"), "--lr-schedule", "unknown schedule 'step'")
-    assert_user_error(cli(*base, "--train-target", str(d / "target_train.parquet"), "--soft-labels-from", str(d)),
-                      "--soft-labels-from", "--soft-labels")
+    assert_user_error(
+        cli(*base, "--train-target", str(d / "target_train.parquet"), "--soft-labels-from", str(d)),
+        "--soft-labels-from",
+        "--soft-labels",
+    )
     assert not (tmp_path / "ft").exists()
     junk = [tmp_path / f"junk{i}.png" for i in range(3)]
     for j in junk:
@@ -230,19 +267,53 @@ def test_bad_input(tmp_path, demo_small):
     from helpers import tiny_manifest
 
     unreadable = tiny_manifest(tmp_path / "junk.parquet", [str(j) for j in junk], None)
-    assert_user_error(cli(*base, "--adapt", "mmd", "--unlabeled", str(unreadable), "--workers", "0", "-q"),
-                      "junk.parquet", "no readable image")
+    assert_user_error(
+        cli(*base, "--adapt", "mmd", "--unlabeled", str(unreadable), "--workers", "0", "-q"),
+        "junk.parquet",
+        "no readable image",
+    )
     assert not (tmp_path / "ft").exists()
 
 
-@pytest.mark.parametrize("method, extra", [("confusion", []), ("dann", []), ("mmd", ["--mmd-kernels", "equal"]),
-                                           ("jmmd", ["--mmd-estimator", "linear"]), ("jan-a", [])])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("confusion", []),
+        ("dann", []),
+        ("mmd", ["--mmd-kernels", "equal"]),
+        ("jmmd", ["--mmd-estimator", "linear"]),
+        ("jan-a", []),
+    ],
+)
+@pytest.mark.slow
 def test_every_method_trains_end_to_end_on_real_images(tmp_path, demo_small, method, extra):
     d = demo_small
     out = tmp_path / "ft"
-    res = cli("finetune", "--model", "test_resnet", "--train", str(d / "target_train.parquet"), "--test",
-              str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"), "--adapt", method,
-              "--steps", "3", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q", "--device", "cpu", *extra)
+    res = cli(
+        "finetune",
+        "--model",
+        "test_resnet",
+        "--train",
+        str(d / "target_train.parquet"),
+        "--test",
+        str(d / "target_test.parquet"),
+        "--unlabeled",
+        str(d / "target_unlabeled.parquet"),
+        "--adapt",
+        method,
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "-q",
+        "--device",
+        "cpu",
+        *extra,
+    )
     assert res.returncode == 0, res.stderr
     import json
 
@@ -253,6 +324,7 @@ def test_every_method_trains_end_to_end_on_real_images(tmp_path, demo_small, met
     assert all(math.isfinite(r["ce"]) and math.isfinite(r["transfer"]) for r in records)  # the terms are logged
 
 
+@pytest.mark.slow
 def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tmp_path, demo_small):
     """--train-target + --soft-labels + confusion with the ramp trains; the saved AdaptNet
     (bottleneck in config.json) is rebuilt by load_model and predicts what finetune wrote."""
@@ -260,17 +332,42 @@ def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tm
 
     import pyarrow.parquet as pq
 
-    from finetune.evaluate import predict
-    from manifests import Manifest
-    from datl_torch.checkpoint import load_model
+    from datl.finetune.evaluate import predict
+    from datl.manifests import Manifest
+    from datl.neural.checkpoint import load_model
 
     d = demo_small
     out = tmp_path / "ft"
-    res = cli("finetune", "--model", "test_resnet", "--train", str(d / "target_train.parquet"), "--test",
-              str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"), "--adapt",
-              "confusion", "--train-target", str(d / "target_train.parquet"), "--soft-labels", "--trade-off-ramp",
-              "--bottleneck", "32", "--steps", "4", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q",
-              "--device", "cpu")
+    res = cli(
+        "finetune",
+        "--model",
+        "test_resnet",
+        "--train",
+        str(d / "target_train.parquet"),
+        "--test",
+        str(d / "target_test.parquet"),
+        "--unlabeled",
+        str(d / "target_unlabeled.parquet"),
+        "--adapt",
+        "confusion",
+        "--train-target",
+        str(d / "target_train.parquet"),
+        "--soft-labels",
+        "--trade-off-ramp",
+        "--bottleneck",
+        "32",
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "-q",
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     params = json.loads((out / "metrics.json").read_text())["params"]
     assert params["soft_labels"] and params["train_target"] and params["trade_off_ramp"]
@@ -281,18 +378,51 @@ def test_semi_supervised_run_with_soft_labels_reloads_to_the_same_predictions(tm
     written = pq.read_table(out / "predictions.parquet").to_pandas().set_index("id")["pred"]
     assert len(preds.ids) == len(written) and all(written[i] == p for i, p in zip(preds.ids, preds.preds))
     # an --adapt run is a checkpoint like any other: curate estimate runs it, finetune continues it
-    res = cli("curate", "estimate", "--model", str(out), "--target", str(d / "target_unlabeled.parquet"), "--out",
-              str(tmp_path / "prior.parquet"), "--workers", "0", "--device", "cpu")
+    res = cli(
+        "curate",
+        "estimate",
+        "--model",
+        str(out),
+        "--target",
+        str(d / "target_unlabeled.parquet"),
+        "--out",
+        str(tmp_path / "prior.parquet"),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     assert pq.read_table(tmp_path / "prior.parquet").column("p_target").to_numpy().sum() == pytest.approx(1.0)
-    res = cli("finetune", "-c", str(out), "--train", str(d / "target_train.parquet"), "--test",
-              str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"), "--adapt", "mmd",
-              "--steps", "2", "--batch-size", "8", "--workers", "0", "--out", str(tmp_path / "again"), "-q",
-              "--device", "cpu")
+    res = cli(
+        "finetune",
+        "-c",
+        str(out),
+        "--train",
+        str(d / "target_train.parquet"),
+        "--test",
+        str(d / "target_test.parquet"),
+        "--unlabeled",
+        str(d / "target_unlabeled.parquet"),
+        "--adapt",
+        "mmd",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path / "again"),
+        "-q",
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     assert load_model(str(tmp_path / "again")).config.bottleneck == 32  # the checkpoint's bottleneck, kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dann", "jan-a"])
 def test_adapt_under_torchrun_keeps_the_ranks_in_step(tmp_path, demo_small, method):
     """2 gloo processes: each rank draws its own shard of every manifest; the network and
@@ -306,13 +436,45 @@ def test_adapt_under_torchrun_keeps_the_ranks_in_step(tmp_path, demo_small, meth
 
     d = demo_small
     out = tmp_path / "ddp"
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(BIN / "finetune"), "--model", "test_resnet", "--train", str(d / "target_train.parquet"),
-                          "--test", str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"),
-                          "--adapt", method, "--train-target", str(d / "target_train.parquet"), "--soft-labels",
-                          "--steps", "4", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q",
-                          "--device", "cpu"],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(BIN / "finetune"),
+            "--model",
+            "test_resnet",
+            "--train",
+            str(d / "target_train.parquet"),
+            "--test",
+            str(d / "target_test.parquet"),
+            "--unlabeled",
+            str(d / "target_unlabeled.parquet"),
+            "--adapt",
+            method,
+            "--train-target",
+            str(d / "target_train.parquet"),
+            "--soft-labels",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "-q",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     import json
 
@@ -322,10 +484,10 @@ def test_adapt_under_torchrun_keeps_the_ranks_in_step(tmp_path, demo_small, meth
 def test_dan_kernel_weights_solve_the_quadratic_program():
     """beta minimises beta^T A beta over {d^T beta = 1, beta >= 0}: no random feasible point
     does better; with independent kernels it is d_u / A_uu, normalised."""
-    from finetune.adapt.mmd import optimal_kernel_weights
+    from datl.finetune.adapt.mmd import optimal_kernel_weights
 
     g = torch.Generator().manual_seed(0)
-    for trial in range(20):
+    for _ in range(20):
         m = 5
         r = torch.randn(m, m, generator=g, dtype=torch.float64)
         q = r @ r.T / m
@@ -357,11 +519,12 @@ def test_learned_kernel_weights_favour_the_kernels_that_see_the_shift():
         mmd(torch.randn(128, 4), torch.randn(128, 4) * 1.5)
     assert float(mmd.beta.sum()) == pytest.approx(1.0)
     assert not torch.allclose(mmd.beta, torch.full((5,), 0.2), atol=0.05)
-    from finetune.adapt.mmd import gaussian_kernel_stack, linear_h
+    from datl.finetune.adapt.mmd import gaussian_kernel_stack, linear_h
 
     n = 1000  # fresh samples: the test power mean/sd of the linear-time terms, learned vs equal weights
-    h = torch.cat([linear_h(gaussian_kernel_stack(torch.randn(n, 4), torch.randn(n, 4) * 1.5), n).double()
-                   for _ in range(20)])
+    h = torch.cat(
+        [linear_h(gaussian_kernel_stack(torch.randn(n, 4), torch.randn(n, 4) * 1.5), n).double() for _ in range(20)]
+    )
 
     def power(beta):
         v = h @ beta.double()
@@ -370,6 +533,7 @@ def test_learned_kernel_weights_favour_the_kernels_that_see_the_shift():
     assert power(mmd.beta) > 1.05 * power(torch.full((5,), 0.2))
 
 
+@pytest.mark.slow
 def test_resumed_adapt_run_equals_the_uninterrupted_one(tmp_path, demo_small):
     """--stop-after-steps then --resume: the discriminator, the soft-label table and the
     unlabeled / labeled-target batches continue where they stopped, so the weights and
@@ -379,10 +543,34 @@ def test_resumed_adapt_run_equals_the_uninterrupted_one(tmp_path, demo_small):
     from safetensors.torch import load_file
 
     d = demo_small
-    args = ["--model", "test_resnet", "--train", str(d / "target_train.parquet"), "--test",
-            str(d / "target_test.parquet"), "--unlabeled", str(d / "target_unlabeled.parquet"), "--adapt", "dann",
-            "--train-target", str(d / "target_train.parquet"), "--soft-labels", "--bottleneck", "16", "--steps", "8",
-            "--log-every", "1", "--batch-size", "8", "--workers", "0", "-q", "--device", "cpu"]
+    args = [
+        "--model",
+        "test_resnet",
+        "--train",
+        str(d / "target_train.parquet"),
+        "--test",
+        str(d / "target_test.parquet"),
+        "--unlabeled",
+        str(d / "target_unlabeled.parquet"),
+        "--adapt",
+        "dann",
+        "--train-target",
+        str(d / "target_train.parquet"),
+        "--soft-labels",
+        "--bottleneck",
+        "16",
+        "--steps",
+        "8",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "-q",
+        "--device",
+        "cpu",
+    ]
     assert cli("finetune", *args, "--out", str(tmp_path / "a")).returncode == 0
     res = cli("finetune", *args, "--out", str(tmp_path / "b"), "--stop-after-steps", "5")
     assert res.returncode == 0, res.stderr
@@ -402,14 +590,13 @@ def test_resumed_adapt_run_equals_the_uninterrupted_one(tmp_path, demo_small):
 def test_the_registry_builds_every_method_from_a_config_and_none_brings_its_own_schedule():
     """--adapt's choices are the registry's names; each method builds itself from the run's
     config and returns a scalar; the schedule and ramp are the run's (FinetuneConfig)."""
-    from finetune import adapt
-    from finetune.config import FinetuneConfig
-
-    from finetune.adapt.registry import discover
+    from datl.finetune import adapt
+    from datl.finetune.adapt.registry import discover
+    from datl.finetune.config import FinetuneConfig
 
     assert adapt.names() == ("none", "confusion", "dann", "jmmd", "jan-a", "mmd")  # file order
     assert sorted(adapt.declared()) == sorted(discover())  # the text scan names exactly what registers
-    cfg = FinetuneConfig(manifest="t", out="o", test="x", mmd_estimator="linear", mmd_kernels="equal")
+    cfg = FinetuneConfig(train="t", out="o", test="x", mmd_estimator="linear", mmd_kernels="equal")
     g = torch.Generator().manual_seed(0)
     fs, ft, zs, zt = (torch.randn(8, d, generator=g) for d in (16, 16, 3, 3))
     for name in adapt.names()[1:]:
@@ -432,8 +619,10 @@ def _adversarial_grads(method, trade_off: float, ramp: bool, progress: float):
     step = TwoDomainStep(method, iter([xt]), trade_off, "cpu", ramp=ramp)
     method.zero_grad()
     step(net, x, y, progress).backward()
-    return ([p.grad.clone() for p in net.bottleneck.parameters()],
-            [p.grad.clone() for p in method.parameters() if p.grad is not None])
+    return (
+        [p.grad.clone() for p in net.bottleneck.parameters()],
+        [p.grad.clone() for p in method.parameters() if p.grad is not None],
+    )
 
 
 @pytest.mark.parametrize("name", ["dann", "confusion", "jan-a"])
@@ -441,10 +630,10 @@ def test_the_adversary_trains_at_full_strength_whatever_the_trade_off_and_ramp(n
     """The discriminator's (JAN-A maps') gradient is the same at trade-off 1 without the ramp and at
     trade-off 0.3 early in the ramp; the network's is scaled by trade-off x lambda_p; so DANN's
     features get lambda_p once, never squared."""
-    from finetune import adapt
-    from finetune.config import FinetuneConfig
+    from datl.finetune import adapt
+    from datl.finetune.config import FinetuneConfig
 
-    cfg = FinetuneConfig(manifest="t", out="o", test="x")
+    cfg = FinetuneConfig(train="t", out="o", test="x")
 
     def grads(trade_off, ramp, progress):
         torch.manual_seed(1)
@@ -486,24 +675,26 @@ def test_jmmd_softmax_layer_has_jans_fixed_bandwidth_brute_force():
         return kf * math.exp(-float(((p[i] - p[j]) ** 2).sum()) / SOFTMAX_BANDWIDTH)
 
     S, T = range(5), range(5, 11)
-    expect = (sum(k(i, j) for i in S for j in S if i != j) / 20 + sum(k(i, j) for i in T for j in T if i != j) / 30
-              - 2 * sum(k(i, j) for i in S for j in T) / 30)
+    expect = (
+        sum(k(i, j) for i in S for j in S if i != j) / 20
+        + sum(k(i, j) for i in T for j in T if i != j) / 30
+        - 2 * sum(k(i, j) for i in S for j in T) / 30
+    )
     assert got == pytest.approx(expect, rel=1e-4)
     # the softmax bandwidth does not follow the batch: scaling the softmax gaps changes the kernel
     assert SOFTMAX_BANDWIDTH == 1.68
 
 
+@pytest.mark.slow
 def test_soft_labels_from_a_trained_model_are_its_class_means_and_stay_fixed(tmp_path, demo_small):
     """--soft-labels-from RUN_DIR: the table is the teacher's per-class mean softmax(z / T) over
     --train, computed once; training does not move it."""
     import pyarrow.parquet as pq
 
-    from datl_torch.checkpoint import load_model
-    from datl_torch.engine import dist
-    from datl_torch.engine.inference import run_model
-    from manifests import Manifest
-
-    from datl_torch.checkpoint import ModelConfig, save_run
+    from datl.manifests import Manifest
+    from datl.neural.checkpoint import ModelConfig, load_model, save_run
+    from datl.neural.engine import dist
+    from datl.neural.engine.inference import run_model
 
     d = demo_small
     src = Manifest(d / "source.parquet")
@@ -512,14 +703,51 @@ def test_soft_labels_from_a_trained_model_are_its_class_means_and_stay_fixed(tmp
     with torch.no_grad():
         teacher.get_classifier().weight.mul_(50)
     random_model = tmp_path / "teacher"
-    save_run(random_model, teacher, ModelConfig(arch="test_resnet", classes=src.classes, image_size=[28, 28],
-                                                in_chans=1, mean=[0.5], std=[0.5], num_features=teacher.num_features))
+    save_run(
+        random_model,
+        teacher,
+        ModelConfig(
+            arch="test_resnet",
+            classes=src.classes,
+            image_size=[28, 28],
+            in_chans=1,
+            mean=[0.5],
+            std=[0.5],
+            num_features=teacher.num_features,
+        ),
+    )
     out = tmp_path / "ft"
-    res = cli("finetune", "--model", "test_resnet", "--train", str(d / "source.parquet"), "--test",
-              str(d / "source_calibration.parquet"), "--train-target", str(d / "source_calibration.parquet"),
-              "--soft-labels", "--soft-labels-from", str(random_model), "--soft-temperature", "3",
-              "--steps", "3", "--batch-size", "8", "--workers", "0", "--out", str(out), "-q", "--device", "cpu",
-              "--save-every", "1", "--stop-after-steps", "2")
+    res = cli(
+        "finetune",
+        "--model",
+        "test_resnet",
+        "--train",
+        str(d / "source.parquet"),
+        "--test",
+        str(d / "source_calibration.parquet"),
+        "--train-target",
+        str(d / "source_calibration.parquet"),
+        "--soft-labels",
+        "--soft-labels-from",
+        str(random_model),
+        "--soft-temperature",
+        "3",
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "-q",
+        "--device",
+        "cpu",
+        "--save-every",
+        "1",
+        "--stop-after-steps",
+        "2",
+    )
     assert res.returncode == 0, res.stderr
     state = torch.load(out / "state.pt", weights_only=False)
     table = next(v for k, v in _flatten(state) if k.endswith("soft.table"))

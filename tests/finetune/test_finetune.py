@@ -1,4 +1,5 @@
 """finetune: metrics.json from real predictions; grey checkpoints read RGB of other sizes."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import assert_user_error, cli, subset_manifest
 from PIL import Image
 
-from manifests import ImageDataset, Manifest, ManifestMeta, write_manifest
-from datl_torch.checkpoint import load_model
-from datl_torch.data import build_transform
+from datl.manifests import Manifest, ManifestMeta, write_manifest
+from datl.neural.checkpoint import load_model
+from datl.neural.data import ImageDataset, build_transform
+
+from helpers import assert_user_error, cli, subset_manifest
 
 FAST = ["--batch-size", "32", "--workers", "0", "-q"]
 
@@ -28,10 +30,23 @@ def grey_run(demo_small, tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_metrics_equal_an_independent_recount(grey_run, demo_small, tmp_path):
     out = tmp_path / "ft"
-    res = cli("finetune", "-c", str(grey_run), "--train", str(demo_small / "target_train.parquet"),
-              "--test", str(demo_small / "target_test.parquet"), "--out", str(out), "--epochs", "3", *FAST)
+    res = cli(
+        "finetune",
+        "-c",
+        str(grey_run),
+        "--train",
+        str(demo_small / "target_train.parquet"),
+        "--test",
+        str(demo_small / "target_test.parquet"),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        *FAST,
+    )
     assert res.returncode == 0, res.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     test = Manifest(demo_small / "target_test.parquet")
@@ -54,6 +69,7 @@ def test_metrics_equal_an_independent_recount(grey_run, demo_small, tmp_path):
     assert set(per_class) == {str(d) for d in range(10)}
 
 
+@pytest.mark.slow
 def test_grey_28_checkpoint_reads_rgb_20(grey_run, demo_small, tmp_path):
     """Target images as RGB 20x20 PNGs: converted to the checkpoint's grey 28x28."""
     src = Manifest(demo_small / "target_train.parquet")
@@ -64,10 +80,23 @@ def test_grey_28_checkpoint_reads_rgb_20(grey_run, demo_small, tmp_path):
         im = Image.open(src.resolve(p)).convert("RGB").resize((20, 20))
         im.save(tmp_path / "rgb" / f"{i}.png")
         paths.append(f"rgb/{i}.png")
-    rgb = write_manifest(tmp_path / "rgb.parquet", t.set_column(1, "path", pa.array(paths)),
-                         ManifestMeta(classes=src.classes))
-    res = cli("finetune", "-c", str(grey_run), "--train", str(rgb), "--test", str(rgb), "--out",
-              str(tmp_path / "ft"), "--steps", "3", *FAST)
+    rgb = write_manifest(
+        tmp_path / "rgb.parquet", t.set_column(1, "path", pa.array(paths)), ManifestMeta(classes=src.classes)
+    )
+    res = cli(
+        "finetune",
+        "-c",
+        str(grey_run),
+        "--train",
+        str(rgb),
+        "--test",
+        str(rgb),
+        "--out",
+        str(tmp_path / "ft"),
+        "--steps",
+        "3",
+        *FAST,
+    )
     assert res.returncode == 0, res.stderr
     lm = load_model(str(tmp_path / "ft"))
     assert lm.config.in_chans == 1 and lm.config.image_size == [28, 28]
@@ -76,14 +105,55 @@ def test_grey_28_checkpoint_reads_rgb_20(grey_run, demo_small, tmp_path):
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["n_test"] == len(paths)
 
 
+@pytest.mark.slow
 def test_random_init_baseline_and_bad_input(demo_small, tmp_path):
-    res = cli("finetune", "--model", "test_resnet", "--train", str(demo_small / "target_train.parquet"),
-              "--test", str(demo_small / "target_test.parquet"), "--out", str(tmp_path / "scratch"),
-              "--steps", "2", *FAST)
+    res = cli(
+        "finetune",
+        "--model",
+        "test_resnet",
+        "--train",
+        str(demo_small / "target_train.parquet"),
+        "--test",
+        str(demo_small / "target_test.parquet"),
+        "--out",
+        str(tmp_path / "scratch"),
+        "--steps",
+        "2",
+        *FAST,
+    )
     assert res.returncode == 0, res.stderr
-    assert_user_error(cli("finetune", "--model", "test_resnet", "--train", str(demo_small / "target_train.parquet"),
-                          "--test", str(demo_small / "source.parquet"), "--out", str(tmp_path / "x"), "--steps", "1"),
-                      "source.parquet", "other classes")
-    assert_user_error(cli("finetune", "--model", "test_resnet", "--train", str(demo_small / "target_train.parquet"),
-                          "--test", str(demo_small / "target_test.parquet"), "--out", str(tmp_path / "x"),
-                          "--steps", "1", "--adapt", "magic"), "unknown method 'magic'")
+    assert_user_error(
+        cli(
+            "finetune",
+            "--model",
+            "test_resnet",
+            "--train",
+            str(demo_small / "target_train.parquet"),
+            "--test",
+            str(demo_small / "source.parquet"),
+            "--out",
+            str(tmp_path / "x"),
+            "--steps",
+            "1",
+        ),
+        "source.parquet",
+        "other classes",
+    )
+    assert_user_error(
+        cli(
+            "finetune",
+            "--model",
+            "test_resnet",
+            "--train",
+            str(demo_small / "target_train.parquet"),
+            "--test",
+            str(demo_small / "target_test.parquet"),
+            "--out",
+            str(tmp_path / "x"),
+            "--steps",
+            "1",
+            "--adapt",
+            "magic",
+        ),
+        "unknown method 'magic'",
+    )

@@ -1,10 +1,13 @@
 """`datl manifest build|show|validate` through the real CLI, on real PNG folders."""
+
 from __future__ import annotations
 
 import pyarrow as pa
-from helpers import assert_user_error, cli, tiny_manifest, write_pngs
+import pytest
 
-from manifests import Manifest, ManifestMeta, write_manifest
+from datl.manifests import Manifest, ManifestMeta, write_manifest
+
+from helpers import assert_user_error, cli, tiny_manifest, write_pngs
 
 
 def test_build_labeled_folder_sorted_classes_stable_ids(tmp_path):
@@ -18,9 +21,15 @@ def test_build_labeled_folder_sorted_classes_stable_ids(tmp_path):
     m = Manifest(out)
     assert m.classes == ["cat", "dog", "zebra"]
     t = m.read()
-    assert t.column("id").to_pylist() == ["cat/img000.png", "cat/img001.png", "cat/img002.png",
-                                          "dog/img000.png", "dog/puppies/img000.png",
-                                          "zebra/img000.png", "zebra/img001.png"]
+    assert t.column("id").to_pylist() == [
+        "cat/img000.png",
+        "cat/img001.png",
+        "cat/img002.png",
+        "dog/img000.png",
+        "dog/puppies/img000.png",
+        "zebra/img000.png",
+        "zebra/img001.png",
+    ]
     assert t.column("label").to_pylist() == [0, 0, 0, 1, 1, 2, 2]
     assert all((out.parent / p).exists() for p in t.column("path").to_pylist())  # relative to manifest
     res2 = cli("datl", "manifest", "build", str(tmp_path / "data"), "--out", str(tmp_path / "again.parquet"))
@@ -38,11 +47,13 @@ def test_build_flat_folder_is_unlabeled(tmp_path):
 
 def test_build_bad_input_exit_2_one_line_no_output(tmp_path):
     out = tmp_path / "m.parquet"
-    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "nope"), "--out", str(out)),
-                      "nope", "does not exist")
+    assert_user_error(
+        cli("datl", "manifest", "build", str(tmp_path / "nope"), "--out", str(out)), "nope", "does not exist"
+    )
     (tmp_path / "empty").mkdir()
-    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "empty"), "--out", str(out)),
-                      "empty", "holds no images")
+    assert_user_error(
+        cli("datl", "manifest", "build", str(tmp_path / "empty"), "--out", str(out)), "empty", "holds no images"
+    )
     write_pngs(tmp_path / "mixed", 1)
     write_pngs(tmp_path / "mixed" / "cls", 1)
     assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "mixed"), "--out", str(out)), "mixes")
@@ -63,6 +74,7 @@ def test_show_prints_counts_and_histogram(tmp_path):
     assert "33.3%" in small and small.count("█") == 20
 
 
+@pytest.mark.slow
 def test_validate_ok_and_each_failure(tmp_path):
     paths = write_pngs(tmp_path / "img", 3)
     rel = [f"img/{p.name}" for p in paths]
@@ -74,14 +86,26 @@ def test_validate_ok_and_each_failure(tmp_path):
     assert_user_error(cli("datl", "manifest", "validate", str(dup), "-q"), "dup.parquet", "1 duplicate id", "'x'")
 
     # a with-replacement sample may repeat ids
-    rep = tiny_manifest(tmp_path / "rep.parquet", rel, [0, 1, 0], ["a", "b"], ids=["x", "y", "x"],
-                        stage="sample", params={"replacement": True})
+    rep = tiny_manifest(
+        tmp_path / "rep.parquet",
+        rel,
+        [0, 1, 0],
+        ["a", "b"],
+        ids=["x", "y", "x"],
+        stage="sample",
+        params={"replacement": True},
+    )
     assert cli("datl", "manifest", "validate", str(rep), "-q").returncode == 0
 
     oob = tmp_path / "oob.parquet"
-    write_manifest(oob, pa.table({"id": ["a", "b"], "path": rel[:2], "label": [0, 7]}),
-                   ManifestMeta(classes=["a", "b"]))
-    assert_user_error(cli("datl", "manifest", "validate", str(oob), "-q"), "oob.parquet", "label 7 of row id 'b' (row 1) is out of range")
+    write_manifest(
+        oob, pa.table({"id": ["a", "b"], "path": rel[:2], "label": [0, 7]}), ManifestMeta(classes=["a", "b"])
+    )
+    assert_user_error(
+        cli("datl", "manifest", "validate", str(oob), "-q"),
+        "oob.parquet",
+        "label 7 of row id 'b' (row 1) is out of range",
+    )
 
     paths[1].write_bytes(paths[1].read_bytes()[:40])
     res = cli("datl", "manifest", "validate", str(good), "-q")
@@ -89,7 +113,7 @@ def test_validate_ok_and_each_failure(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
 
     (tmp_path / "junk.parquet").write_text("not parquet")
-    assert_user_error(cli("datl", "manifest", "show", str(tmp_path / "junk.parquet")),
-                      "junk.parquet", "not a readable Parquet file")
+    assert_user_error(
+        cli("datl", "manifest", "show", str(tmp_path / "junk.parquet")), "junk.parquet", "not a readable Parquet file"
+    )
     assert_user_error(cli("datl", "manifest", "validate", str(tmp_path / "absent.parquet")), "does not exist")
-

@@ -1,11 +1,14 @@
 """ImageDataset: decodes real PNGs, converts modes, and counts unreadable images instead of crashing."""
+
 from __future__ import annotations
 
 import torch
-from helpers import tiny_manifest, write_pngs
 from torch.utils.data import DataLoader
 
-from manifests import BadImageLog, ImageDataset, Manifest, collate_skip_bad, probe_images
+from datl.manifests import Manifest, probe_images
+from datl.neural.data import BadImageLog, ImageDataset, collate_skip_bad
+
+from helpers import tiny_manifest, write_pngs
 
 
 def _truncate(path):

@@ -1,12 +1,15 @@
 """The bundled demo data: real images, right shape, deterministic for a seed."""
+
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-from helpers import cli
+import pytest
 
-from manifests import Manifest
-from manifests.demo import MANIFESTS, build_demo, glyph_fonts
+from datl.demo import MANIFESTS, build_demo, glyph_fonts
+from datl.manifests import Manifest
+
+from helpers import cli
 
 
 def _content(folder):
@@ -20,6 +23,7 @@ def _content(folder):
     return out
 
 
+@pytest.mark.slow
 def test_same_seed_same_data_other_seed_other_glyphs(tmp_path, demo_small):
     build_demo(tmp_path / "again", seed=0, fraction=0.05, progress=False)
     a, b = _content(demo_small), _content(tmp_path / "again")
@@ -43,7 +47,9 @@ def test_demo_shape_and_splits(demo_small):
     assert m["source_calibration"].classes == src.classes and (m["source_calibration"].label_counts()[0] > 0).all()
     # the target: train, val and test labeled and disjoint; the unlabeled pool is everything but test
     assert not m["target_unlabeled"].has_labels and not m["target_all"].has_labels
-    assert m["target_train"].classes == m["target_val"].classes == m["target_test"].classes == [str(d) for d in range(10)]
+    assert (
+        m["target_train"].classes == m["target_val"].classes == m["target_test"].classes == [str(d) for d in range(10)]
+    )
     train, val, test = ids["target_train"], ids["target_val"], ids["target_test"]
     assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
     assert ids["target_unlabeled"] == ids["target_all"] - test and train | val <= ids["target_unlabeled"]
@@ -52,6 +58,7 @@ def test_demo_shape_and_splits(demo_small):
         assert (m[n].label_counts()[0] > 0).all(), n
 
 
+@pytest.mark.slow
 def test_full_demo_sizes(tmp_path):
     """The real thing, as `make demo` builds it (15 s)."""
     res = cli("datl", "demo-data", "--out", str(tmp_path / "d"), "-q")
@@ -70,8 +77,9 @@ def test_full_demo_sizes(tmp_path):
     assert Manifest(tmp_path / "d" / "target_test.parquet").num_rows == 801  # half of each class's rest, rounded up
     assert Manifest(tmp_path / "d" / "target_unlabeled.parquet").num_rows == 1797 - 801
     assert Manifest(tmp_path / "d" / "source_calibration.parquet").num_rows == 2006  # 8% of each class
-    img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
-        tmp_path / "d" / src.read(["path"]).column("path")[0].as_py()))
+    img = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "d" / src.read(["path"]).column("path")[0].as_py())
+    )
     assert img.shape == (28, 28) and img.dtype == np.uint8
     # a second run is a no-op: nothing rewritten
     mtime = (tmp_path / "d" / "source.parquet").stat().st_mtime_ns

@@ -1,5 +1,6 @@
 """Issue 18's decode budget on real files: a 20,000 x 30,000 PNG costs a header read and a
 counted "too large" entry in every stage; PIL's warnings go to the bad-image log, not stderr."""
+
 from __future__ import annotations
 
 import struct
@@ -10,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, tiny_manifest
 from PIL import Image
 
-from manifests import BadImageLog, ImageDataset, collate_skip_bad
-from manifests.images import decode_bytes
+from datl.manifests.images import decode_bytes
+from datl.neural.data import BadImageLog, ImageDataset, collate_skip_bad
+
+from helpers import cli, tiny_manifest
 
 
 def write_huge_png(path: Path, width: int, height: int) -> Path:
     """A real, valid grey PNG of width x height, written row by row (never held in memory)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -35,8 +38,13 @@ def write_huge_png(path: Path, width: int, height: int) -> Path:
 
 def corrupt_exif_jpeg(path: Path) -> Path:
     """A JPEG whose EXIF block has a tag pointing past its end: PIL decodes it and warns."""
-    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1) + struct.pack("<HHII", 0x010E, 2, 1000, 26) \
+    tiff = (
+        b"II*\x00"
+        + struct.pack("<I", 8)
+        + struct.pack("<H", 1)
+        + struct.pack("<HHII", 0x010E, 2, 1000, 26)
         + struct.pack("<I", 0)
+    )
     Image.new("RGB", (28, 28), (200, 40, 40)).save(path, "JPEG", exif=b"Exif\x00\x00" + tiff)
     return path
 
@@ -66,11 +74,13 @@ def test_the_file_is_a_real_600_megapixel_png(folder):
 def test_decoding_it_costs_a_header_read_not_600_mb(folder):
     """In a fresh process: refused as too large, and the process never grew past 250 MB (a full
     decode needs 600 MB for the pixels alone)."""
-    code = ("import re, sys\n"
-            "from manifests.images import load_image, ImageTooLarge\n"
-            "try:\n    load_image(sys.argv[1], 'RGB')\nexcept ImageTooLarge as e:\n    print(e)\n"
-            # VmHWM: this process's peak resident memory (ru_maxrss would carry pytest's over the fork)
-            "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)\n")
+    code = (
+        "import re, sys\n"
+        "from datl.manifests.images import load_image, ImageTooLarge\n"
+        "try:\n    load_image(sys.argv[1], 'RGB')\nexcept ImageTooLarge as e:\n    print(e)\n"
+        # VmHWM: this process's peak resident memory (ru_maxrss would carry pytest's over the fork)
+        "print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) // 1024)\n"
+    )
     res = subprocess.run([sys.executable, "-c", code, str(folder / "huge.png")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     message, rss_mb = res.stdout.strip().splitlines()
@@ -79,21 +89,59 @@ def test_decoding_it_costs_a_header_read_not_600_mb(folder):
     assert res.stderr == ""  # no DecompressionBombWarning, no traceback
 
 
+@pytest.mark.slow
 def test_every_stage_counts_it_as_too_large_and_goes_on(folder, random_model, tmp_path):
     res = cli("datl", "manifest", "validate", str(folder / "m.parquet"), "-q")
     assert res.returncode == 2 and "ImageTooLarge: 20000x30000" in res.stdout + res.stderr
-    res = cli("curate", "estimate", "--model", str(random_model), "--target", str(folder / "m.parquet"),
-              "--out", str(tmp_path / "prior.parquet"), "-q")
+    res = cli(
+        "curate",
+        "estimate",
+        "--model",
+        str(random_model),
+        "--target",
+        str(folder / "m.parquet"),
+        "--out",
+        str(tmp_path / "prior.parquet"),
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     assert "1 unreadable image(s) skipped (first: " in res.stderr and "20000x30000 pixels" in res.stderr
-    res = cli("curate", "dedup", "--source", str(folder / "m.parquet"), "--target", str(folder / "target.parquet"),
-              "--no-feature", "--out", str(tmp_path / "dups.parquet"), "--cache", str(tmp_path / "cache"), "-q")
+    res = cli(
+        "curate",
+        "dedup",
+        "--source",
+        str(folder / "m.parquet"),
+        "--target",
+        str(folder / "target.parquet"),
+        "--no-feature",
+        "--out",
+        str(tmp_path / "dups.parquet"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     assert "1 source image(s) could not be read" in res.stderr
     assert "1 source image(s) decoded with a warning from PIL" in res.stderr  # warned.jpg, logged not printed
     assert "Skipping tag" not in res.stderr
-    res = cli("pretrain", "--manifest", str(folder / "m.parquet"), "--model", "test_resnet", "--out",
-              str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--image-size", "28", "--workers", "0", "-q")
+    res = cli(
+        "pretrain",
+        "--manifest",
+        str(folder / "m.parquet"),
+        "--model",
+        "test_resnet",
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "28",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     assert "unreadable image(s) skipped" in res.stderr and "20000x30000" in res.stderr
 
@@ -128,17 +176,22 @@ def test_validate_counts_every_bad_file_keeps_twenty_and_lists_all(folder, tmp_p
     does not grow with the bad files), the screen shows those 20, --list CSV has every one."""
     import csv
 
-    from manifests.validate import EXAMPLES, validate_manifest
+    from datl.manifests.validate import EXAMPLES, validate_manifest
 
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes((folder / "ok0.png").read_bytes()[:60])
-    paths = [str(tmp_path / f"gone{i}.png") for i in range(30)] + [str(truncated), str(folder / "huge.png"),
-                                                                      str(folder / "warned.jpg"), str(folder / "ok1.png")]
+    paths = [str(tmp_path / f"gone{i}.png") for i in range(30)] + [
+        str(truncated),
+        str(folder / "huge.png"),
+        str(folder / "warned.jpg"),
+        str(folder / "ok1.png"),
+    ]
     ids = [f"id{i}" for i in range(len(paths))]
     m = tiny_manifest(tmp_path / "m.parquet", paths, [0] * len(paths), ["a"], ids=ids)
     report = validate_manifest(m, progress=False, workers=2, listing=tmp_path / "api.csv")
-    assert (report.bad, report.warned, report.files_checked) == (32, 1, 34)
-    assert len(report.bad_examples) == EXAMPLES == 20 and report.warned_examples[0].startswith(str(folder / "warned"))
+    assert (report.unreadable.count, report.warnings.count, report.files_checked) == (32, 1, 34)
+    assert len(report.unreadable.examples) == EXAMPLES == 20
+    assert report.warnings.examples[0].startswith(str(folder / "warned"))
     rows = list(csv.DictReader(open(tmp_path / "api.csv")))
     assert sorted(r["id"] for r in rows if r["kind"] == "unreadable") == sorted(ids[:32])
     assert [r["id"] for r in rows if r["kind"] == "warning"] == ["id32"]

@@ -1,6 +1,7 @@
 """The one decoding path (manifests/images.py) on the modes users' files really have: 16-bit
 grey, RGBA and LA with hidden colours under transparent pixels, palette transparency, 1-bit,
 CMYK, EXIF-rotated JPEGs, a 20,000-pixel-wide strip, and files over the pixel cap."""
+
 from __future__ import annotations
 
 import io
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from manifests import images
-from manifests.images import BACKGROUND, DECODE_ERRORS, ImageTooLarge, decode_bytes
+from datl.manifests import images
+from datl.manifests.images import BACKGROUND, DECODE_ERRORS, ImageTooLarge, decode_bytes
 
 
 def png(im: Image.Image, **kw) -> bytes:
@@ -41,7 +42,7 @@ def test_transparent_pixels_become_the_background_whatever_colour_they_hide(mode
     for hidden in (0, 255, 97):  # black, white, leftover paint under the transparent pixels
         chans = 4 if mode == "RGBA" else 2
         a = np.full((20, 20, chans), hidden, np.uint8)
-        a[..., :chans - 1][shape > 0] = 40 if mode == "LA" else rng.integers(0, 80, 3, dtype=np.uint8)
+        a[..., : chans - 1][shape > 0] = 40 if mode == "LA" else rng.integers(0, 80, 3, dtype=np.uint8)
         a[..., -1] = shape
         if mode == "RGBA":
             a[..., :3][shape > 0] = (40, 60, 20)
@@ -55,10 +56,19 @@ def test_palette_transparency_is_composited_without_a_warning():
     p.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
     p.paste(1, (2, 2, 6, 6))
     data = png(p, transparency=0)  # index 0 (black) is transparent
-    res = subprocess.run([sys.executable, "-W", "always", "-c",
-                          "import sys; from manifests.images import decode_bytes; import numpy as np; "
-                          "a = np.asarray(decode_bytes(sys.stdin.buffer.read(), 'RGB')); "
-                          "print(a[0, 0].tolist(), a[3, 3].tolist())"], input=data, capture_output=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "always",
+            "-c",
+            "import sys; from datl.manifests.images import decode_bytes; import numpy as np; "
+            "a = np.asarray(decode_bytes(sys.stdin.buffer.read(), 'RGB')); "
+            "print(a[0, 0].tolist(), a[3, 3].tolist())",
+        ],
+        input=data,
+        capture_output=True,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.decode().split("] [") == ["[255, 255, 255", "200, 30, 30]\n"]
     assert res.stderr == b""  # PIL's "Palette images with Transparency..." warning never reaches stderr
@@ -101,7 +111,8 @@ def test_a_model_sees_the_same_pixels_whatever_the_files_mode(tmp_path):
     white-flattened RGB a user might have instead: ImageDataset gives the same tensor for all."""
     import pyarrow as pa
 
-    from manifests import ImageDataset, ManifestMeta, write_manifest
+    from datl.manifests import ManifestMeta, write_manifest
+    from datl.neural.data import ImageDataset
 
     rng = np.random.default_rng(1)
     colours = np.array([[255, 255, 255], [200, 30, 30], [20, 90, 200], [10, 10, 10]], np.uint8)
@@ -119,8 +130,9 @@ def test_a_model_sees_the_same_pixels_whatever_the_files_mode(tmp_path):
     grey = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
     Image.fromarray(np.dstack([np.where(idx == 0, 7, grey), alpha]).astype(np.uint8), "LA").save(tmp_path / "la.png")
     names = ["rgba", "palette", "flat", "la"]
-    m = write_manifest(tmp_path / "m.parquet", pa.table({"id": names, "path": [f"{n}.png" for n in names]}),
-                       ManifestMeta())
+    m = write_manifest(
+        tmp_path / "m.parquet", pa.table({"id": names, "path": [f"{n}.png" for n in names]}), ManifestMeta()
+    )
     for mode in ("RGB", "L"):
         ds = ImageDataset(m, mode=mode)
         x = [np.asarray(ds[i].image) for i in range(len(names))]

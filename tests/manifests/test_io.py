@@ -1,4 +1,5 @@
 """Manifest IO: round trip with metadata, streamed column reads, atomic writes."""
+
 from __future__ import annotations
 
 import json
@@ -7,16 +8,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from manifests import Manifest, ManifestError, ManifestMeta, atomic_output, write_manifest
+from datl.core.files import atomic_output
+from datl.manifests import Manifest, ManifestError, ManifestMeta, write_manifest
 
 
 def _table(n=10):
-    return pa.table({
-        "id": pa.array([f"id{i}" for i in range(n)]),
-        "path": pa.array([f"img/{i}.png" for i in range(n)]),
-        "label": pa.array([i % 3 for i in range(n)], pa.int64()),  # stored as int32
-        "domain": pa.array(["web"] * n),
-    })
+    return pa.table(
+        {
+            "id": pa.array([f"id{i}" for i in range(n)]),
+            "path": pa.array([f"img/{i}.png" for i in range(n)]),
+            "label": pa.array([i % 3 for i in range(n)], pa.int64()),  # stored as int32
+            "domain": pa.array(["web"] * n),
+        }
+    )
 
 
 def test_round_trip_keeps_rows_metadata_and_extra_columns(tmp_path):
@@ -89,14 +93,20 @@ def test_atomic_output_renames_only_on_success(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
-@pytest.mark.parametrize("table, meta, message", [
-    (pa.table({"path": ["a"]}), ManifestMeta(), "missing required column 'id'"),
-    (pa.table({"id": ["a"], "path": [1]}), ManifestMeta(), "column 'path' has type int64, expected string"),
-    (pa.table({"id": ["a"], "path": ["p"], "label": [0.5]}), ManifestMeta(classes=["x"]),
-     "column 'label' has type double, expected int32"),
-    (pa.table({"id": ["a"], "path": ["p"], "label": [0]}), ManifestMeta(), "no class names"),
-    (pa.table({"id": ["a"], "path": ["p"], "label": [0]}), ManifestMeta(classes=["x", "x"]), "not unique"),
-])
+@pytest.mark.parametrize(
+    "table, meta, message",
+    [
+        (pa.table({"path": ["a"]}), ManifestMeta(), "missing required column 'id'"),
+        (pa.table({"id": ["a"], "path": [1]}), ManifestMeta(), "column 'path' has type int64, expected string"),
+        (
+            pa.table({"id": ["a"], "path": ["p"], "label": [0.5]}),
+            ManifestMeta(classes=["x"]),
+            "column 'label' has type double, expected int32",
+        ),
+        (pa.table({"id": ["a"], "path": ["p"], "label": [0]}), ManifestMeta(), "no class names"),
+        (pa.table({"id": ["a"], "path": ["p"], "label": [0]}), ManifestMeta(classes=["x", "x"]), "not unique"),
+    ],
+)
 def test_schema_violations_are_one_line_errors_and_write_nothing(tmp_path, table, meta, message):
     with pytest.raises(ManifestError, match=message) as err:
         write_manifest(tmp_path / "m.parquet", table, meta)
@@ -113,8 +123,11 @@ def test_foreign_parquet_without_datl_metadata_is_rejected_when_labeled(tmp_path
 
 
 def test_label_out_of_range_is_caught(tmp_path):
-    write_manifest(tmp_path / "m.parquet", pa.table({"id": ["a", "b"], "path": ["p", "q"], "label": [0, 5]}),
-                   ManifestMeta(classes=["x", "y"]))
+    write_manifest(
+        tmp_path / "m.parquet",
+        pa.table({"id": ["a", "b"], "path": ["p", "q"], "label": [0, 5]}),
+        ManifestMeta(classes=["x", "y"]),
+    )
     with pytest.raises(ManifestError, match=r"label 5 of row id .b. \(row 1\) is out of range for its 2 classes"):
         Manifest(tmp_path / "m.parquet").label_counts()
 

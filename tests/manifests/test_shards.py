@@ -1,5 +1,6 @@
 """Shard-backed manifests: WebDataset tar shards and image Parquet files (HuggingFace layout),
 built, validated and read like loose files; bad shards counted, not fatal."""
+
 from __future__ import annotations
 
 import io
@@ -11,13 +12,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import assert_user_error, cli, hf_parquet, loose_bytes
 from PIL import Image
 
-from manifests import ImageDataset, Manifest
-from manifests.build import build_manifest
-from manifests.shard_build import write_tar_shards
-from manifests.shards import Address, read_bytes
+from datl.manifests import Manifest
+from datl.manifests.address import Address
+from datl.manifests.build import build_manifest
+from datl.manifests.export import write_tar_shards
+from datl.manifests.reading import read_bytes
+from datl.neural.data import ImageDataset
+
+from helpers import assert_user_error, cli, hf_parquet, loose_bytes
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +72,29 @@ def test_image_parquet_files_build_with_classlabel_names(demo_small, tmp_path):
     (tmp_path / "bin").mkdir()
     t = pa.table({"jpg": pa.array(data[:5], pa.binary())})
     pq.write_table(t, tmp_path / "bin" / "part.parquet")
-    res = cli("datl", "manifest", "build", str(tmp_path / "bin"), "--out", str(tmp_path / "bin.parquet"),
-              "--image-column", "jpg")
+    res = cli(
+        "datl",
+        "manifest",
+        "build",
+        str(tmp_path / "bin"),
+        "--out",
+        str(tmp_path / "bin.parquet"),
+        "--image-column",
+        "jpg",
+    )
     assert res.returncode == 0, res.stderr
-    assert [read_bytes(Address(str(tmp_path / "bin" / "part.parquet"), row=i, column="jpg")) for i in range(5)] \
-        == data[:5]
+    assert [read_bytes(Address(str(tmp_path / "bin" / "part.parquet"), row=i, column="jpg")) for i in range(5)] == data[
+        :5
+    ]
     assert not Manifest(tmp_path / "bin.parquet").has_labels
     # ... and without it: one line naming the file and the columns it has
-    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "bin"), "--out", str(tmp_path / "x.parquet")),
-                      "part.parquet", "no image column 'image'", "jpg", "--image-column")
+    assert_user_error(
+        cli("datl", "manifest", "build", str(tmp_path / "bin"), "--out", str(tmp_path / "x.parquet")),
+        "part.parquet",
+        "no image column 'image'",
+        "jpg",
+        "--image-column",
+    )
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -103,16 +121,22 @@ def test_bad_shards_are_counted_not_fatal(demo_small, tar_source, tmp_path):
     # a corrupt tar and a mixed-label shard folder are build errors: one line, nothing written
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.tar").write_bytes(b"not a tar" * 100)
-    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "junk"), "--out", str(tmp_path / "j.parquet")),
-                      "a.tar", "not a readable tar")
+    assert_user_error(
+        cli("datl", "manifest", "build", str(tmp_path / "junk"), "--out", str(tmp_path / "j.parquet")),
+        "a.tar",
+        "not a readable tar",
+    )
     (tmp_path / "mixed").mkdir()
     with tarfile.open(tmp_path / "mixed" / "s.tar", "w") as tf:
         for name, data in (("a.png", png()), ("a.cls", b"0"), ("b.png", png())):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    assert_user_error(cli("datl", "manifest", "build", str(tmp_path / "mixed"), "--out", str(tmp_path / "k.parquet")),
-                      "s.tar", "sample 'b' has no .cls")
+    assert_user_error(
+        cli("datl", "manifest", "build", str(tmp_path / "mixed"), "--out", str(tmp_path / "k.parquet")),
+        "s.tar",
+        "sample 'b' has no .cls",
+    )
     assert not (tmp_path / "j.parquet").exists() and not (tmp_path / "k.parquet").exists()
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -140,21 +164,38 @@ def test_unlabeled_tar_shards_without_classes_txt(tmp_path):
 
 
 def test_malformed_addressing_is_exit_2_and_a_missing_image_column_is_counted(demo_small, tmp_path):
-    from manifests import ManifestMeta, write_manifest
+    from datl.manifests import ManifestMeta, write_manifest
 
     bad = pa.table({"id": ["a"], "path": ["x.tar"], "offset": pa.array([0], pa.int64())})
     pq.write_table(bad.replace_schema_metadata({b"datl": ManifestMeta().to_json()}), tmp_path / "bad.parquet")
-    assert_user_error(cli("datl", "manifest", "validate", str(tmp_path / "bad.parquet")),
-                      "bad.parquet", "'offset' column but no 'size'")
-    hf_parquet(tmp_path / "imgs.parquet", loose_bytes(Manifest(demo_small / "target_test.parquet"))[:3], [0, 1, 2],
-               [str(d) for d in range(10)])
-    m = write_manifest(tmp_path / "m.parquet", pa.table({
-        "id": ["a", "b"], "path": ["imgs.parquet"] * 2, "row": pa.array([0, 1], pa.int64()),
-        "image_column": ["image", "nope"]}), ManifestMeta())
+    assert_user_error(
+        cli("datl", "manifest", "validate", str(tmp_path / "bad.parquet")),
+        "bad.parquet",
+        "'offset' column but no 'size'",
+    )
+    hf_parquet(
+        tmp_path / "imgs.parquet",
+        loose_bytes(Manifest(demo_small / "target_test.parquet"))[:3],
+        [0, 1, 2],
+        [str(d) for d in range(10)],
+    )
+    m = write_manifest(
+        tmp_path / "m.parquet",
+        pa.table(
+            {
+                "id": ["a", "b"],
+                "path": ["imgs.parquet"] * 2,
+                "row": pa.array([0, 1], pa.int64()),
+                "image_column": ["image", "nope"],
+            }
+        ),
+        ManifestMeta(),
+    )
     ds = ImageDataset(m, mode="L")
     assert ds[0].error is None and "no image column 'nope'" in ds[1].error
 
 
+@pytest.mark.slow
 def test_demo_data_shards_cli(tmp_path):
     res = cli("datl", "demo-data", "--out", str(tmp_path / "d"), "--fraction", "0.02", "--shards", "-q")
     assert res.returncode == 0, res.stderr

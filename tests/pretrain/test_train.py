@@ -1,4 +1,5 @@
 """pretrain: a tiny real timm model on real demo images; resume; torchrun; bad input."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import BIN, assert_user_error, cli, subset_manifest, tiny_manifest, write_pngs
 from safetensors.torch import load_file
 
-from manifests import Manifest
-from datl_torch.checkpoint import read_config
+from datl.manifests import Manifest
+from datl.neural.checkpoint import read_config
+
+from helpers import BIN, assert_user_error, cli, subset_manifest, tiny_manifest, write_pngs
 
 FAST = ["--model", "test_resnet", "--batch-size", "32", "--workers", "0", "-q"]
 
@@ -21,17 +23,31 @@ FAST = ["--model", "test_resnet", "--batch-size", "32", "--workers", "0", "-q"]
 @pytest.fixture(scope="module")
 def digits_animals(demo_small, tmp_path_factory) -> Path:
     """20 classes (MNIST digits and animal silhouettes), about 750 real images."""
-    return subset_manifest(demo_small / "source.parquet", tmp_path_factory.mktemp("sub") / "m.parquet",
-                           ("mnist", "animal"))
+    return subset_manifest(
+        demo_small / "source.parquet", tmp_path_factory.mktemp("sub") / "m.parquet", ("mnist", "animal")
+    )
 
 
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_loss_falls_and_run_folder_is_complete(digits_animals, tmp_path):
-    res = cli("pretrain", "-m", str(digits_animals), "--out", str(tmp_path / "run"), "--steps", "60",
-              "--log-every", "1", "--lr", "0.05", *FAST)
+    res = cli(
+        "pretrain",
+        "-m",
+        str(digits_animals),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "60",
+        "--log-every",
+        "1",
+        "--lr",
+        "0.05",
+        *FAST,
+    )
     assert res.returncode == 0, res.stderr
     losses = [r["loss"] for r in _metrics(tmp_path / "run")]
     assert len(losses) == 60
@@ -42,14 +58,31 @@ def test_loss_falls_and_run_folder_is_complete(digits_animals, tmp_path):
     assert cfg.classes == Manifest(digits_animals).classes
     assert abs(sum(cfg.class_prior) - 1) < 1e-9
     assert {"model.safetensors", "config.json", "metrics.jsonl", "state.pt"} <= {
-        p.name for p in (tmp_path / "run").iterdir()}
+        p.name for p in (tmp_path / "run").iterdir()
+    }
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)  # never unpickles objects
     assert state["step"] == 60
 
 
+@pytest.mark.slow
 def test_resume_continues_from_saved_step_and_matches_uninterrupted(digits_animals, tmp_path):
-    common = ["-m", str(digits_animals), "--steps", "12", "--log-every", "1", "--save-every", "4",
-              "--model", "test_resnet", "--batch-size", "16", "--workers", "2", "-q"]
+    common = [
+        "-m",
+        str(digits_animals),
+        "--steps",
+        "12",
+        "--log-every",
+        "1",
+        "--save-every",
+        "4",
+        "--model",
+        "test_resnet",
+        "--batch-size",
+        "16",
+        "--workers",
+        "2",
+        "-q",
+    ]
     assert cli("pretrain", *common, "--out", str(tmp_path / "a")).returncode == 0
     res = cli("pretrain", *common, "--out", str(tmp_path / "b"), "--stop-after-steps", "5")
     assert res.returncode == 0, res.stderr
@@ -69,48 +102,141 @@ def test_resume_continues_from_saved_step_and_matches_uninterrupted(digits_anima
     assert la == pytest.approx(lb, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(digits_animals, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(BIN / "pretrain"), "-m", str(digits_animals), "--out", str(out), "--steps", "6",
-                          "--log-every", "2", "--device", "cpu", *FAST],
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(BIN / "pretrain"),
+            "-m",
+            str(digits_animals),
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--log-every",
+            "2",
+            "--device",
+            "cpu",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == [".datl-owned", "config.json", "metrics.jsonl",
-                                                      "model.safetensors", "state.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".datl-owned",
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "state.pt",
+    ]
     assert [r["step"] for r in _metrics(out)] == [2, 4, 6]  # one writer, not two
     assert read_config(out).arch == "test_resnet"
 
 
+@pytest.mark.slow
 def test_init_from_real_imagenet_mobilenet_weights(demo_small, tmp_path):
     from helpers import mobilenet_weights
 
     sub = subset_manifest(demo_small / "source.parquet", tmp_path / "m.parquet", ("mnist",))
-    res = cli("pretrain", "-m", str(sub), "--model", "mobilenetv2_100", "--init", "timm:mobilenetv2_100",
-              "--weights", str(mobilenet_weights()), "--out", str(tmp_path / "run"), "--steps", "2",
-              "--batch-size", "8", "--workers", "0", "-q")
+    res = cli(
+        "pretrain",
+        "-m",
+        str(sub),
+        "--model",
+        "mobilenetv2_100",
+        "--init",
+        "timm:mobilenetv2_100",
+        "--weights",
+        str(mobilenet_weights()),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "-q",
+    )
     assert res.returncode == 0, res.stderr
     w = load_file(tmp_path / "run" / "model.safetensors")
     assert w["conv_stem.weight"].shape[1] == 1  # RGB stem summed into the grey one
 
 
+@pytest.mark.slow
 def test_bad_input(digits_animals, demo_small, tmp_path):
     out = str(tmp_path / "x")
-    assert_user_error(cli("pretrain", "-m", str(digits_animals), "--model", "resnet_nope", "--out", out,
-                          "--steps", "1"), "unknown timm architecture 'resnet_nope'", "did you mean")
-    assert_user_error(cli("pretrain", "-m", str(demo_small / "target_unlabeled.parquet"), "--model", "test_resnet",
-                          "--out", out, "--steps", "1"), "target_unlabeled.parquet", "has no labels")
-    assert_user_error(cli("pretrain", "-m", str(digits_animals), "--model", "test_resnet", "--out", out,
-                          "--steps", "1", "--epochs", "1"), "exactly one training budget")
+    assert_user_error(
+        cli("pretrain", "-m", str(digits_animals), "--model", "resnet_nope", "--out", out, "--steps", "1"),
+        "unknown timm architecture 'resnet_nope'",
+        "did you mean",
+    )
+    assert_user_error(
+        cli(
+            "pretrain",
+            "-m",
+            str(demo_small / "target_unlabeled.parquet"),
+            "--model",
+            "test_resnet",
+            "--out",
+            out,
+            "--steps",
+            "1",
+        ),
+        "target_unlabeled.parquet",
+        "has no labels",
+    )
+    assert_user_error(
+        cli(
+            "pretrain",
+            "-m",
+            str(digits_animals),
+            "--model",
+            "test_resnet",
+            "--out",
+            out,
+            "--steps",
+            "1",
+            "--epochs",
+            "1",
+        ),
+        "exactly one training budget",
+    )
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{}")
-    assert_user_error(cli("finetune", "-c", str(tmp_path / "broken"), "--train", str(digits_animals), "--test",
-                          str(digits_animals), "--out", out, "--steps", "1"), "missing model.safetensors")
+    assert_user_error(
+        cli(
+            "finetune",
+            "-c",
+            str(tmp_path / "broken"),
+            "--train",
+            str(digits_animals),
+            "--test",
+            str(digits_animals),
+            "--out",
+            out,
+            "--steps",
+            "1",
+        ),
+        "missing model.safetensors",
+    )
     # --init RUN_DIR whose classes differ from the manifest's
     write_pngs(tmp_path / "img", 2)
     other = tiny_manifest(tmp_path / "other.parquet", ["img/img000.png", "img/img001.png"], [0, 1], ["p", "q"])
     assert cli("pretrain", "-m", str(other), "--out", str(tmp_path / "o"), "--steps", "1", *FAST).returncode == 0
-    assert_user_error(cli("pretrain", "-m", str(digits_animals), "--init", str(tmp_path / "o"), "--out", out,
-                          "--steps", "1", *FAST), "other classes")
+    assert_user_error(
+        cli("pretrain", "-m", str(digits_animals), "--init", str(tmp_path / "o"), "--out", out, "--steps", "1", *FAST),
+        "other classes",
+    )
     assert not Path(out).exists() or not any(Path(out).iterdir())

@@ -1,0 +1,124 @@
+"""Run folders, written by ``pretrain`` and ``finetune``:
+
+- ``model.safetensors``: the weights (never pickled);
+- ``config.json``: timm arch, classes, image size, in_chans, mean/std, params, the
+  training class prior (P_s(y) of the manifest it was trained on), and ``bottleneck``
+  (the width of the bottleneck layer of a ``finetune --adapt`` run; null for a plain model);
+- ``metrics.jsonl``, and ``state.pt`` for ``--resume`` (loaded with ``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from datl.core.errors import UserError
+from datl.core.files import atomic_output
+
+from ..modeling import AdaptNet, create_model, default_norm, unwrap
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+STATE = "state.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class ModelConfig:
+    """What a run folder says about its model: enough to rebuild it and feed it images."""
+
+    arch: str
+    classes: list[str]
+    image_size: list[int]  # [height, width]
+    in_chans: int
+    mean: list[float]
+    std: list[float]
+    num_features: int = 0
+    class_prior: list[float] | None = None  # class frequencies of the training manifest
+    params: dict[str, Any] = field(default_factory=dict)
+    bottleneck: int | None = None  # an AdaptNet of this bottleneck width (finetune --adapt); None: plain timm
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def new_model(
+    arch: str,
+    classes: list[str],
+    image_size: tuple[int, int],
+    in_chans: int,
+    params: dict[str, Any],
+    class_prior: list[float] | None = None,
+) -> tuple[nn.Module, ModelConfig]:
+    """A randomly initialised timm model and the config that describes it (ImageNet mean/std)."""
+    model = create_model(arch, len(classes), in_chans)
+    mean, std = default_norm(in_chans)
+    return model, ModelConfig(
+        arch=arch,
+        classes=classes,
+        image_size=list(image_size),
+        in_chans=in_chans,
+        mean=mean,
+        std=std,
+        num_features=int(model.num_features),
+        class_prior=class_prior,
+        params=params,
+    )
+
+
+def save_run(run_dir: str | os.PathLike, model: nn.Module, config: ModelConfig) -> None:
+    """Write model.safetensors and config.json atomically."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
+    with atomic_output(run_dir / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    with atomic_output(run_dir / CONFIG) as tmp:
+        tmp.write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+
+
+def read_config(run_dir: str | os.PathLike) -> ModelConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(
+            run_dir, "checkpoint folder does not exist", "pass a run folder written by `pretrain` or `finetune`"
+        )
+    for name in (CONFIG, WEIGHTS):
+        if not (run_dir / name).exists():
+            raise UserError(
+                run_dir,
+                f"checkpoint folder is missing {name}",
+                "pass a finished run folder of `pretrain`/`finetune` (or --resume the run)",
+            )
+    try:
+        data = json.loads((run_dir / CONFIG).read_text())
+        return ModelConfig(**{k: v for k, v in data.items() if k in ModelConfig.__dataclass_fields__})
+    except (ValueError, TypeError) as e:
+        raise UserError(run_dir / CONFIG, f"is not a valid run config ({e})", "rerun the stage that wrote it") from None
+
+
+def load_run(run_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the model of a run folder with its weights."""
+    from safetensors.torch import load_file
+
+    cfg = read_config(run_dir)
+    model = create_model(cfg.arch, cfg.num_classes, cfg.in_chans)
+    if cfg.bottleneck is not None:
+        model = AdaptNet(model, cfg.num_classes, cfg.bottleneck)
+    state = load_file(str(Path(run_dir) / WEIGHTS), device=map_location)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            Path(run_dir) / WEIGHTS,
+            f"does not match arch {cfg.arch} ({len(missing)} missing, {len(unexpected)} unexpected keys)",
+            "the weights and config.json come from different runs: rerun it",
+        )
+    return model, cfg

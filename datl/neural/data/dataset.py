@@ -1,0 +1,161 @@
+"""``ImageDataset``: a manifest's images as tensors, with unreadable images counted, not fatal.
+
+A user's 100M-image run must not die on image 37M: a corrupt or missing file
+yields a sample with ``image=None`` and its reason; :func:`collate_skip_bad` drops
+it from the batch and hands the reason to the training loop, which counts and
+reports it (:class:`BadImageLog`). Paths and labels are held as Arrow/NumPy
+arrays, never as millions of Python objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datl.manifests.address import AddressColumns
+from datl.manifests.images import DECODE_ERRORS, Examples, load_image
+from datl.manifests.io import Manifest, open_manifest
+from datl.manifests.schema import LABEL
+
+logger = logging.getLogger(__name__)
+
+
+class Sample(NamedTuple):
+    image: Any  # a tensor (after the transform) or None when unreadable
+    label: int  # -1 when unlabeled
+    index: int
+    error: str | None
+    warning: str | None = None  # "path: what PIL warned about" for an image decoded with a warning
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor | None  # None when every image of the batch was unreadable
+    labels: torch.Tensor
+    index: torch.Tensor
+    bad: tuple[str, ...]  # "path: reason" for each unreadable image dropped from this batch
+    warned: tuple[str, ...] = ()  # "path: warning" for each image PIL warned about (kept in the batch)
+
+
+def _default_transform(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images of a manifest, decoded with PIL, converted to ``mode``, then ``transform``.
+
+    mode: 'L' for 1-channel models, 'RGB' for 3-channel ones: a model trained on grey
+    28x28 images reads RGB or other sizes by conversion (the transform resizes).
+    ``rows=(start, stop)``: only that range of the manifest (item i is row start + i, and
+    its Sample's ``index`` says so): memory grows with the range, not with the manifest.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest | str | os.PathLike,
+        transform: Callable | None = None,
+        mode: str = "RGB",
+        rows: tuple[int, int] | None = None,
+    ):
+        self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
+        cols = ["path", *self.manifest.address_columns] + ([LABEL] if self.manifest.has_labels else [])
+        self.start = rows[0] if rows else 0  # rows=(start, stop): only that range, read by row group
+        table = self.manifest.read_range(*rows, cols) if rows else self.manifest.read(cols)
+        self._where = AddressColumns(table, str(self.manifest.folder))
+        if self.manifest.has_labels:
+            self.labels = table.column(LABEL).combine_chunks().fill_null(-1).to_numpy().astype(np.int64)
+        else:
+            self.labels = np.full(table.num_rows, -1, dtype=np.int64)
+        self.transform = transform or _default_transform
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def path(self, i: int) -> str:
+        """Where row i's image is: its file, or its place in a shard."""
+        return str(self._where.address(i))
+
+    def __getitem__(self, i: int) -> Sample:
+        i = int(i)
+        label = int(self.labels[i])
+        where = self._where.address(i)
+        notes: list[str] = []
+        try:
+            img = load_image(where, self.mode, warned=notes)
+        except DECODE_ERRORS as e:
+            return Sample(None, label, self.start + i, f"{where}: {type(e).__name__}: {e}")
+        return Sample(self.transform(img), label, self.start + i, None, f"{where}: {notes[0]}" if notes else None)
+
+
+def collate_skip_bad(samples: Sequence[Sample]) -> Batch:
+    good = [s for s in samples if s.error is None]
+    bad = tuple(s.error for s in samples if s.error is not None)
+    images = torch.stack([s.image for s in good]) if good else None
+    return Batch(
+        images,
+        torch.tensor([s.label for s in good], dtype=torch.long),
+        torch.tensor([s.index for s in good], dtype=torch.long),
+        bad,
+        tuple(s.warning for s in good if s.warning is not None),
+    )
+
+
+class BadImageLog:
+    """The images a run could not read (skipped), and those PIL warned about while decoding
+    them (used, but worth a look): counts and the first few of each, never the whole list.
+    Warnings never reach stderr one by one; :meth:`report` logs one line per kind."""
+
+    def __init__(self, keep: int = 5):
+        self.unreadable = Examples(keep)
+        self.warnings = Examples(keep)
+
+    @property
+    def count(self) -> int:
+        """Unreadable images."""
+        return self.unreadable.count
+
+    @property
+    def warned(self) -> int:
+        """Images decoded with a warning."""
+        return self.warnings.count
+
+    def add(self, bad: Sequence[str], warned: Sequence[str] = ()) -> None:
+        self.unreadable.add(bad)
+        self.warnings.add(warned)
+
+    def merge(self, other: BadImageLog) -> None:
+        self.unreadable.merge(other.unreadable)
+        self.warnings.merge(other.warnings)
+
+    def report(self, what: str) -> None:
+        """One warning line per kind of trouble met reading ``what`` (nothing if none)."""
+        for line in (self.summary(), self.warnings_summary()):
+            if line:
+                logger.warning(f"warning: {what}: {line}")
+
+    def warnings_summary(self) -> str | None:
+        if not self.warned:
+            return None
+        return (
+            f"{self.warned} image(s) decoded with a warning from PIL and used (first: "
+            f"{self.warnings.first}); `datl manifest validate` lists them"
+        )
+
+    def summary(self) -> str | None:
+        if not self.count:
+            return None
+        return (
+            f"{self.count} unreadable image(s) skipped (first: {self.unreadable.first}); "
+            "run `datl manifest validate` on the manifest to list them"
+        )
