@@ -7,7 +7,7 @@ import os
 import statistics
 from pathlib import Path
 
-from datl.core.files import atomic_output
+from datl.core.files import atomic_output, write_json
 from datl.manifests import Manifest
 
 from .pipeline import Pipeline, Stage
@@ -234,8 +234,7 @@ def compare(pipe: Pipeline, stage: Stage, folder: Path) -> str:
     plot = pipe.ref_path(stage.inputs["plot"]) if "plot" in stage.inputs else None
     for where in (folder, pipe.out):
         sweep_plot(results, where / "sweep.png")
-        with atomic_output(where / "results.json") as tmp:
-            Path(tmp).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(where / "results.json", results, sort_keys=False)  # the arms in their pipeline order
         with atomic_output(where / "report.md") as tmp:
             Path(tmp).write_text(markdown(pipe, results, where, plot))
     return table(results)

@@ -3,7 +3,6 @@ batched inference (``datl.neural.engine.inference.run_model``)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from datl.core.files import atomic_output
+from datl.core.files import write_json
 from datl.manifests import Manifest, ManifestMeta, write_table
 from datl.neural.checkpoint import LoadedModel, ModelConfig
 from datl.neural.data import BadImageLog
@@ -100,6 +99,5 @@ def evaluate(
     if val is not None:
         v = predict(model, model_cfg, val, device, batch_size=batch)
         metrics.update(val_accuracy=top1(v), n_val=len(v.labels))
-    with atomic_output(out / METRICS_JSON) as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    write_json(out / METRICS_JSON, metrics)
     return metrics

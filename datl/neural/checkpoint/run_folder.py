@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from datl.core.errors import UserError
-from datl.core.files import atomic_output
+from datl.core.files import atomic_output, write_json
 
 from ..modeling import AdaptNet, create_model, default_norm, unwrap
 
@@ -81,8 +81,7 @@ def save_run(run_dir: str | os.PathLike, model: nn.Module, config: ModelConfig) 
     state = {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items()}
     with atomic_output(run_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
-    with atomic_output(run_dir / CONFIG) as tmp:
-        tmp.write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+    write_json(run_dir / CONFIG, asdict(config))
 
 
 def read_config(run_dir: str | os.PathLike) -> ModelConfig:
