@@ -5,8 +5,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.datl-installed
 DEMO   ?= demo
-# -P: the checkout's folders are not importable by their own names; only the installed `datl` is
-PYTEST := $(BIN)/python -P -m pytest
+# PYTHONSAFEPATH: the checkout's folders are not importable by their own names (in pytest, its
+# worker processes and every command a test runs); only the installed `datl` is.
+PYTEST := PYTHONSAFEPATH=1 $(BIN)/python -m pytest
 
 .PHONY: demo test test-fast lint format setup clean
 
@@ -30,9 +31,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 demo: $(STAMP)
 	$(BIN)/datl run pipeline.yaml
 
-# ruff (format and lint), then every test.
+# ruff (format and lint), then every test, in two processes (pytest-xdist; a file stays in one).
 test: lint
-	$(PYTEST) -q
+	$(PYTEST) -q -n 2 --dist loadfile
 
 # ruff, then the tests not marked slow or browser (docs/development.md): a few minutes.
 test-fast: lint

@@ -1,4 +1,5 @@
-"""Shared fixtures: real demo data (a small fraction, built once)."""
+"""Shared fixtures: real demo data (a small fraction, built once per test process: `make test`
+runs two, pytest-xdist with --dist loadfile, so a file's module fixtures are built once)."""
 
 from __future__ import annotations
 

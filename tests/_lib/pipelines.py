@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 PIPELINE = """
@@ -60,3 +61,10 @@ def statuses(stdout: str) -> dict[str, str]:
             name, _, rest = line.split("] ", 1)[1].partition(": ")
             out[name] = "skipped" if rest.startswith("up to date") else "ran"
     return out
+
+
+def copy_run(pipe: Path, to: Path) -> Path:
+    """A copy of a finished run (pipeline file and out/) to rerun in place; its stages are up to
+    date there too: stage keys hold content hashes and refs, never absolute paths."""
+    shutil.copytree(pipe.parent, to, dirs_exist_ok=True, ignore=shutil.ignore_patterns("result.json"))
+    return to / pipe.name
