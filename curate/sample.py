@@ -59,9 +59,25 @@ class SampleConfig:
                 raise UserError("--size", "'all' needs --no-replacement", "add --no-replacement, or pass a number")
             return eligible
         try:
-            return int(self.size)
+            n = int(self.size)
         except ValueError:
             raise UserError("--size", f"'{self.size}' is not a number", "pass the number of draws, or 'all'") from None
+        need, have = n * PLAN_BYTES, physical_memory()
+        if need > have:
+            raise UserError(
+                "--size",
+                f"{n:,} draws would need about {need / 2**30:,.0f} GiB to plan, more than this machine's "
+                f"{have / 2**30:,.0f} GiB",
+                "draw fewer (a sample of N draws is N manifest rows), or draw several samples with other --seed",
+            )
+        return n
+
+
+PLAN_BYTES = 48  # memory per draw while the rows are chosen (indices, offsets, random numbers, the sort)
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def run(cfg: SampleConfig) -> Path:

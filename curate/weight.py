@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datl.core.errors import UserError
-from datl.core.files import atomic_output, input_hashes, refuse_clobber
+from datl.core.files import atomic_output, input_hashes, png_metadata, refuse_clobber, refuse_foreign_default
 from datl.core.options import opt, validate
 from datl.manifests import Manifest, ManifestError, ManifestMeta, check_same_classes, open_manifest, write_table
 
@@ -31,7 +31,7 @@ class WeightConfig:
     source: str = opt(help="Labeled source manifest.")
     prior: str = opt(help="prior.parquet from `curate estimate`.")
     out: str = opt(short="-o", help="weights.parquet to write.")
-    plot: str | None = opt(None, help="PNG of the weights to write (default: next to --out).")
+    plot: str | None = opt(None, output=True, help="PNG of the weights to write (default: next to --out).")
     no_plot: bool = opt(False, help="Skip the plot.")
     exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: count excluded images per class.")
 
@@ -43,6 +43,8 @@ def run(cfg: WeightConfig) -> Path:
     """Write weights.parquet (and its plot); report classes dropped for want of source images."""
     cfg.check()
     plot = None if cfg.no_plot else (cfg.plot or str(Path(cfg.out).with_suffix(".png")))
+    if plot is not None and cfg.plot is None:  # a default path the user did not name
+        refuse_foreign_default(plot, "--plot")
     refuse_clobber(
         {"--out": cfg.out, "--plot": plot}, {"--source": cfg.source, "--prior": cfg.prior, "--exclude": cfg.exclude}
     )
@@ -55,20 +57,22 @@ def run(cfg: WeightConfig) -> Path:
         params={"exclude": cfg.exclude},
         inputs=input_hashes(source=cfg.source, prior=cfg.prior, exclude=cfg.exclude),
     )
-    write_table(cfg.out, result.table, meta)
+    t = result.table
+    with atomic_output(cfg.out) as tmp:  # the table and its plot land together, or neither does
+        write_table(tmp, t, meta)
+        if plot is not None:
+            plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
     if result.dropped:
         shown = ", ".join(result.dropped[:5]) + (" ..." if len(result.dropped) > 5 else "")
         logger.warning(
             f"warning: {len(result.dropped)} class(es) have target mass but no source image; "
             f"dropped and P_t renormalised: {shown}"
         )
-    t = result.table
     msg = f"wrote {cfg.out}: {t.num_rows:,} classes"
     if "n_excluded" in t.column_names:
         msg += f", {sum(t.column('n_excluded').to_pylist()):,} source images excluded as duplicates"
     logger.info(msg)
     if plot is not None:
-        plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
         logger.info(f"plot: {plot}")
     return Path(cfg.out)
 
@@ -117,6 +121,13 @@ def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
         )
     if values.sum() <= 0:
         raise UserError(path, "p_target sums to 0", "re-estimate the prior with `curate estimate`")
+    if t.num_rows != len(classes) or t.column("label").to_pylist() != list(range(len(classes))):
+        raise UserError(
+            path,
+            f"gives p_target for {len(set(t.column('label').to_pylist()))} of its "
+            f"{len(classes)} classes (one row per class expected)",
+            "re-estimate the prior with `curate estimate`, which writes every class",
+        )
     p[t.column("label").to_numpy()] = values
     return classes, p
 
@@ -199,6 +210,12 @@ def read_weights(path: str | Path) -> tuple[list[str], pa.Table]:
                 f"({len(bad)} row(s) not a finite number >= 0)",
                 "recompute it with `curate weight`",
             )
+        if not v.sum() > 0:
+            raise UserError(
+                path,
+                f"every {col} is 0: no class can be drawn",
+                "recompute it with `curate weight` from a prior estimated for this source",
+            )
     return classes, t
 
 
@@ -263,5 +280,5 @@ def plot_weights(table: pa.Table, path: str | Path, top: int = 40, title: str = 
     if title:
         fig.suptitle(title)
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=png_metadata())
     plt.close(fig)

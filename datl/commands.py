@@ -10,6 +10,7 @@ import click
 from datl.core.cli import CONTEXT
 from datl.core.errors import UserError
 from datl.core.files import refuse_clobber
+from datl.core.options import Number
 from datl.manifests.io import Manifest
 from datl.manifests.show import describe, family_line, summary_table
 
@@ -113,9 +114,19 @@ def manifest_validate(path: Path, files: bool, listing: Path | None, quiet: bool
     type=click.Path(path_type=Path),
     help="Folder for the images and the four manifests.",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed for glyph augmentation and the target split.")
 @click.option(
-    "--fraction", default=1.0, show_default=True, help="Keep this fraction of every class (for quick trials and tests)."
+    "--seed",
+    default=0,
+    show_default=True,
+    type=Number(int, "[0, inf)"),
+    help="Seed for glyph augmentation and the target split.",
+)
+@click.option(
+    "--fraction",
+    default=1.0,
+    show_default=True,
+    type=Number(float, "(0, 1]"),
+    help="Keep this fraction of every class (for quick trials and tests).",
 )
 @click.option("--force", is_flag=True, help="Rebuild even if OUT already holds this demo.")
 @click.option(

@@ -7,7 +7,7 @@ import os
 import statistics
 from pathlib import Path
 
-from datl.core.files import atomic_output, write_json
+from datl.core.files import atomic_output, png_metadata, write_json
 from datl.manifests import Manifest
 
 from .pipeline import Pipeline, Stage
@@ -188,7 +188,7 @@ def sweep_plot(results: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, metadata=png_metadata())
     plt.close(fig)
     return path
 

@@ -44,7 +44,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
 from datl.core.errors import UserError
-from datl.core.files import claim_folder, remove_owned
+from datl.core.files import OWNED, check_claimable, claim_folder, read_json, remove_owned, write_json
 from datl.core.progress import bar
 from datl.manifests.io import Manifest, write_manifest
 from datl.manifests.schema import ManifestMeta
@@ -295,6 +295,43 @@ def _save_pngs(root: Path, rel_paths: list[str], images: list[np.ndarray], progr
         Image.fromarray(arr, "L").save(p, format="PNG")
 
 
+IMAGE_INDEX = ".datl-files.json"  # in DIR/images/: every image file the build wrote
+
+
+def demo_images_written(out: Path) -> set[str]:
+    """The image files (relative to DIR/images) an earlier build wrote: its index, or for a build
+    from before the index, the paths its manifests name."""
+    index = read_json(out / "images" / IMAGE_INDEX)
+    if index is not None:
+        return set(index)
+    known: set[str] = set()
+    for name in ("source", "target_all"):
+        try:
+            paths = Manifest(out / f"{name}.parquet").read(["path"]).column("path").to_pylist()
+        except UserError:
+            continue
+        known |= {p.removeprefix("images/") for p in paths if p}
+    return known
+
+
+def check_demo_images(out: Path) -> None:
+    """A file in DIR/images that no build wrote (the user's) is refused before anything is
+    deleted: a rebuild replaces the images folder."""
+    folder = out / "images"
+    if not folder.exists():
+        return
+    written = demo_images_written(out) | {OWNED, IMAGE_INDEX}
+    foreign = sorted(
+        q for p in folder.rglob("*") if p.is_file() and (q := p.relative_to(folder).as_posix()) not in written
+    )
+    if foreign:
+        raise UserError(
+            folder / foreign[0],
+            f"was not written by datl ({len(foreign)} such file(s) in {folder})",
+            "move them out of the demo's images folder; datl never deletes what it did not write",
+        )
+
+
 def build_demo(
     out: str | os.PathLike, seed: int = 0, fraction: float = 1.0, progress: bool = True, force: bool = False
 ) -> bool:
@@ -302,11 +339,14 @@ def build_demo(
     out = Path(out)
     if not 0.0 < fraction <= 1.0:
         raise UserError("--fraction", f"{fraction} is outside (0, 1]", "pass a fraction such as 0.1, or 1 for all")
+    if seed < 0:
+        raise UserError("--seed", f"{seed} is negative", "pass a seed of 0 or more")
     if out.exists() and not out.is_dir():
         raise UserError(out, "exists and is a file", "pass a folder for the demo data")
     if not force and is_built(out, seed, fraction):
         return False
-    claim_folder(out, "demo data")  # never writes into, or deletes from, a folder datl did not make
+    check_claimable(out, "demo data")  # before the minutes of rendering below
+    check_demo_images(out)
     rng = np.random.default_rng(seed)
     classes = source_classes()
     items: list[tuple[str, Item]] = []
@@ -320,7 +360,16 @@ def build_demo(
     t_ids = [f"digits-{i:04d}" for i in tkeep]
     split = target_splits(ty, rng)
     calibration = calibration_rows(np.array([it.label for _, it in items]), rng)
+    empty = [name for name in ("train", "val", "test") if not (split == name).any()]
+    if empty:
+        raise UserError(
+            "--fraction",
+            f"{fraction} leaves target_{empty[0]} without an image (the target keeps "
+            f"{len(ty)} images, {len(ty) // 10} a class)",
+            "pass --fraction 0.03 or more",
+        )
 
+    claim_folder(out, "demo data")  # never writes into, or deletes from, a folder datl did not make
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".images.building"
     remove_owned(staging)  # a build that was interrupted
@@ -328,12 +377,13 @@ def build_demo(
     tgt_rel = [f"target/{i}.png" for i in t_ids]
     claim_folder(staging, "demo images")
     _save_pngs(staging, src_rel + tgt_rel, [it.image for _, it in items] + list(tx), progress)
+    write_json(staging / IMAGE_INDEX, sorted(src_rel + tgt_rel))  # what a rebuild may delete
     src_paths = [f"images/{p}" for p in src_rel]
     tgt_paths = [f"images/{p}" for p in tgt_rel]
     # Swap the finished image folder in, then write the manifests (each atomically).
     for name in MANIFESTS:
         (out / f"{name}.parquet").unlink(missing_ok=True)
-    remove_owned(out / "images")
+    remove_owned(out / "images")  # check_demo_images found only what a build wrote
     staging.rename(out / "images")
 
     params = _params(seed, fraction)

@@ -167,6 +167,13 @@ def _check_params(path: Path, where: str, kind: str, params: dict) -> None:
                 f"use one of {', '.join(sorted(allowed))}",
             )
         option = options.get(key)
+        if getattr(option, "writes_file", False) and isinstance(value, str) and not _inside(value):
+            raise _err(
+                path,
+                f"{where} param '{key}'",
+                f"'{value}' is a path outside the stage's folder: a stage writes only into OUT/<stage>/",
+                f"give a file name (e.g. {Path(value).name or 'out.parquet'}); it is written in the stage's folder",
+            )
         if option is None or isinstance(value, bool) or value is None or (isinstance(value, str) and "{" in value):
             continue  # flags, and values filled per seed or size
         try:
@@ -178,6 +185,15 @@ def _check_params(path: Path, where: str, kind: str, params: dict) -> None:
                 e.format_message(),
                 f"fix the value (see `{' '.join(KINDS[kind].command)} --help`)",
             ) from None
+
+
+def _inside(value: str) -> bool:
+    """A relative path that stays below the folder it is relative to."""
+    p = Path(value)
+    return not p.is_absolute() and ".." not in p.parts and not value.startswith("~")
+
+
+RESERVED = {COMPARE, "logs", "cache", "report_files"}  # OUT's own folders: no stage may be named so
 
 
 def load(path: str | Path, out: str | None = None) -> Pipeline:
@@ -236,11 +252,11 @@ def load(path: str | Path, out: str | None = None) -> Pipeline:
         )
     for name, spec in _mapping(path, "stages", raw.get("stages")).items():
         name = str(name)
-        if "." in name or "/" in name or name == COMPARE:
+        if "." in name or "/" in name or name in RESERVED:
             raise _err(
                 path,
                 f"stage '{name}'",
-                "names may not hold '.' or '/' or be 'compare'",
+                f"names may not hold '.' or '/' or be one of OUT's own folders ({', '.join(sorted(RESERVED))})",
                 "rename it, e.g. sample_uniform",
             )
         kind, inputs, params, per_seed, per_size = _check_stage(path, name, spec)

@@ -35,8 +35,10 @@ def execute(
     name: str,
     watch: Callable[[], str | None] | None = None,
     announce: Callable[[str], None] | None = None,
+    ends_line: bool = False,
 ) -> None:
-    """Run one stage's command with its output in ``log``. ``watch``, asked every second
+    """Run one stage's command with its output in ``log``; with ``ends_line``, a stage that
+    fails or is stopped says so at the end of the runner's open "running ..." line. ``watch``, asked every second
     while it runs, names a reason to stop it (another node has left the run); ``announce``
     tells the other nodes why this one stops, before its stage is stopped (which may take
     a while), so they do not mistake the lost connection for the reason."""
@@ -55,10 +57,12 @@ def execute(
     if reason is None and proc.returncode != 0 and watch is not None:
         reason = _settle(watch)  # lost its peers because another node went: say that, not the symptom
     if reason is not None:
-        logger.warning(" stopped")
+        if ends_line:
+            logger.info(" stopped")
         raise StageFailed(name, 1, reason, log)
     if proc.returncode != 0:
-        logger.warning(" failed")
+        if ends_line:
+            logger.info(" failed")
         raise StageFailed(name, proc.returncode, last_words(log.read_text()), log)
 
 
@@ -135,5 +139,7 @@ def _die_with_parent() -> None:
 
 class StageFailed(Exception):
     def __init__(self, name: str, rc: int, line: str, log: Path):
-        super().__init__(f"stage '{name}' failed (exit {rc}): {line}; fix: see {log}")
+        problem, _, fix = line.partition("; fix: ")  # the stage's own one line: problem; fix
+        how = f"{fix} (log: {log})" if fix else f"see {log}"
+        super().__init__(f"stage '{name}' failed (exit {rc}): {problem}; fix: {how}")
         self.rc = rc

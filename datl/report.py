@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -40,6 +41,8 @@ from datl.core.errors import UserError
 from datl.core.files import atomic_output
 from datl.manifests import open_manifest
 
+logger = logging.getLogger(__name__)
+OUTPUTS = {"weight": ("weights.parquet",), "estimate": ("prior.parquet",), "dedup": ("duplicates.parquet",)}
 THUMB = 64  # thumbnail side in pixels
 FILES = "report_files"
 
@@ -66,7 +69,13 @@ def read_stages(out: Path) -> dict[str, Stage]:
     for stamp in sorted(out.glob("*/stamp.json")):
         try:
             s = json.loads(stamp.read_text())
-        except (OSError, ValueError):
+            if not isinstance(s, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            logger.warning(
+                f"warning: {stamp} cannot be read ({type(e).__name__}): stage {stamp.parent.name} "
+                "is left out of the report; rerun it (`datl run --from " + stamp.parent.name + "`)"
+            )
             continue
         inputs = {k: str(resolve_ref(out, v.get("ref", ""))) for k, v in s.get("inputs", {}).items()}
         stages[stamp.parent.name] = Stage(
@@ -329,6 +338,13 @@ def build(
     files = out / FILES
     files.mkdir(exist_ok=True)
     thumbs = Thumbs(files)
+    for s in stages.values():  # a stage whose output is gone: say so, never leave its section out silently
+        missing = [f for f in OUTPUTS.get(s.kind, ()) if not (s.folder / f).exists()]
+        if missing:
+            logger.warning(
+                f"warning: {s.folder / missing[0]} is missing: stage {s.name}'s section of the report "
+                f"is left out; rerun it (`datl run --from {s.name}`)"
+            )
     weights = [
         weights_section(rep, s)
         for s in stages.values()

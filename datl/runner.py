@@ -29,7 +29,7 @@ from datl.core.files import OWNED, claim_folder, file_sha256, lock_folder, read_
 from datl.core.specs import is_timm_spec
 
 from .pipeline import COMPARE, Pipeline, Stage, ref_file, ref_stage
-from .process import execute
+from .process import StageFailed, execute
 from .stages import KINDS, command_line
 
 logger = logging.getLogger(__name__)
@@ -199,11 +199,14 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
             if not quiet:
                 logger.info(f"{tag}: up to date")
             continue
-        resume = _prepare(folder, key, stage, forced)
+        resume, removed = _prepare(folder, key, stage, forced)
         log = logs / f"{stage.name}.log"
         t0 = time.time()
         if not quiet:
-            logger.info(f"{tag}: running{' (resuming)' if resume else ''} ... log: {log}", extra={"end": ""})
+            how = (
+                " (resuming)" if resume else (f" (replacing the {removed} file(s) of its last run)" if removed else "")
+            )
+            logger.info(f"{tag}: running{how} ... log: {log}", extra={"end": ""})
         if stage.kind == COMPARE:
             from .compare import compare
 
@@ -225,7 +228,12 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
             if nodes is not None and KINDS[stage.kind].torch:
                 nodes.launch(folder, argv)
                 watch, announce = nodes.gone, nodes.end
-            execute(argv, log, stage.name, watch, announce)
+            try:
+                execute(argv, log, stage.name, watch, announce, ends_line=not quiet)
+            except StageFailed as e:
+                if e.rc == 2 and not resume:  # a user mistake the stage refused: leave no half folder behind
+                    remove_owned(folder)
+                raise
         seconds = time.time() - t0
         write_json(
             folder / STAMP,
@@ -235,6 +243,7 @@ def _run_stages(pipe: Pipeline, forced: set[str], logs: Path, quiet: bool, nodes
                 "params": stage.params,
                 "inputs": {k: {"ref": stage.inputs[k], "sha256": h} for k, h in inputs.items()},
                 "outputs": {n: sha(folder / n) for n in outputs},
+                "files": stage_files(folder),  # what a rerun may delete: nothing else in the folder
                 "code": code_version(stage.kind == COMPARE),
                 "seconds": round(seconds, 1),
             },
@@ -266,6 +275,13 @@ def check_owned(pipe: Pipeline) -> None:
                 f"is in the way of stage '{name}' and was not made by datl (no {OWNED} marker)",
                 "move it away, rename the stage, or choose another out:; datl never deletes what it did not make",
             )
+        foreign = foreign_files(folder)
+        if foreign:  # a stage that reruns empties its folder: refused now, before any stage runs
+            raise UserError(
+                folder / foreign[0],
+                f"was not written by datl ({len(foreign)} such file(s) in stage {name}'s folder)",
+                "move them out of the stage's folder; datl never deletes what it did not write",
+            )
 
 
 def _top_names(pipe: Pipeline) -> list[str]:
@@ -274,8 +290,34 @@ def _top_names(pipe: Pipeline) -> list[str]:
     return sorted({re.sub(r"\.s\d+$", "", n) for n in pipe.stages})
 
 
-def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
-    """Empty the folder for a fresh run, or keep it to resume; True to pass --resume."""
+RUNNER_FILES = {OWNED, STAMP, PENDING}
+
+
+def stage_files(folder: Path) -> list[str]:
+    """Every file in a stage folder (relative, sorted) but the runner's own."""
+    return sorted(
+        q for p in folder.rglob("*") if p.is_file() and (q := p.relative_to(folder).as_posix()) not in RUNNER_FILES
+    )
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Files in a stage folder that datl did not write: not in the files its stamp records.
+    A folder with a pending key and no stamp is a stage that was stopped while it ran: its
+    files are that stage's. A stamp from before files were recorded vouches for all of them."""
+    if not folder.is_dir():
+        return []
+    stamp = read_stamp(folder)
+    if stamp is None:
+        return [] if (folder / PENDING).exists() else stage_files(folder)
+    if "files" not in stamp:
+        return []
+    recorded = set(stamp["files"])
+    return [f for f in stage_files(folder) if f not in recorded]
+
+
+def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> tuple[bool, int]:
+    """Empty the folder for a fresh run, or keep it to resume: (pass --resume, files removed).
+    Only files datl wrote are removed: a folder that holds one it did not is refused."""
     pending = (read_json(folder / PENDING) or {}).get("key")
     resumable = (
         stage.kind in KINDS
@@ -284,10 +326,20 @@ def _prepare(folder: Path, key: str, stage: Stage, forced: set[str]) -> bool:
         and stage.name not in forced
         and (folder / "state.pt").exists()
     )
+    removed = 0
     if not resumable and folder.exists():
         if owned(folder):
             (folder / OWNED).touch()  # a stage folder of a datl from before the marker
+        foreign = foreign_files(folder) if folder.is_dir() else []
+        if foreign:
+            raise UserError(
+                folder / foreign[0],
+                f"was not written by datl ({len(foreign)} such file(s) in stage {stage.name}'s folder), and the "
+                "stage is about to rerun",
+                "move them out of the stage's folder; datl never deletes what it did not write",
+            )
+        removed = len(stage_files(folder)) if folder.is_dir() else 0
         remove_owned(folder)  # only a folder datl made; anything else in the way is refused
     claim_folder(folder, f"stage {stage.name}")
     write_json(folder / PENDING, {"key": key})
-    return resumable
+    return resumable, removed

@@ -174,7 +174,9 @@ def command_line(
     for key, path in inputs.items():
         args.append(f"{k.inputs[key]}={path}")
     args += ["--out", str(folder / k.out_file) if k.out_file else str(folder)]
-    args += param_flags(params, negatable(kind))
+    written = {p.name for p in click_command(kind).params if getattr(p, "writes_file", False)}
+    params = {k: str(folder / v) if k in written and isinstance(v, str) else v for k, v in params.items()}
+    args += param_flags(params, negatable(kind))  # a file a param names is written in the stage's folder
     args += [a.format(dir=folder, cache=cache) for a in k.extra]
     if k.torch:
         args += ["--device", device]

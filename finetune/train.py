@@ -14,6 +14,7 @@ from torch import nn
 
 from datl.core.errors import UserError
 from datl.manifests import open_manifest
+from datl.manifests.images import require_readable
 from datl.neural.checkpoint import ModelConfig, load_run, new_model
 from datl.neural.data import Cycle, image_spec, train_loader
 from datl.neural.engine import dist
@@ -43,6 +44,9 @@ def run(cfg: FinetuneConfig) -> Path:
                 classes, cfg.train, "validate on a set labeled with the same classes, in the same order"
             )
             val.require_training_labels("validation")
+        for m, role in ((train, "--train"), (test, "--test"), (val, "--val")):
+            if m is not None:  # never train on, or report an accuracy of, nothing
+                require_readable(m, role)
         torch.manual_seed(cfg.seed)
         model, model_cfg = backbone(cfg, classes, train)
         hook = None

@@ -23,6 +23,7 @@ from .schema import ManifestError
 
 GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white, in every stage
+MAX_SIDE = 4096  # the largest image side a model reads (every --image-size's bound, a run's config.json)
 MAX_PIXELS = int(os.environ.get("DATL_MAX_PIXELS", 200_000_000))  # larger: counted unreadable, never decoded
 
 
@@ -179,3 +180,32 @@ class Examples:
     @property
     def first(self) -> str:
         return self.examples[0] if self.examples else ""
+
+
+def require_readable(manifest: Manifest, role: str, batch_size: int = 1024) -> None:
+    """A one-line ManifestError unless some image of ``manifest`` decodes: read in order, it
+    stops at the first that does (one image, normally), so a training run never starts, and
+    an evaluation never reports an accuracy, on a manifest with nothing readable in it."""
+    tried, first = 0, None
+    for _, where in manifest.iter_addresses(batch_size=batch_size):
+        for i in range(len(where)):
+            try:
+                load_image(where.address(i), "L")
+                return
+            except DECODE_ERRORS as e:
+                tried += 1
+                first = first or f"{where.address(i)}: {type(e).__name__}: {clean(str(e))}"
+    if tried:
+        raise ManifestError(
+            manifest.path,
+            f"has no readable image (all {tried:,} unreadable; first: {first})",
+            f"fix or rebuild its images before using it as the {role} manifest (`datl manifest validate` lists them)",
+        )
+
+
+def clean(message: str) -> str:
+    """An error message without the memory addresses some carry (``<_io.BytesIO object at
+    0x7f...>``), so the same file gives the same words on every run."""
+    import re
+
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", message)

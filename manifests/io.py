@@ -144,6 +144,15 @@ class Manifest:
         t = self._file.read_row_groups(groups, columns=cols)
         return t.slice(start - offsets[0], stop - start)
 
+    def footer_sha256(self) -> str:
+        """sha256 of the file's Parquet footer (schema, metadata, row groups' sizes, offsets and
+        statistics): it changes with the content, and costs one small read."""
+        with open(self.path, "rb") as f:
+            f.seek(-8, os.SEEK_END)
+            n = int.from_bytes(f.read(4), "little")
+            f.seek(-8 - n, os.SEEK_END)
+            return hashlib.sha256(f.read(n)).hexdigest()
+
     def files_fingerprint(self, start: int = 0, stop: int | None = None) -> str:
         """A key that changes when any image file (or shard) behind rows [start, stop) changes:
         the sha256 of each distinct file's path, size and modification time (or 'missing'), in

@@ -13,7 +13,7 @@ from datl.core.pool import fork_map
 from datl.core.progress import bar
 
 from .address import Address, AddressColumns
-from .images import DECODE_ERRORS, Examples, load_image
+from .images import DECODE_ERRORS, Examples, clean, load_image
 from .io import Manifest, open_manifest
 from .schema import ManifestError
 
@@ -50,7 +50,7 @@ def _check_file(where: Address) -> tuple[str | None, str | None]:
     try:
         load_image(where, "RGB", warned=notes)
     except DECODE_ERRORS as e:
-        return f"{where}: {type(e).__name__}: {e}", None
+        return f"{where}: {type(e).__name__}: {clean(str(e))}", None
     return None, f"{where}: {notes[0]}" if notes else None
 
 

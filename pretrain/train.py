@@ -14,6 +14,7 @@ from torch import nn
 from datl.core.errors import UserError
 from datl.core.specs import parse_model_spec
 from datl.manifests import open_manifest
+from datl.manifests.images import require_readable
 from datl.neural.checkpoint import load_foreign_weights, load_run, new_model
 from datl.neural.data import image_spec
 from datl.neural.engine import dist
@@ -29,6 +30,7 @@ def run(cfg: PretrainConfig) -> Path:
     with dist.session(cfg.device) as d:
         manifest = open_manifest(cfg.manifest)
         classes, counts = manifest.require_training_labels("training")
+        require_readable(manifest, "training")
         size, in_chans = image_spec(manifest, cfg.image_size, cfg.in_chans)
         torch.manual_seed(cfg.seed)
         model, model_cfg = new_model(

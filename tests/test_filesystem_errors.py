@@ -13,7 +13,7 @@ from helpers import assert_user_error, cli
     [
         ["curate", "sample", "--source", "{d}/source.parquet", "--uniform", "--size", "10", "--out", "{f}/s.parquet"],
         ["pretrain", "-m", "{d}/source.parquet", "--model", "test_resnet", "-o", "{f}/run", "--steps", "1"],
-        ["datl", "demo-data", "--out", "{f}/demo", "--fraction", "0.01", "-q"],
+        ["datl", "demo-data", "--out", "{f}/demo", "--fraction", "0.05", "-q"],
         ["datl", "manifest", "build", "{d}/images", "--out", "{f}/m.parquet"],
     ],
 )

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datl.core.errors import UserError
-from datl.core.files import atomic_output, file_sha256
+from datl.core.files import OWNED, atomic_output, claim_folder, file_sha256
 from datl.core.specs import parse_model_spec
 from datl.manifests import Manifest
 
@@ -139,6 +140,26 @@ def _load_target(path: Path) -> TargetSide | None:
     except (OSError, ValueError, KeyError, EOFError):
         return None
     return TargetSide(content, emb)
+
+
+CACHE_NAME = re.compile(r"\.(target|chunks)\.[0-9a-f]{20}")  # what this module names its files
+
+
+def claim_cache(folder: Path) -> None:
+    """The default cache folder (``embeddings`` beside ``--out``) as a datl folder: made with
+    datl's marker, or one that holds only this module's files (a cache from before the
+    marker); a folder of the user's by that name is refused, never written into."""
+    if folder.is_dir() and not (folder / OWNED).exists():
+        strangers = [p.name for p in folder.iterdir() if not CACHE_NAME.search(p.name)]
+        if strangers:
+            raise UserError(
+                folder,
+                f"is not datl's dedup cache (it holds {strangers[0]!r}, which datl did not write)",
+                "pass --cache FOLDER for the cache, or move that folder away",
+            )
+        (folder / OWNED).touch()
+        return
+    claim_folder(folder, "dedup cache")
 
 
 def chunk_folder(cache_dir: Path, source: Manifest, target_file: Path, index: str, chunk_size: int) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datl.core.files import atomic_output
+from datl.core.files import atomic_output, png_metadata
 from datl.manifests import Manifest
 
 from .pixel import border_colour
@@ -196,7 +196,7 @@ def plot_calibration(channels: dict[str, tuple[np.ndarray, np.ndarray, float]], 
         ax.legend(fontsize=8)
     fig.suptitle("curate dedup --calibrate: where near copies and ordinary images fall")
     with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=png_metadata())
     plt.close(fig)
 
 

@@ -14,6 +14,7 @@ result is too.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,11 @@ import numpy as np
 import pyarrow as pa
 
 from datl.core.errors import UserError
-from datl.core.files import input_hashes, refuse_clobber
+from datl.core.files import input_hashes, refuse_clobber, refuse_foreign_default
 from datl.core.options import DEVICES, opt, validate
 from datl.core.progress import bar
 from datl.manifests import ManifestMeta, open_manifest, write_table
+from datl.manifests.address import AddressColumns
 
 from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, Duplicates, Indexes, chunk_duplicates
 
@@ -63,7 +65,9 @@ class DedupConfig:
         help="FAISS index over the target: flat (exact) below 50k vectors with auto, ivf above.",
     )
     cache: str | None = opt(
-        None, help="Folder for the target side and the per-chunk results [default: OUT's folder/embeddings]."
+        None,
+        output=True,
+        help="Folder for the target side and the per-chunk results [default: OUT's folder/embeddings].",
     )
     calibrate: bool = opt(
         False,
@@ -73,7 +77,7 @@ class DedupConfig:
     )
     plant: int = opt(500, help="How many copies --calibrate plants.", bounds="[1, inf)")
     image_size: int | None = opt(
-        None, help="Feature extractor input size (timm: models; default 224).", bounds="[1, inf)"
+        None, help="Feature extractor input size (timm: models; default 224).", bounds="[1, 4096]"
     )
     batch_size: int = opt(256, bounds="[1, inf)")
     workers: int = opt(2, bounds="[0, inf)")
@@ -89,6 +93,8 @@ class DedupConfig:
                 "the feature check needs --model RUN_DIR (or timm:ARCH --weights FILE)",
                 "pass --model, or --no-feature for the exact and pixel checks only",
             )
+        if self.calibrate:  # the histogram's default path, beside --out
+            refuse_foreign_default(Path(self.out).with_suffix(".calibration.png"), "--out")
 
     @property
     def cache_dir(self) -> Path:
@@ -100,9 +106,11 @@ def run(cfg: DedupConfig) -> Path:
     from datl.neural.checkpoint import load_model
     from datl.neural.engine import dist
 
-    from .cache import chunk_folder, model_fingerprint, target_path, target_side
+    from .cache import chunk_folder, claim_cache, model_fingerprint, target_path, target_side
 
     cfg.check()
+    if cfg.cache is None:  # the default folder, beside --out: datl's own, or refused
+        claim_cache(cfg.cache_dir)
     sm, tm = open_manifest(cfg.source), open_manifest(cfg.target)
     lm = load_model(cfg.model, cfg.weights, image_size=cfg.image_size) if cfg.feature else None
     fp = model_fingerprint(cfg.model if cfg.feature else None, cfg.weights)
@@ -112,6 +120,8 @@ def run(cfg: DedupConfig) -> Path:
         target = target_side(tfile, tm, lm, d, cfg.batch_size, cfg.workers, progress and d.main)
         if not target.content.readable.any():
             raise UserError(cfg.target, "has no readable image", "check it with `datl manifest validate`")
+        if d.main:
+            warn_unreadable_target(tm, target.content.readable)
         ix = Indexes(target, cfg.index, tfile.with_suffix(""), d)
         folder = chunk_folder(cfg.cache_dir, sm, tfile, cfg.index, cfg.chunk_size)
         run_chunks(cfg, sm, ix, lm, d, folder, progress)
@@ -119,6 +129,20 @@ def run(cfg: DedupConfig) -> Path:
         if d.main:
             merge(cfg, sm, tm, ix, lm, d, folder, progress)
     return Path(cfg.out)
+
+
+def warn_unreadable_target(tm, readable: np.ndarray) -> None:
+    """A target image that cannot be read is one whose source copies nothing can find: say how
+    many there are, and the first."""
+    bad = np.flatnonzero(~readable)
+    if not len(bad):
+        return
+    row = int(bad[0])
+    first = AddressColumns(tm.read_range(row, row + 1, ["path", *tm.address_columns]), str(tm.folder)).address(0)
+    logger.warning(
+        f"warning: {len(bad):,} of {len(readable):,} target image(s) could not be read, so no source copy of them "
+        f"can be found (first: {first}); fix those files (`datl manifest validate` lists them) and rerun"
+    )
 
 
 def chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
@@ -156,6 +180,7 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
         plain += int(r.plain.sum())
         warned += int(r.warned.sum())
     if sm.num_rows and unreadable == sm.num_rows:
+        shutil.rmtree(folder, ignore_errors=True)  # the cache's own chunk files: nothing worth keeping
         raise UserError(
             sm.path, f"has no readable image (all {unreadable:,} unreadable)", "check it with `datl manifest validate`"
         )

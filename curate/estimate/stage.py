@@ -55,7 +55,9 @@ class EstimateConfig:
         help="P_s(y) for em: the checkpoint's training prior (what its posteriors carry), "
         "or --source's label frequencies.",
     )
-    save_predictions: str | None = opt(None, help="Also write per-image logits here, to re-estimate without the model.")
+    save_predictions: str | None = opt(
+        None, output=True, help="Also write per-image logits here, to re-estimate without the model."
+    )
     predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running the model.")
     batch_size: int = opt(256, bounds="[1, inf)")
     workers: int = opt(2, help="DataLoader workers.", bounds="[0, inf)")

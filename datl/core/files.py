@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -71,12 +72,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = dest.parent / f".{dest.name}.{_HOST}-{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         yield tmp
-        if tmp.exists():
+        if os.path.exists(tmp):
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
+    except OSError as e:  # the error names what the user asked for, never datl's temporary file
+        named = e.filename is not None and os.path.basename(str(e.filename)) == tmp.name
+        if named or tmp.name in str(e):
+            words = (e.strerror or str(e)).replace(str(tmp), str(dest)).replace(tmp.name, dest.name)
+            raise OSError(e.errno or errno.EIO, words, str(dest)) from None
+        raise
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):  # gone already (renamed), or never made
             tmp.unlink()
 
 
@@ -95,6 +102,33 @@ def read_json(path: str | os.PathLike) -> Any | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+# -- default paths the user did not name ---------------------------------------------
+PNG_SOFTWARE = "datl"  # the Software text of every PNG datl draws: how datl knows a plot is its own
+
+
+def png_metadata() -> dict[str, str]:
+    """What every PNG datl draws carries (matplotlib's ``savefig(metadata=...)``)."""
+    return {"Software": PNG_SOFTWARE}
+
+
+def refuse_foreign_default(path: str | os.PathLike, flag: str) -> None:
+    """A default output path the user did not name (the plot beside ``--out``) that holds a file
+    datl did not draw is refused before any work: writing there would replace the user's file.
+    A file the user names is theirs to replace; this is for the ones they did not."""
+    p = Path(path)
+    if not p.exists():
+        return
+    if p.is_file():
+        with open(p, "rb") as f:
+            if b"Software\x00" + PNG_SOFTWARE.encode() in f.read(1 << 16):
+                return  # a plot datl drew earlier: replaced like any datl output
+    raise UserError(
+        p,
+        "exists and was not written by datl, and the default output would replace it",
+        f"pass {flag} PATH to write it elsewhere, or move the file away",
+    )
 
 
 # -- content hashes -------------------------------------------------------------------
@@ -140,9 +174,9 @@ def refuse_clobber(outputs: dict[str, str | os.PathLike | None], inputs: dict[st
 
 
 # -- folders datl owns ------------------------------------------------------------------
-def claim_folder(path: str | os.PathLike, what: str) -> Path:
-    """Create ``path`` as a datl folder (with the OWNED marker), or accept it if datl made it or
-    it is empty. A non-empty folder datl did not make is refused: nothing in it is touched."""
+def check_claimable(path: str | os.PathLike, what: str) -> Path:
+    """Refuse what ``claim_folder`` would refuse, touching nothing: for a command that checks its
+    output folder before long work."""
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(p, f"is a file, not a folder for the {what}", "pass another --out")
@@ -152,6 +186,13 @@ def claim_folder(path: str | os.PathLike, what: str) -> Path:
             f"is a folder datl did not create (no {OWNED} marker) and it is not empty",
             f"pass a new or empty folder for the {what}; datl never writes into or deletes other folders",
         )
+    return p
+
+
+def claim_folder(path: str | os.PathLike, what: str) -> Path:
+    """Create ``path`` as a datl folder (with the OWNED marker), or accept it if datl made it or
+    it is empty. A non-empty folder datl did not make is refused: nothing in it is touched."""
+    p = check_claimable(path, what)
     p.mkdir(parents=True, exist_ok=True)
     (p / OWNED).touch()
     return p

@@ -40,6 +40,7 @@ def opt(
     default_factory: Callable[[], Any] | None = None,
     cli: bool = True,
     bounds: str | None = None,
+    output: bool = False,
 ) -> Any:
     """A config field that is also a command-line option.
 
@@ -49,6 +50,8 @@ def opt(
     (``negatable``: ``--x/--no-x``); a field without a default is a required option;
     ``cli=False`` keeps it library-only. ``bounds`` (numbers): the allowed interval, e.g.
     ``"(0, 1]"`` or ``"[1, inf)"``; every number option refuses nan and inf whatever its bounds.
+    ``output``: the option names a file the command writes (``datl run`` keeps it inside the
+    stage's folder).
     """
     meta = {
         "help": help,
@@ -62,6 +65,7 @@ def opt(
         "show_default": show_default,
         "cli": cli,
         "bounds": Bounds.parse(bounds) if bounds else None,
+        "output": output,
     }
     kw: dict[str, Any] = {"metadata": {"cli": meta}}
     if default_factory is not None:
@@ -193,7 +197,9 @@ def _option(f: dataclasses.Field, hint: Any) -> click.Option | None:
         if not required:
             kw["default"] = default
             kw["show_default"] = meta["show_default"] if default is not None else False
-    return click.Option([f.name, *decls], **kw)
+    option = click.Option([f.name, *decls], **kw)
+    option.writes_file = meta["output"]  # read by datl run's parameter check (datl/pipeline.py)
+    return option
 
 
 def options_from(config: type, skip: Iterable[str] = ()) -> Callable:

@@ -19,6 +19,7 @@ from torch import nn
 
 from datl.core.errors import UserError
 from datl.core.files import atomic_output, write_json
+from datl.manifests.images import MAX_SIDE
 
 from ..modeling import AdaptNet, create_model, default_norm, unwrap
 
@@ -99,9 +100,17 @@ def read_config(run_dir: str | os.PathLike) -> ModelConfig:
             )
     try:
         data = json.loads((run_dir / CONFIG).read_text())
-        return ModelConfig(**{k: v for k, v in data.items() if k in ModelConfig.__dataclass_fields__})
-    except (ValueError, TypeError) as e:
+        cfg = ModelConfig(**{k: v for k, v in data.items() if k in ModelConfig.__dataclass_fields__})
+    except (ValueError, TypeError, AttributeError) as e:
         raise UserError(run_dir / CONFIG, f"is not a valid run config ({e})", "rerun the stage that wrote it") from None
+    size = cfg.image_size
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and 1 <= v <= MAX_SIDE for v in size)):
+        raise UserError(
+            run_dir / CONFIG,
+            f"says image_size {size}: not [height, width] within 1..{MAX_SIDE}",
+            f"rerun the stage that wrote it (a model reads images of at most {MAX_SIDE} x {MAX_SIDE} pixels)",
+        )
+    return cfg
 
 
 def load_run(run_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.Module, ModelConfig]:
@@ -112,8 +121,24 @@ def load_run(run_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[nn.
     model = create_model(cfg.arch, cfg.num_classes, cfg.in_chans)
     if cfg.bottleneck is not None:
         model = AdaptNet(model, cfg.num_classes, cfg.bottleneck)
-    state = load_file(str(Path(run_dir) / WEIGHTS), device=map_location)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    weights = Path(run_dir) / WEIGHTS
+    try:
+        state = load_file(str(weights), device=map_location)
+    except Exception as e:  # noqa: BLE001 - safetensors' own error for a truncated or foreign file
+        raise UserError(
+            weights,
+            f"cannot be read as safetensors weights ({type(e).__name__}: {str(e)[:120]})",
+            "rerun the stage that wrote the run folder",
+        ) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: weights and config.json of different runs
+        raise UserError(
+            weights,
+            f"does not fit the model its config.json describes ({cfg.arch}, "
+            f"{cfg.num_classes} classes): {str(e).splitlines()[-1].strip()[:160]}",
+            "the weights and config.json come from different runs: rerun the stage that wrote them",
+        ) from None
     if missing or unexpected:
         raise UserError(
             Path(run_dir) / WEIGHTS,

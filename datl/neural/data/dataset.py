@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from datl.manifests.address import AddressColumns
-from datl.manifests.images import DECODE_ERRORS, Examples, load_image
+from datl.manifests.images import DECODE_ERRORS, Examples, clean, load_image
 from datl.manifests.io import Manifest, open_manifest
 from datl.manifests.schema import LABEL
 
@@ -94,7 +94,7 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             img = load_image(where, self.mode, warned=notes)
         except DECODE_ERRORS as e:
-            return Sample(None, label, self.start + i, f"{where}: {type(e).__name__}: {e}")
+            return Sample(None, label, self.start + i, f"{where}: {type(e).__name__}: {clean(str(e))}")
         return Sample(self.transform(img), label, self.start + i, None, f"{where}: {notes[0]}" if notes else None)
 
 

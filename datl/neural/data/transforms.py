@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from datl.core.errors import UserError
 from datl.manifests import Manifest, probe_images
+from datl.manifests.images import MAX_SIDE
 
 
 def build_transform(
@@ -41,6 +43,13 @@ def image_mode(in_chans: int) -> str:
 
 
 def image_spec(manifest: Manifest, size: int | None, in_chans: int | None) -> tuple[tuple[int, int], int]:
-    """Image size and channels: what the manifest's images are, unless overridden."""
+    """Image size and channels: what the manifest's images are, unless overridden; images larger
+    than a model reads (MAX_SIDE) need an explicit --image-size."""
     probed_size, probed_chans = probe_images(manifest)
+    if not size and max(probed_size) > MAX_SIDE:
+        raise UserError(
+            manifest.path,
+            f"holds images of {probed_size[1]} x {probed_size[0]} pixels, more than a model reads ({MAX_SIDE} a side)",
+            "pass --image-size, e.g. 224",
+        )
     return ((size, size) if size else probed_size), (in_chans or probed_chans)

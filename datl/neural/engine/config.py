@@ -28,7 +28,7 @@ class TrainConfig:
     model: str = opt(help="timm architecture, e.g. resnet18, mobilenetv2_100.")
     out: str = opt(short="-o", help="Run folder to write.")
     lr: float = opt(0.1, help="Peak learning rate.", bounds="(0, inf)")
-    image_size: int | None = opt(None, help="Train at this size (default: the manifest's images).", bounds="[1, inf)")
+    image_size: int | None = opt(None, help="Train at this size (default: the manifest's images).", bounds="[1, 4096]")
     in_chans: int | None = opt(
         None, help="Model input channels (default: 1 for grey images, else 3).", bounds="[1, inf)"
     )

@@ -28,7 +28,7 @@ from . import dist
 from .config import TrainConfig
 from .device import autocast, place_model, to_device
 from .optim import warmup_cosine
-from .state import load_state, prepare_out, save_state
+from .state import data_key, load_state, prepare_out, save_state
 
 # A loss hook (finetune's two-domain step): (model, images, labels, progress in [0, 1]) -> the
 # step's whole loss. It may also have state_dict()/load_state_dict() (saved with the run's
@@ -52,7 +52,13 @@ def fit(
     """Train; ``hook`` (if given) returns each step's whole loss; ``schedule(total)`` gives
     the learning-rate factor per step (default: warm-up then cosine). A user error during
     training (e.g. a hook's manifest with no readable image) removes a run folder this
-    call created: no half-written run."""
+    call created: no half-written run.
+
+    BatchNorm cannot train on one image: with a BatchNorm model a batch of one image (the
+    epoch's last, when rows per process mod --batch-size is 1, or a batch whose other images
+    were unreadable) is dropped, its step taken with a zero loss so every rank stays in step;
+    ``--batch-size 1``, or fewer than two images per process, is refused before any work."""
+    check_batchnorm(model, manifest, cfg, d, hook)
     out = Path(cfg.out)
     fresh = d.main and not cfg.resume and not out.exists()
     if d.main:
@@ -91,7 +97,8 @@ def _train(
     factor = (schedule(total) if schedule else None) or warmup_cosine(total, cfg.warmup)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-    step = load_state(out, model, opt, sched, d, hook) if cfg.resume else 0
+    data = data_key(manifest)
+    step = load_state(out, model, opt, sched, d, hook, data) if cfg.resume else 0
     saved = step if cfg.resume else None  # the step of the last state written, if any
     if step and hasattr(hook, "seek"):
         hook.seek(step)
@@ -111,6 +118,8 @@ def _train(
         sampler.epoch, sampler.start = step // steps_per_epoch, (step % steps_per_epoch) * cfg.batch_size
         for batch in loader:
             bad.add(batch.bad, batch.warned)
+            if batch.images is not None and len(batch.images) == 1 and hook is None and has_batchnorm(model):
+                batch = batch._replace(images=None)  # one image cannot train BatchNorm: dropped
             loss = train_step(net, batch, cfg, d, hook, step / total)
             if not dist.all_finite(loss, d):
                 shown.close()
@@ -118,7 +127,7 @@ def _train(
                     out,
                     f"the training loss became {float(loss.detach()):g} at step {step + 1} of "
                     f"{total} (lr {opt.param_groups[0]['lr']:.3g}); "
-                    f"{keep_good_state(out, model, opt, sched, step, saved, d, hook)}",
+                    f"{keep_good_state(out, model, opt, sched, step, saved, d, hook, data)}",
                     "lower --lr (or check the data) and rerun",
                 )
             opt.zero_grad(set_to_none=True)
@@ -132,13 +141,13 @@ def _train(
                 record = log.write(step, loss, opt, bad, getattr(hook, "last", {}))
                 shown.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
             if step % cfg.save_every == 0 and step < stop_at and weights_finite(model, d):
-                save_state(out, model, opt, sched, step, d, hook)  # never a state with a non-finite weight
+                save_state(out, model, opt, sched, step, d, hook, data)  # never a state with a non-finite weight
                 saved = step
             if step >= stop_at:
                 break
     shown.close()
     dist.check_in_sync(d, [p for g in groups for p in g["params"]])
-    save_state(out, model, opt, sched, step, d, hook)
+    save_state(out, model, opt, sched, step, d, hook, data)
     if d.main:
         model_cfg.params = {**model_cfg.params, "steps": total, "steps_done": step}
         save_run(out, model, model_cfg)
@@ -148,11 +157,13 @@ def _train(
     return out
 
 
-def keep_good_state(out: Path, model: nn.Module, opt, sched, step: int, saved: int | None, d: dist.Dist, hook) -> str:
+def keep_good_state(
+    out: Path, model: nn.Module, opt, sched, step: int, saved: int | None, d: dist.Dist, hook, data: dict
+) -> str:
     """After a non-finite loss: save the state as it is if every weight is still finite (the
     update of the bad step has not happened), else keep the last state saved; say which."""
     if weights_finite(model, d):
-        save_state(out, model, opt, sched, step, d, hook)
+        save_state(out, model, opt, sched, step, d, hook, data)
         return f"the state before that step (finite weights) is saved in state.pt, step {step}"
     if saved is not None:
         return f"the weights were no longer finite; the last state saved, step {saved}, is kept in state.pt"
@@ -163,6 +174,32 @@ def weights_finite(model: nn.Module, d: dist.Dist) -> bool:
     """Every floating parameter and buffer (BatchNorm statistics too) is finite, on every rank."""
     ok = all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
     return dist.all_finite(torch.tensor(0.0 if ok else float("nan"), device=d.device), d)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def check_batchnorm(model: nn.Module, manifest: Manifest, cfg: TrainConfig, d: dist.Dist, hook) -> None:
+    """A BatchNorm model needs batches of two images or more (a two-domain step adds the other
+    domain's batch to every step, so it always has them)."""
+    if hook is not None or not has_batchnorm(model):
+        return
+    if cfg.batch_size < 2:
+        raise UserError(
+            "--batch-size",
+            f"{cfg.batch_size} is too small for {type(model).__name__}, which has "
+            "BatchNorm layers (they need two images or more a batch)",
+            "pass --batch-size 2 or more",
+        )
+    per_rank = math.ceil(manifest.num_rows / d.world)
+    if per_rank < 2:
+        raise UserError(
+            manifest.path,
+            f"has {manifest.num_rows} row(s): {per_rank} a process, too few for a model "
+            "with BatchNorm layers (they need two images or more a batch)",
+            "train on two images or more per process",
+        )
 
 
 def train_step(

@@ -4,6 +4,7 @@ loss hook's own state), written atomically by rank 0 and read with ``weights_onl
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,8 +32,11 @@ def prepare_out(out: Path, resume: bool) -> None:
     (out / METRICS).unlink(missing_ok=True)
 
 
-def save_state(out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist, hook=None) -> None:
-    """Training state for --resume, written atomically by rank 0."""
+def save_state(
+    out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist, hook=None, data: dict | None = None
+) -> None:
+    """Training state for --resume, written atomically by rank 0; ``data`` says what the run
+    trains on (``data_key``), so a resume on another manifest is refused."""
     if d.main:
         state = {
             "model": unwrap(model).state_dict(),
@@ -43,6 +47,8 @@ def save_state(out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist,
         }
         if hasattr(hook, "state_dict"):
             state["hook"] = hook.state_dict()
+        if data is not None:
+            state["data"] = data
         if d.cuda:
             state["cuda_rng"] = torch.cuda.get_rng_state(d.device)
         with atomic_output(out / STATE) as tmp:
@@ -50,9 +56,43 @@ def save_state(out: Path, model: nn.Module, opt, sched, step: int, d: dist.Dist,
     dist.barrier(d)
 
 
-def load_state(out: Path, model: nn.Module, opt, sched, d: dist.Dist, hook=None) -> int:
-    state = torch.load(out / STATE, map_location="cpu", weights_only=True)
-    unwrap(model).load_state_dict(state["model"])
+def data_key(manifest) -> dict:
+    """What a run trains on, as --resume compares it: the manifest's rows and a hash of its
+    Parquet footer (which changes with its content; reading it costs nothing)."""
+    return {"rows": manifest.num_rows, "footer": manifest.footer_sha256()}
+
+
+def load_state(out: Path, model: nn.Module, opt, sched, d: dist.Dist, hook=None, data: dict | None = None) -> int:
+    """Restore a run's state for --resume; a state file that cannot be read, or that another
+    model or manifest wrote, is a one-line UserError."""
+    path = out / STATE
+    try:
+        with warnings.catch_warnings():  # torch's own words about a foreign file: the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated file, a pickle of anything but tensors
+        raise UserError(
+            path,
+            f"cannot be read as a training state ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]})",
+            "start a new run (drop --resume, or pass another --out)",
+        ) from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "scheduler", "step", "torch_rng"} <= set(state):
+        raise UserError(path, "is not a training state written by datl", "start a new run (drop --resume)")
+    if data is not None and state.get("data", data) != data:
+        raise UserError(
+            path,
+            f"was saved by a run on another manifest ({state['data']['rows']:,} rows then, "
+            f"{data['rows']:,} now, or other contents)",
+            "resume with the manifest the run started with, or start a new run",
+        )
+    try:
+        unwrap(model).load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(
+            path,
+            f"holds the weights of another model ({str(e).splitlines()[0][:120]})",
+            "resume with the --model (and options) the run started with, or start a new run",
+        ) from None
     if hasattr(hook, "load_state_dict"):
         if "hook" not in state:
             raise UserError(
@@ -61,8 +101,15 @@ def load_state(out: Path, model: nn.Module, opt, sched, d: dist.Dist, hook=None)
                 "resume with the options the run started with, or start a new run",
             )
         hook.load_state_dict(state["hook"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
+    try:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise UserError(
+            path,
+            f"holds the optimizer of another run ({type(e).__name__}: {str(e)[:120]})",
+            "resume with the options the run started with, or start a new run",
+        ) from None
     torch.set_rng_state(state["torch_rng"])
     if d.cuda and "cuda_rng" in state:
         torch.cuda.set_rng_state(state["cuda_rng"], d.device)
