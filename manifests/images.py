@@ -64,32 +64,42 @@ def decode_bytes(
     draft: tuple[int, int] | None = None,
     background: tuple[int, int, int] = BACKGROUND,
     warned: list[str] | None = None,
+    info: dict | None = None,
 ) -> Image.Image:
-    """``load_image`` of bytes already read; ``background``: what transparent pixels become."""
+    """``load_image`` of bytes already read; ``background``: what transparent pixels become.
+    ``info``: a dict that receives ``size`` (the file's own, before any draft) and ``alpha``
+    (the alpha channel as an 'L' image at the decoded size, or None for an image without
+    transparency)."""
     # PIL's warnings are recorded, never printed: the cases it warns about for ordinary files
     # (palette transparency, decompression bombs) are handled explicitly below, and what is left
     # (a corrupt EXIF block, a truncated text chunk) goes to the caller's log through ``warned``
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            return _decode(data, mode, draft, background)
+            return _decode(data, mode, draft, background, info)
         finally:
             if warned is not None:
                 warned.extend(f"{w.category.__name__}: {w.message}" for w in caught)
 
 
-def _decode(data: bytes, mode: str, draft: tuple[int, int] | None, background: tuple[int, int, int]) -> Image.Image:
+def _decode(
+    data: bytes, mode: str, draft: tuple[int, int] | None, background: tuple[int, int, int], info: dict | None
+) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
         if im.width * im.height > MAX_PIXELS:
             raise ImageTooLarge(f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,}-pixel cap (DATL_MAX_PIXELS)")
+        if info is not None:
+            info["size"] = im.size
         if draft is not None and im.format == "JPEG":
             im.draft(mode if mode in ("L", "RGB") else None, draft)
         im.load()
         im = ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
-        return to_mode(im, mode, background)
+        return to_mode(im, mode, background, info)
 
 
-def to_mode(im: Image.Image, mode: str, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+def to_mode(
+    im: Image.Image, mode: str, background: tuple[int, int, int] = BACKGROUND, info: dict | None = None
+) -> Image.Image:
     """``im`` as 'L' or 'RGB', explicitly per source mode:
 
     - transparency (RGBA, LA, PA, palette or grey with a transparent colour): composited on
@@ -109,8 +119,12 @@ def to_mode(im: Image.Image, mode: str, background: tuple[int, int, int] = BACKG
         im = Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), "L")
     if im.mode in ("P", "L", "RGB") and "transparency" in im.info:
         im = im.convert("RGBA")  # as PIL recommends for palette transparency, instead of a warning
+    if info is not None:
+        info["alpha"] = None
     if im.mode in ALPHA_MODES:
         rgba = im.convert("RGBA")
+        if info is not None:
+            info["alpha"] = rgba.getchannel("A")
         flat = Image.new("RGBA", rgba.size, tuple(background) + (255,))
         flat.alpha_composite(rgba)
         im = flat.convert("RGB")

@@ -1,11 +1,13 @@
 """What ``curate dedup`` keeps on disk, so a killed run resumes and a rerun with other
 thresholds computes nothing again.
 
-- The TARGET side (hashes, pixel descriptors with their crop views, model embeddings):
+- The TARGET side (hashes, canvas and content pixel descriptors with their views, model
+  embeddings):
   one file, keyed by the target manifest's content, the model and the descriptor
   parameters. Rank 0 computes it; every rank loads it (the target is the small side).
 - The SOURCE side: one file per chunk of ``--chunk-size`` rows, holding each row's best
-  match under every check (similarity and target row), never the embeddings. The
+  match under every check (similarity and target row), never the embeddings (but those of
+  the few rows of the feature threshold's calibration pool, ``calibration.POOL``). The
   folder is keyed by the source manifest's content, the target key, the model, the
   index kind and the chunk size; thresholds are applied when the chunks are merged.
   A chunk file is written atomically when its chunk is done: a rerun skips it.
@@ -49,15 +51,37 @@ class ChunkResult:
     stop: int
     exact: np.ndarray  # bool: a byte-identical copy of a target image
     exact_t: np.ndarray  # int64: the target row it copies
-    psim: np.ndarray  # float32: best pixel similarity
+    psim: np.ndarray  # float32: best pixel similarity (pixel.combine of the canvas and content checks)
     ppos: np.ndarray  # int64: its target row
     fsim: np.ndarray  # float32: best feature similarity (-1: not embedded, or no feature check)
     fpos: np.ndarray  # int64: its target row
     readable: np.ndarray  # bool: the image could be read and decoded
-    plain: np.ndarray  # bool: readable, but too plain for the pixel check (pixel.is_plain)
+    plain: np.ndarray  # bool: readable, but too plain for either pixel family (pixel.Content.plain)
     warned: np.ndarray  # bool: decoded, but PIL warned about the file
+    # the chunk's share of the calibration pool (rows r % pool_stride == 0, embedded): their
+    # manifest rows, embeddings, hashes and pixel descriptors (empty without the feature check)
+    pool_rows: np.ndarray  # int64
+    pool_vecs: np.ndarray  # float16 (k, d)
+    pool_hashes: np.ndarray  # S16 (k,)
+    pool_pixel: np.ndarray  # float16 (k, pixel.DIM)
+    pool_content: np.ndarray  # float16 (k, pixel.CDIM)
 
-    ARRAYS = ("exact", "exact_t", "psim", "ppos", "fsim", "fpos", "readable", "plain", "warned")
+    ARRAYS = (
+        "exact",
+        "exact_t",
+        "psim",
+        "ppos",
+        "fsim",
+        "fpos",
+        "readable",
+        "plain",
+        "warned",
+        "pool_rows",
+        "pool_vecs",
+        "pool_hashes",
+        "pool_pixel",
+        "pool_content",
+    )
 
 
 def model_fingerprint(spec: str | None, weights: str | None) -> str:
@@ -119,7 +143,12 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
         content = px.content_pass(target, views=True, progress=progress)
         if not content.readable.any():  # before anything is cached
             raise UserError(target.path, "has no readable image", "check it with `datl manifest validate`")
-        arrays = {"hashes": content.hashes, "pixel": content.pixel, "readable": content.readable}
+        arrays = {
+            "hashes": content.hashes,
+            "pixel": content.pixel,
+            "content": content.content,
+            "readable": content.readable,
+        }
         if lm is not None:
             here = dist.Dist(0, 1, d.local_rank, d.device)
             emb = embed(lm, target, here, batch_size, workers, progress)
@@ -135,7 +164,7 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
 def _load_target(path: Path) -> TargetSide | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            content = px.Content(z["hashes"], z["pixel"], z["readable"])
+            content = px.Content(z["hashes"], z["pixel"], z["content"], z["readable"])
             emb = Embeddings(z["rows"], z["vecs"]) if "vecs" in z.files else None
     except (OSError, ValueError, KeyError, EOFError):
         return None

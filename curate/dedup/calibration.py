@@ -220,7 +220,7 @@ def report(
         logger.info(f"  {t:9.2f}  {pr:14.4f}  {pfp:9.4%}  {fr:16.4f}  {ffp:9.4%}")
     rec = float(((pp >= pt) | (pf >= ft)).mean()) if len(pp) else 0.0
     logger.info(
-        f"  combined at --pixel-threshold {pt} and --feature-threshold {ft}: "
+        f"  combined at --pixel-threshold {pt} and --feature-threshold {ft if np.isfinite(ft) else '(check off)'}: "
         f"recall {rec:.4f}, false-positive rate {tally.either / max(tally.n, 1):.4%}"
     )
     png = Path(out).with_suffix(".calibration.png")

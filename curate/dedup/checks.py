@@ -5,12 +5,15 @@ target image it matched (``match`` says which check):
 
 - ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
   is a duplicate (similarity 1.0) whatever the thresholds or the model.
-- ``pixel``: the model-free thumbnail descriptor of ``pixel.py`` (107 views
-  per target image); cosine similarity >= ``--pixel-threshold``. Catches edited copies
-  (crop, blur, JPEG, resize, colour, recolour, small rotation) without being fooled by two
-  different images of one class.
+- ``pixel``: the model-free thumbnail descriptors of ``pixel.py``, of the canvas (107 views
+  per target image) and of the content trimmed from it (7 views); the better of the two
+  (``pixel.combine``: a content match is held to a stricter cosine) >= ``--pixel-threshold``.
+  Catches edited copies (crop, blur, JPEG, resize, colour, recolour, small rotation, a drawing
+  padded onto a larger canvas or cut tight to itself, blown up or shrunk) without being fooled
+  by two different images of one class.
 - ``feature``: the model's pooled features, L2-normalised; cosine similarity >=
-  ``--threshold``. Catches what survives in the model's eyes but not in pixels.
+  ``--feature-threshold``, calibrated for the model when not given (``threshold.py``).
+  Catches what survives in the model's eyes but not in pixels.
 """
 
 from __future__ import annotations
@@ -24,53 +27,62 @@ from . import pixel as px
 from .cache import ChunkResult, Embeddings, TargetSide
 from .index import INDEX_FORMAT, PIXEL_REDUCE, best_match, cached_index, describe
 
-DEFAULT_THRESHOLD = 0.96  # model features; see README: calibrated with `curate dedup --calibrate`
 DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
 
 
 class Indexes:
-    """The target's FAISS indexes, the same on every rank: its pixel views, and its model
-    embeddings (None without the feature check). Rank 0 builds them once per target, model
+    """The target's FAISS indexes, the same on every rank: its canvas and content pixel views,
+    and its model embeddings (None without the feature check). Rank 0 builds them once per target, model
     and index kind into the cache (IVF training is the costly part); every rank reads them."""
 
     def __init__(self, target: TargetSide, kind: str, stem: Path, d):
         from datl.neural.engine import dist
 
         def views() -> np.ndarray:
-            return target.content.pixel.reshape(-1, target.content.pixel.shape[-1])
+            return target.content.pixel.reshape(-1, px.DIM)
+
+        def content_views() -> np.ndarray:
+            return target.content.content.reshape(-1, px.CDIM)
 
         self.target = target
 
         def file(name: str) -> Path:
             return stem.with_name(f"{stem.name}.{name}-{kind}-{INDEX_FORMAT}.faiss")
 
-        reduce = {"pixel": PIXEL_REDUCE, "feature": None}
-        for name, vectors in (("pixel", views), ("feature", (lambda: target.emb.vecs) if target.emb else None)):
+        reduce = {"pixel": PIXEL_REDUCE, "content": PIXEL_REDUCE, "feature": None}
+        built = {"pixel": views, "content": content_views, "feature": (lambda: target.emb.vecs) if target.emb else None}
+        for name, vectors in built.items():
             if vectors is not None and d.main:
                 cached_index(file(name), vectors, kind, build=True, reduce=reduce[name])
         dist.barrier(d)
         self.pixel = cached_index(file("pixel"), views, kind, build=False)
+        self.content = cached_index(file("content"), content_views, kind, build=False)
         self.feature = cached_index(file("feature"), None, kind, build=False) if target.emb is not None else None
         self.description = {
             "pixel": describe(self.pixel),
+            "content": describe(self.content),
             "feature": describe(self.feature) if self.feature is not None else "off",
         }
 
 
-def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: int, workers: int) -> ChunkResult:
-    """Every check's best match for the source rows [start, stop), computed in this process."""
+def check_chunk(
+    source, start: int, stop: int, ix: Indexes, lm, d, batch_size: int, workers: int, on_part=None
+) -> ChunkResult:
+    """Every check's best match for the source rows [start, stop), computed in this process;
+    ``on_part(n)`` as each part of n images is described (a progress bar)."""
     from .cache import embed
 
-    content = px.content_pass(source, views=False, rows=(start, stop))
+    content = px.content_pass(source, views=False, rows=(start, stop), on_part=on_part)
     exact, exact_t = exact_matches(content, ix.target.content)
-    psim, ppos = pixel_best(ix.pixel, content)
+    psim, ppos = pixel_best(ix.pixel, ix.content, content)
     n = stop - start
     fsim, fpos = np.full(n, -1.0, np.float32), np.zeros(n, np.int64)
+    pool = empty_pool(content)
     if ix.feature is not None:
         emb = embed(lm, source, d, batch_size, workers, False, rows=(start, stop))
         emb.rows = emb.rows - start
         fsim, fpos = feature_best(ix.feature, emb, ix.target.emb, n)
-    plain = content.readable & ~content.pixel.any(axis=-1)  # decoded, yet the zero descriptor: is_plain
+        pool = pool_of(emb, content, start, pool_stride(source.num_rows))
     return ChunkResult(
         start,
         stop,
@@ -81,8 +93,40 @@ def check_chunk(source, start: int, stop: int, ix: Indexes, lm, d, batch_size: i
         fsim,
         fpos,
         content.readable,
-        plain,
+        content.plain,
         content.warned,
+        *pool,
+    )
+
+
+def pool_stride(n_rows: int) -> int:
+    """Every pool_stride-th source row is in the feature threshold's calibration pool: about
+    ``calibration.POOL`` rows spread evenly over the manifest, whatever the chunks or ranks."""
+    from .threshold import POOL
+
+    return max(1, n_rows // POOL)
+
+
+def empty_pool(content: px.Content) -> tuple[np.ndarray, ...]:
+    return (
+        np.zeros(0, np.int64),
+        np.zeros((0, 0), np.float16),
+        np.zeros(0, content.hashes.dtype),
+        np.zeros((0, px.DIM), np.float16),
+        np.zeros((0, px.CDIM), np.float16),
+    )
+
+
+def pool_of(emb: Embeddings, content: px.Content, start: int, stride: int) -> tuple[np.ndarray, ...]:
+    """The embedded rows of this chunk that are in the calibration pool (see ``pool_stride``)."""
+    keep = np.flatnonzero((emb.rows + start) % stride == 0)
+    local = emb.rows[keep]
+    return (
+        (local + start).astype(np.int64),
+        emb.vecs[keep],
+        content.hashes[local],
+        content.pixel[local],
+        content.content[local],
     )
 
 
@@ -94,10 +138,15 @@ class Duplicates:
     match: np.ndarray  # "exact" | "pixel" | "feature"
 
 
-def pixel_best(index, src: px.Content) -> tuple[np.ndarray, np.ndarray]:
-    """Best similarity to any crop view of any target image; position // VIEWS is the target row."""
-    sims, pos = best_match(index, src.pixel)
-    return sims, pos // px.VIEWS
+def pixel_best(canvas, content, src: px.Content) -> tuple[np.ndarray, np.ndarray]:
+    """(pixel similarity, target row) per source row: the better of the best canvas match over
+    every canvas view of every target image and the best content match (``pixel.combine``)."""
+    csims, cpos = best_match(canvas, src.pixel)
+    tsims, tpos = best_match(content, src.content)
+    zero = ~src.content.any(axis=-1)  # no content descriptor (plain, unreadable): no content match
+    tsims = np.where(zero, -1.0, tsims)
+    mixed = px.combine(csims, tsims)
+    return mixed, np.where(csims >= mixed, cpos // px.VIEWS, tpos // px.CVIEWS)
 
 
 def feature_best(index, src: Embeddings, tgt: Embeddings, n_source: int) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,8 @@ from datl.core.progress import bar
 from datl.manifests import ManifestMeta, open_manifest, write_table
 from datl.manifests.address import AddressColumns
 
-from .checks import DEFAULT_PIXEL_THRESHOLD, DEFAULT_THRESHOLD, Duplicates, Indexes, chunk_duplicates
+from .checks import DEFAULT_PIXEL_THRESHOLD, Duplicates, Indexes, chunk_duplicates
+from .threshold import COLLAPSED_MEDIAN, Threshold
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,12 @@ class DedupConfig:
     )
     weights: str | None = opt(None, help="Local state dict for --model timm:ARCH.")
     out: str = opt(short="-o", help="duplicates.parquet to write (id, target_id, similarity, match, exact).")
-    feature_threshold: float = opt(
-        DEFAULT_THRESHOLD,
+    feature_threshold: float | None = opt(
+        None,
         aliases=("--threshold",),
-        help="Model-feature cosine similarity at or above which a source image is a near copy.",
+        help="Model-feature cosine similarity at or above which a source image is a near copy "
+        "[default: calibrated for the model: the cosine 0.1% of source images' nearest source "
+        "neighbours exceed; the feature check off when the features are collapsed].",
         bounds="(0, 1]",
     )
     pixel_threshold: float = opt(
@@ -155,10 +158,16 @@ def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress:
     from .checks import check_chunk
 
     mine = [(c, lo, hi) for c, (lo, hi) in enumerate(chunks(sm.num_rows, cfg.chunk_size)) if c % d.world == d.rank]
-    for c, lo, hi in bar(mine, desc=f"dedup {sm.path.name}", unit="chunk", enabled=progress and d.main):
-        path, files = chunk_file(folder, c), sm.files_fingerprint(lo, hi)
-        if load_chunk(path, files) is None:
-            save_chunk(path, check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers), files)
+    # counted in images, not chunks: a source of one chunk would otherwise show nothing for minutes
+    total = sum(hi - lo for _, lo, hi in mine)
+    with bar(total=total, desc=f"dedup {sm.path.name}", unit="img", enabled=progress and d.main) as b:
+        for c, lo, hi in mine:
+            path, files = chunk_file(folder, c), sm.files_fingerprint(lo, hi)
+            if load_chunk(path, files) is None:
+                r = check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers, on_part=b.update)
+                save_chunk(path, r, files)
+            else:
+                b.update(hi - lo)
 
 
 def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
@@ -166,14 +175,20 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
     from .cache import chunk_file, load_chunk
     from .calibration import Tally
 
+    def results():
+        for c, _ in enumerate(chunks(sm.num_rows, cfg.chunk_size)):
+            r = load_chunk(chunk_file(folder, c))
+            if r is None:
+                raise RuntimeError(f"chunk {c} of {sm.path} has no result in {folder}: a rank stopped early")
+            yield r
+
+    thr = feature_threshold(cfg, results())  # a first pass: the pool and the feature histogram
+    ft = thr.value if thr.value is not None else np.inf
     parts: list[Duplicates] = []
-    tally = Tally(cfg.pixel_threshold, cfg.feature_threshold)
+    tally = Tally(cfg.pixel_threshold, ft)
     unreadable = plain = warned = 0
-    for c, _ in enumerate(chunks(sm.num_rows, cfg.chunk_size)):
-        r = load_chunk(chunk_file(folder, c))
-        if r is None:
-            raise RuntimeError(f"chunk {c} of {sm.path} has no result in {folder}: a rank stopped early")
-        parts.append(chunk_duplicates(r, cfg.pixel_threshold, cfg.feature_threshold))
+    for r in results():
+        parts.append(chunk_duplicates(r, cfg.pixel_threshold, ft))
         ordinary = ~r.exact
         tally.add(r.psim[ordinary], r.fsim[ordinary])
         unreadable += int((~r.readable).sum())
@@ -191,8 +206,13 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
     dup = Duplicates(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in ("rows", "target_rows", "similarity", "match"))
     )
-    write_duplicates(cfg, sm, tm, dup, ix, unreadable, plain, warned)
-    if warning := collapsed_features(tally, cfg):
+    write_duplicates(cfg, sm, tm, dup, ix, unreadable, plain, warned, thr)
+    if cfg.feature and thr.value is None:
+        logger.warning(
+            f"note: the feature check is {thr.rule}, so it flagged nothing; pass --feature-threshold to run it "
+            "anyway, or use a stronger --model"
+        )
+    elif warning := collapsed_features(tally, cfg, thr):
         logger.warning(warning)
     if cfg.calibrate:
         from .calibration import plant_copies, report
@@ -204,10 +224,40 @@ def merge(cfg: DedupConfig, sm, tm, ix: Indexes, lm, d, folder: Path, progress: 
 
 
 PLAUSIBLE_SHARE = 0.05  # more of the source than this flagged as copies of the target is suspect
-COLLAPSED_MEDIAN = 0.85  # median best feature similarity above this: the model barely tells images apart
 
 
-def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig) -> list[str]:
+def feature_threshold(cfg: DedupConfig, results) -> Threshold:
+    """The feature threshold (threshold.resolve) from one pass over the chunk results: the
+    median best feature similarity and the calibration pool."""
+    from .calibration import EDGES, _bin
+    from .threshold import nearest_neighbours, resolve
+
+    if not cfg.feature:
+        return Threshold(None, "off (--no-feature)")
+    hist = np.zeros(len(EDGES) - 1, np.int64)
+    pool: dict[str, list] = {k: [] for k in ("pool_vecs", "pool_hashes", "pool_pixel", "pool_content")}
+    for r in results:
+        f = r.fsim[~r.exact & (r.fsim > -1)]
+        hist += np.bincount(_bin(f), minlength=len(hist))
+        for k in pool:
+            pool[k].append(getattr(r, k))
+    median = float(EDGES[np.searchsorted(np.cumsum(hist), hist.sum() / 2)]) if hist.sum() else None
+    if cfg.feature_threshold is not None:
+        return resolve(cfg.feature_threshold, median, np.zeros(0))
+    vecs = [v for v in pool["pool_vecs"] if len(v)]
+    if not vecs:
+        return resolve(None, median, np.zeros(0))
+    nn = nearest_neighbours(
+        np.concatenate(vecs),
+        np.concatenate(pool["pool_hashes"]),
+        np.concatenate(pool["pool_pixel"]),
+        np.concatenate(pool["pool_content"]),
+        cfg.pixel_threshold,
+    )
+    return resolve(None, median, nn)
+
+
+def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig, feature: float | None) -> list[str]:
     """Warnings when the checks flag more than PLAUSIBLE_SHARE of the source: one naming each
     check that alone flags more, else one naming the check that flags the most. A source is
     rarely a twentieth copies of one target, and a check whose threshold suits one kind of
@@ -217,7 +267,7 @@ def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig) -
         return []
     fix = {
         "pixel": f"raise --pixel-threshold (now {cfg.pixel_threshold})",
-        "feature": f"raise --feature-threshold (now {cfg.feature_threshold}), use a stronger --model, or --no-feature",
+        "feature": f"raise --feature-threshold (now {feature}), use a stronger --model, or --no-feature",
         "exact": "check that the source does not contain the target itself",
     }
     over = [c for c in counts if counts[c] > PLAUSIBLE_SHARE * n_source] or [max(counts, key=counts.get)]
@@ -229,7 +279,7 @@ def implausible_share(counts: dict[str, int], n_source: int, cfg: DedupConfig) -
     ]
 
 
-def collapsed_features(tally, cfg: DedupConfig) -> str | None:
+def collapsed_features(tally, cfg: DedupConfig, thr: Threshold) -> str | None:
     """A warning when the model's features barely tell images apart: the median source image's
     best feature similarity to the target is over COLLAPSED_MEDIAN (a trained source
     classifier sits well below it; a weak one above, where its feature check flags a large
@@ -246,12 +296,12 @@ def collapsed_features(tally, cfg: DedupConfig) -> str | None:
         f"warning: the model's features barely tell images apart: half the source lies within {median:.2f} "
         f"(cosine) of some target image; its feature check's hits are unreliable: use a stronger --model "
         f"(a trained classifier of the source gave about 0.68), a higher --feature-threshold "
-        f"(now {cfg.feature_threshold}), or --no-feature"
+        f"(now {thr.value}), or --no-feature"
     )
 
 
 def write_duplicates(
-    cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int, plain: int, warned: int
+    cfg: DedupConfig, sm, tm, dup: Duplicates, ix: Indexes, unreadable: int, plain: int, warned: int, thr: Threshold
 ) -> None:
     rows = dup.rows.astype(np.int64)
     sid = pa.concat_tables(sm.iter_take(rows, ["id"]), promote_options="none") if len(rows) else None
@@ -271,7 +321,8 @@ def write_duplicates(
         ManifestMeta(
             stage="dedup",
             params={
-                "threshold": cfg.feature_threshold,
+                "threshold": thr.value,
+                "threshold_rule": thr.rule,
                 "pixel_threshold": cfg.pixel_threshold,
                 "model": cfg.model,
                 "feature": cfg.feature,
@@ -289,10 +340,12 @@ def write_duplicates(
     logger.info(
         f"wrote {cfg.out}: {len(rows):,} of {sm.num_rows:,} source images ({share:.2%}) duplicate a target "
         f"image ({counts['exact']:,} byte-identical, {counts['pixel']:,} pixel >= {cfg.pixel_threshold}, "
-        f"{counts['feature']:,} feature >= {cfg.feature_threshold}); index: pixel {desc['pixel']}; "
-        f"feature {desc['feature']}"
+        f"{counts['feature']:,} feature{f' >= {thr.value}' if thr.value is not None else ' (check off)'}); "
+        f"index: pixel {desc['pixel']}; content {desc['content']}; feature {desc['feature']}"
     )
-    for warning in implausible_share(counts, sm.num_rows, cfg):
+    if cfg.feature:
+        logger.info(f"feature threshold {thr.value}: {thr.rule}")
+    for warning in implausible_share(counts, sm.num_rows, cfg, thr.value):
         logger.warning(warning)
     if plain:
         logger.info(

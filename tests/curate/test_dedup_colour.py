@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from datl.manifests import ManifestMeta
+
 from helpers import apt_install, cli
 from icon_set import PACKAGES, REDRAW, build_icon_set, icon_files, score
 
@@ -93,7 +95,9 @@ def test_recoloured_copies_land_on_the_hue_views(icons):
     grey = Image.open(f).convert("LA")  # a grey image has no hue to turn: blank hue views, zero descriptors
     buf = io.BytesIO()
     grey.save(buf, "PNG")
-    assert not pixel.descriptors(np.stack([pixel.thumbnail(v) for v in pixel.hue_views(buf.getvalue())])).any()
+    assert not pixel.descriptors(
+        np.stack([pixel.thumbnail(v) for v in pixel.hue_views(decode_bytes(buf.getvalue(), "RGB"))])
+    ).any()
 
 
 @pytest.mark.slow
@@ -160,8 +164,19 @@ def test_every_stage_reads_transparent_colour_icons(icons, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "could not be read" not in res.stderr
-    # a 2-step model's features put every icon near every other: said, naming the fixes
-    assert "the model's features barely tell images apart" in res.stderr and "--no-feature" in res.stderr
+    # a 2-step model's features put every icon near every other: the feature check is off by
+    # default (it flagged a quarter of a clip-art source at 0.96), said in one line
+    assert "the feature check is off: the model's features are collapsed" in res.stderr, res.stderr
+    assert "feature" not in pq.read_table(dups).column("match").to_pylist()
+    params = ManifestMeta.from_schema(pq.read_schema(dups), dups).params
+    assert params["threshold"] is None and params["threshold_rule"].startswith("off: the model's features")
+    forced = cli(
+        "curate", "dedup", "--source", str(icons.source), "--target", str(icons.target), "--model", str(run),
+        "--out", str(tmp_path / "forced.parquet"), "--cache", str(tmp_path / "cache"), "--workers", "0", "-q",
+        "--feature-threshold", "0.96",
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr  # an explicit threshold wins; the warning names the fixes
+    assert "the model's features barely tell images apart" in forced.stderr and "--no-feature" in forced.stderr
     weights = tmp_path / "weights.parquet"
     assert (
         cli("curate", "weight", "--source", str(icons.source), "--prior", str(prior), "--out", str(weights)).returncode
