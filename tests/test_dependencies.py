@@ -16,7 +16,7 @@ import tomllib
 from sources import FOLDERS, ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-OURS = {"datl", "helpers", "pipelines", "icon_set", "sources", "probe"}  # our own modules (tests/_lib too)
+OURS = {"datl", "probe"} | {p.stem for p in (ROOT / "tests" / "_lib").glob("*.py")}  # our own modules (tests/_lib too)
 
 
 def _name(requirement: str) -> str:
