@@ -129,7 +129,7 @@ THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98)
 EDGES = np.linspace(-1.0, 1.0, 2001)  # 0.001-wide bins of cosine similarity
 
 
-def _bin(x: np.ndarray) -> np.ndarray:
+def bin_index(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((np.asarray(x, np.float64) + 1.0) * 1000.0), 0, 1999).astype(np.int64)
 
 
@@ -145,8 +145,8 @@ class Tally:
         self.n = 0
 
     def add(self, psim: np.ndarray, fsim: np.ndarray) -> None:
-        self.pixel += np.bincount(_bin(psim), minlength=2000)
-        self.feature += np.bincount(_bin(fsim), minlength=2000)
+        self.pixel += np.bincount(bin_index(psim), minlength=2000)
+        self.feature += np.bincount(bin_index(fsim), minlength=2000)
         self.either += int(((psim >= self.pixel_threshold) | (fsim >= self.threshold)).sum())
         self.n += len(psim)
 

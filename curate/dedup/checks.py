@@ -51,13 +51,13 @@ class Indexes:
 
         reduce = {"pixel": PIXEL_REDUCE, "content": PIXEL_REDUCE, "feature": None}
         built = {"pixel": views, "content": content_views, "feature": (lambda: target.emb.vecs) if target.emb else None}
-        for name, vectors in built.items():
-            if vectors is not None and d.main:
-                cached_index(file(name), vectors, kind, build=True, reduce=reduce[name])
+        ix = {}
+        if d.main:  # rank 0 builds what is missing, then every other rank reads it
+            ix = {n: cached_index(file(n), v, kind, build=True, reduce=reduce[n]) for n, v in built.items() if v}
         dist.barrier(d)
-        self.pixel = cached_index(file("pixel"), views, kind, build=False)
-        self.content = cached_index(file("content"), content_views, kind, build=False)
-        self.feature = cached_index(file("feature"), None, kind, build=False) if target.emb is not None else None
+        if not d.main:
+            ix = {n: cached_index(file(n), None, kind, build=False) for n, v in built.items() if v}
+        self.pixel, self.content, self.feature = ix["pixel"], ix["content"], ix.get("feature")
         self.description = {
             "pixel": describe(self.pixel),
             "content": describe(self.content),

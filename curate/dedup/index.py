@@ -100,12 +100,15 @@ def describe(index) -> str:
 
 def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None = None):
     """The index over ``vectors()`` from ``path``; built and written first when ``build`` (rank 0)
-    and the file is missing. The others call it after a barrier, with ``build`` False."""
+    and the file is missing or unreadable. The others call it after a barrier, with ``build``
+    False. Each file is read at most once per call (reading the target's pixel index took
+    seconds of every run's fixed cost)."""
     import faiss
 
     from datl.core.files import atomic_output
 
-    if build and (not path.exists() or _read(path) is None):  # none yet, or unreadable: (re)build
+    index = _read(path) if path.exists() else None
+    if build and index is None:  # none yet, or unreadable: (re)build
         index, _ = build_index(vectors(), kind, reduce)
         with atomic_output(path) as tmp:
             try:
@@ -114,7 +117,6 @@ def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None
                 raise OSError(
                     errno.EIO, f"FAISS could not write the index ({str(e).split('(')[-1].rstrip(')')})", str(path)
                 ) from None
-    index = _read(path)
     if index is None:
         raise UserError(path, "is not a readable FAISS index", "delete it and rerun")
     if not isinstance(index, faiss.IndexFlat):
@@ -136,7 +138,7 @@ def best_match(index, queries: np.ndarray, chunk: int = 65_536) -> tuple[np.ndar
     sims, pos = [], []
     for i in range(0, len(queries), chunk):
         s, p = index.search(np.ascontiguousarray(queries[i : i + chunk], dtype=np.float32), 1)
-        sims.append(s[:, 0])
+        sims.append(np.where(p[:, 0] < 0, -1.0, s[:, 0]).astype(np.float32))  # -1: no candidate at all
         pos.append(p[:, 0])
     if not sims:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)

@@ -103,7 +103,7 @@ WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 PARAMS = (
     f"side{SIDE}-crops{CROP_FRACTIONS}-offsets{CROP_OFFSETS}-rot{ROTATIONS}-black1"
     f"-plain{PLAIN_SHARE},{PLAIN_TOLERANCE},{PLAIN_STD}-hue{HUE_TURNS}"
-    f"-content{FORMS},{TRIM_TOLERANCE},{FRAME_SHARE},{SMOOTH},{DETAIL}"
+    f"-content{FORMS},{TRIM_TOLERANCE},{FRAME_SHARE},{SMOOTH},{DETAIL},edgepad"
 )  # part of the cache key (the strictness is not: it applies when the checks are combined)
 
 
@@ -172,62 +172,96 @@ def content_descriptors(thumbs: np.ndarray) -> np.ndarray:
     return np.where((plain | flat)[..., None], 0.0, out).astype(np.float32)
 
 
+def _blur_matrix() -> np.ndarray:
+    """(256, 256): SMOOTH binomial blurs [1, 2, 1] / 4 along each axis of a 16x16 thumbnail,
+    edges repeated, as one linear map of the flattened thumbnail."""
+    k = np.zeros((SIDE, SIDE))
+    for i in range(SIDE):
+        for j, w in ((i - 1, 0.25), (i, 0.5), (i + 1, 0.25)):
+            k[i, min(max(j, 0), SIDE - 1)] += w
+    k = np.linalg.matrix_power(k, SMOOTH)
+    return np.kron(k, k).T.astype(np.float32)
+
+
+BLUR = _blur_matrix()
+
+
 def smooth(v: np.ndarray) -> np.ndarray:
     """Thumbnails (..., 256) blurred SMOOTH times by the binomial kernel [1, 2, 1] / 4 along each
-    axis, edges repeated."""
-    g = v.reshape(*v.shape[:-1], SIDE, SIDE)
-    for _ in range(SMOOTH):
-        for axis in (-1, -2):
-            n = g.shape[axis]
-            p = np.concatenate([np.take(g, [0], axis), g, np.take(g, [n - 1], axis)], axis=axis)
-            g = (
-                np.take(p, range(n), axis) + 2 * np.take(p, range(1, n + 1), axis) + np.take(p, range(2, n + 2), axis)
-            ) / 4
-    return g.reshape(v.shape)
+    axis, edges repeated (one matrix product: a loop of shifted slices cost more than the
+    decode)."""
+    return np.asarray(v, np.float32) @ BLUR
 
 
-def forms(content, frame: int) -> np.ndarray:
+def forms(content, frame: int, squashed: np.ndarray | None = None) -> np.ndarray:
     """The two thumbnails of a (grey) content image, uint8 (FORMS, 256): squashed to 16x16, and
-    with its aspect ratio kept, centred on a square of its ``frame`` colour."""
+    with its aspect ratio kept, centred on a square of its ``frame`` colour. ``squashed``: the
+    first, when the caller already has it (the canvas thumbnail of an untrimmed image). A square
+    image's two forms are the same thumbnail, made once."""
     from PIL import Image
 
+    first = thumbnail(content) if squashed is None else squashed
     w, h = content.size
+    if w == h:
+        return np.stack([first, first])
     side = max(w, h)
     square = Image.new("L", (side, side), frame)
     square.paste(content, ((side - w) // 2, (side - h) // 2))
-    return np.stack([thumbnail(content), thumbnail(square)])
+    return np.stack([first, thumbnail(square)])
+
+
+def _median(counts: np.ndarray) -> int:
+    """int(np.median(v)) from the histogram of a uint8 vector v (np.median's overhead was a
+    tenth of the source side's time on small images)."""
+    cs = np.cumsum(counts)
+    n = int(cs[-1])
+    return int((int((cs <= (n - 1) // 2).sum()) + int((cs <= n // 2).sum())) / 2)
+
+
+def edge_median(a: np.ndarray) -> tuple[int, bool]:
+    """(the median grey level of an image's outermost pixels, whether it is a frame: at least
+    FRAME_SHARE of those pixels lie within TRIM_TOLERANCE of it; not for an image that runs to
+    its edges, a photo)."""
+    edge = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+    counts = np.bincount(edge, minlength=256)
+    med = _median(counts)
+    near = counts[max(0, med - TRIM_TOLERANCE) : med + TRIM_TOLERANCE + 1].sum()
+    return med, bool(near >= FRAME_SHARE * len(edge))
 
 
 def frame_colour(a: np.ndarray) -> int | None:
-    """The grey level of an image's frame (the median of its outermost pixels) when at least
-    FRAME_SHARE of those pixels lie within TRIM_TOLERANCE of it; None for an image that runs
-    to its edges (a photo)."""
-    edge = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]]).astype(np.int16)
-    med = int(np.median(edge))
-    return med if (np.abs(edge - med) <= TRIM_TOLERANCE).mean() >= FRAME_SHARE else None
+    """The grey level of an image's frame (``edge_median``); None for an image without one."""
+    med, framed = edge_median(a)
+    return med if framed else None
 
 
 def content_box(grey, frame: int | None = None) -> tuple[tuple[int, int, int, int], int]:
     """(box, frame colour) of a grey image's content (rule 1 of the module docstring).
     ``frame``: the background a transparent image was flattened on; None: the image's own
-    (``frame_colour``), and the whole image for one without a frame. The whole image, too,
-    when nothing is content (a blank image: the plain rule then sees it)."""
-    a = np.asarray(grey)
+    (``frame_colour``), and the whole image for one without a frame (its colour then the median
+    of its outermost pixels, which pads its aspect-kept form). The whole image, too, when
+    nothing is content (a blank image: the plain rule then sees it)."""
+    a = np.frombuffer(grey.tobytes(), np.uint8).reshape(grey.size[1], grey.size[0])
     whole = (0, 0, a.shape[1], a.shape[0])
     if frame is None:
-        frame = frame_colour(a)
-        if frame is None:
-            return whole, int(np.median(np.concatenate([a[0], a[-1]])))
-    mask = np.abs(a.astype(np.int16) - frame) > TRIM_TOLERANCE
+        frame, framed = edge_median(a)
+        if not framed:
+            return whole, frame
+    content = np.ones(256, bool)
+    content[max(0, frame - TRIM_TOLERANCE) : frame + TRIM_TOLERANCE + 1] = False
+    mask = content[a]
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if not len(rows):
         return whole, frame
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1), frame
 
 
-def trimmed(grey, frame: int | None = None) -> np.ndarray:
-    """The thumbnail pair (``forms``) of a grey image's content (``content_box``)."""
+def trimmed(grey, frame: int | None = None, whole: np.ndarray | None = None) -> np.ndarray:
+    """The thumbnail pair (``forms``) of a grey image's content (``content_box``). ``whole``:
+    the image's own thumbnail, reused when nothing is trimmed."""
     box, colour = content_box(grey, frame)
+    if box == (0, 0, *grey.size):
+        return forms(grey, colour, whole)
     return forms(grey.crop(box), colour)
 
 
@@ -317,7 +351,9 @@ def _one(where: Address, views: bool) -> tuple[bytes, np.ndarray, np.ndarray, bo
     except DECODE_ERRORS:
         return digest, np.zeros(shape, np.uint8), np.zeros(cshape, np.uint8), False, False
     if not views:
-        return digest, thumbnail(grey.canvas), trimmed(grey.detail, grey.frame), True, bool(notes)
+        canvas = thumbnail(grey.canvas)
+        same = canvas if grey.detail is grey.canvas else None
+        return digest, canvas, trimmed(grey.detail, grey.frame, same), True, bool(notes)
     # a transparent target image is also indexed flattened on black: a copy saved without its
     # alpha channel (JPEG, a screenshot) usually sits on black or white; a colour one also
     # with its hues turned: a recoloured copy's grey differs from the original's

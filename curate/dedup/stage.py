@@ -229,7 +229,7 @@ PLAUSIBLE_SHARE = 0.05  # more of the source than this flagged as copies of the 
 def feature_threshold(cfg: DedupConfig, results) -> Threshold:
     """The feature threshold (threshold.resolve) from one pass over the chunk results: the
     median best feature similarity and the calibration pool."""
-    from .calibration import EDGES, _bin
+    from .calibration import EDGES, bin_index
     from .threshold import nearest_neighbours, resolve
 
     if not cfg.feature:
@@ -238,7 +238,7 @@ def feature_threshold(cfg: DedupConfig, results) -> Threshold:
     pool: dict[str, list] = {k: [] for k in ("pool_vecs", "pool_hashes", "pool_pixel", "pool_content")}
     for r in results:
         f = r.fsim[~r.exact & (r.fsim > -1)]
-        hist += np.bincount(_bin(f), minlength=len(hist))
+        hist += np.bincount(bin_index(f), minlength=len(hist))
         for k in pool:
             pool[k].append(getattr(r, k))
     median = float(EDGES[np.searchsorted(np.cumsum(hist), hist.sum() / 2)]) if hist.sum() else None
@@ -344,7 +344,8 @@ def write_duplicates(
         f"index: pixel {desc['pixel']}; content {desc['content']}; feature {desc['feature']}"
     )
     if cfg.feature:
-        logger.info(f"feature threshold {thr.value}: {thr.rule}")
+        value = f"{thr.value:.4f}" if thr.value is not None else "off"
+        logger.info(f"feature threshold {value}: {thr.rule}")
     for warning in implausible_share(counts, sm.num_rows, cfg, thr.value):
         logger.warning(warning)
     if plain:

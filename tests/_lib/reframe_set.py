@@ -142,7 +142,8 @@ def plant(img, edit: str, rng: np.random.Generator):
 
 
 def _files(globs) -> list[str]:
-    return sorted(f for g in globs for f in glob.glob(str(ICONS / g)))
+    """The theme's files, without its dangling links (Moka's 256 px set has two)."""
+    return sorted(f for g in globs for f in glob.glob(str(ICONS / g)) if Path(f).exists())
 
 
 def _distinct(files: list[str]) -> list[str]:

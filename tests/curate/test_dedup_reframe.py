@@ -163,6 +163,39 @@ def test_content_box_rules():
     assert a @ b > 0.98
 
 
+def test_fast_paths_give_what_the_rule_says():
+    """The shortcuts taken for speed: the blur as one matrix against the blur done pixel by
+    pixel, the median from a histogram against np.median, the frame test at its edges, a square
+    image's two forms being one thumbnail, and an untrimmed image reusing its thumbnail."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 256, (3, 256)).astype(np.float32)
+    ref = v.reshape(3, px.SIDE, px.SIDE).copy()
+    for _ in range(px.SMOOTH):
+        for axis in (1, 2):
+            p = np.concatenate([np.take(ref, [0], axis), ref, np.take(ref, [px.SIDE - 1], axis)], axis=axis)
+            n = px.SIDE
+            ref = (
+                np.take(p, range(n), axis) + 2 * np.take(p, range(1, n + 1), axis) + np.take(p, range(2, n + 2), axis)
+            ) / 4
+    np.testing.assert_allclose(px.smooth(v), ref.reshape(3, 256), rtol=0, atol=1e-4)
+    for _ in range(200):
+        x = rng.integers(0, 256, int(rng.integers(1, 120))).astype(np.uint8)
+        assert px._median(np.bincount(x, minlength=256)) == int(np.median(x))
+    a = np.full((20, 30), 200, np.uint8)
+    a[0, :3] = 0  # 3 of 96 edge pixels differ: still a frame
+    assert px.frame_colour(a) == 200
+    a[0, :12] = 0  # 12 of 96 (over 10%): no frame
+    assert px.frame_colour(a) is None
+    sq = Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8), "L")
+    f = px.forms(sq, 0)
+    assert (f[0] == f[1]).all() and (f[0] == px.thumbnail(sq)).all()
+    wide = Image.fromarray(rng.integers(0, 256, (20, 40), dtype=np.uint8), "L")
+    assert not (px.forms(wide, 0)[0] == px.forms(wide, 0)[1]).all()
+    assert (px.trimmed(wide, None, px.thumbnail(wide)) == px.trimmed(wide)).all()
+
+
 def test_calibrated_threshold_sets_copies_aside_and_takes_the_tail():
     rng = np.random.default_rng(0)
     n = 2000
