@@ -6,7 +6,7 @@ target image it matched (``match`` says which check):
 - ``exact``: sha256 of every file's bytes; a source file byte-identical to a target file
   is a duplicate (similarity 1.0) whatever the thresholds or the model.
 - ``pixel``: the model-free thumbnail descriptors of ``pixel.py``, of the canvas (107 views
-  per target image) and of the content trimmed from it (7 views); the better of the two
+  per target image) and of the content trimmed from it (8 views); the better of the two
   (``pixel.combine``: a content match is held to a stricter cosine) >= ``--pixel-threshold``.
   Catches edited copies (crop, blur, JPEG, resize, colour, recolour, small rotation, a drawing
   padded onto a larger canvas or cut tight to itself, blown up or shrunk) without being fooled

@@ -35,7 +35,8 @@ a 6x blow-up of it, match. The rule, for the source and for every content view o
    image with transparency (white, as it is flattened; black for its view flattened on black),
    so a transparent image and a copy saved without its alpha channel trim alike; for an opaque
    image it is the median of its outermost pixels when at least FRAME_SHARE of them lie within
-   TRIM_TOLERANCE of it, and an image without such a frame (a photo) is not trimmed.
+   TRIM_TOLERANCE of it, and an image without such a frame (a photo) is not trimmed (that
+   median is still its frame colour, which pads its aspect-kept form).
 2. Describe the content in two forms, squashed to 16x16 and with its aspect ratio kept (centred
    on a square of the frame colour), each blurred SMOOTH times by the binomial kernel (a small
    image blown up and a large one shrunk come out alike), mean-free and L2-normalised; the two
@@ -51,9 +52,9 @@ canvas descriptor uses to tell images apart, so the content family needs a stric
 its cosine c counts as the pixel similarity 1 - CONTENT_STRICTNESS * (1 - c), so at the
 default pixel threshold of 0.96 a content match needs c >= 0.98 (SMOOTH and the strictness were chosen
 on the design pair of tests/_lib/reframe_set.py and the digit demo: docs/results.md). The target's content views
-are the whole image, its two rotations, its view on black and its three hue views (``CVIEWS`` =
-7); crops are left to the canvas family. This departs from nothing in the paper, which
-deduplicates with model features only.
+are the whole image trimmed by colour and trimmed by its alpha channel, its two rotations, its
+view on black and its three hue views (``CVIEWS`` = 8); crops are left to the canvas family.
+Not in the paper, which deduplicates with model features only.
 
 Unreadable images get hash ``b""`` (no file) or zero descriptors (not decodable), which
 match nothing.
