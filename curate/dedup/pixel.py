@@ -230,16 +230,10 @@ def edge_median(a: np.ndarray) -> tuple[int, bool]:
     return med, bool(near >= FRAME_SHARE * len(edge))
 
 
-def frame_colour(a: np.ndarray) -> int | None:
-    """The grey level of an image's frame (``edge_median``); None for an image without one."""
-    med, framed = edge_median(a)
-    return med if framed else None
-
-
 def content_box(grey, frame: int | None = None) -> tuple[tuple[int, int, int, int], int]:
     """(box, frame colour) of a grey image's content (rule 1 of the module docstring).
     ``frame``: the background a transparent image was flattened on; None: the image's own
-    (``frame_colour``), and the whole image for one without a frame (its colour then the median
+    (``edge_median``), and the whole image for one without a frame (its colour then the median
     of its outermost pixels, which pads its aspect-kept form). The whole image, too, when
     nothing is content (a blank image: the plain rule then sees it)."""
     a = np.frombuffer(grey.tobytes(), np.uint8).reshape(grey.size[1], grey.size[0])

@@ -185,9 +185,9 @@ def test_fast_paths_give_what_the_rule_says():
         assert px._median(np.bincount(x, minlength=256)) == int(np.median(x))
     a = np.full((20, 30), 200, np.uint8)
     a[0, :3] = 0  # 3 of 96 edge pixels differ: still a frame
-    assert px.frame_colour(a) == 200
+    assert px.edge_median(a) == (200, True)
     a[0, :12] = 0  # 12 of 96 (over 10%): no frame
-    assert px.frame_colour(a) is None
+    assert px.edge_median(a)[1] is False
     sq = Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8), "L")
     f = px.forms(sq, 0)
     assert (f[0] == f[1]).all() and (f[0] == px.thumbnail(sq)).all()
