@@ -68,7 +68,10 @@ class AddressColumns:
         def ints(name: str) -> np.ndarray:
             if name not in table.column_names:
                 return np.full(n, -1, np.int64)
-            return table.column(name).combine_chunks().fill_null(-1).to_numpy().astype(np.int64)
+            col = table.column(name).combine_chunks()
+            if col.null_count == 0:  # Arrow's compute kernels cost 0.25 s on first use in each worker
+                return col.to_numpy().astype(np.int64)
+            return col.fill_null(-1).to_numpy().astype(np.int64)
 
         self.offset, self.size, self.row = ints("offset"), ints("size"), ints("row")
         self.column = table.column("image_column").combine_chunks() if "image_column" in table.column_names else None
@@ -83,6 +86,20 @@ class AddressColumns:
         p = p if os.path.isabs(p) else os.path.join(self.folder, p)
         col = self.column[i].as_py() if self.column is not None and self.row[i] >= 0 else None
         return Address(p, int(self.offset[i]), int(self.size[i]), int(self.row[i]), col)
+
+    def addresses(self) -> list[Address]:
+        """``address(i)`` of every row, at a fraction of the cost per row: for a part of a few
+        thousand rows (it makes Python objects per row, which a whole manifest must not)."""
+        paths = self.paths.to_pylist()
+        cols = self.column.to_pylist() if self.column is not None else [None] * len(paths)
+        folder, out = self.folder, []
+        for p, off, size, row, col in zip(paths, self.offset.tolist(), self.size.tolist(), self.row.tolist(), cols):
+            if p is None:
+                out.append(Address(""))
+                continue
+            p = p if os.path.isabs(p) else os.path.join(folder, p)
+            out.append(Address(p, off, size, row, col if row >= 0 else None))
+        return out
 
 
 def regular_file(path: str) -> os.stat_result:

@@ -193,9 +193,9 @@ def claim_cache(folder: Path) -> None:
 
 def chunk_folder(cache_dir: Path, source: Manifest, target_file: Path, index: str, chunk_size: int) -> Path:
     """Keyed by everything a chunk's result depends on (the target key holds the model's)."""
-    from .index import INDEX_FORMAT
+    from .index import SEARCH_FORMAT
 
-    key = _key(file_sha256(source.path), target_file.name, index, INDEX_FORMAT, chunk_size)
+    key = _key(file_sha256(source.path), target_file.name, index, SEARCH_FORMAT, chunk_size)
     return cache_dir / f"{source.path.stem}.chunks.{key}"
 
 

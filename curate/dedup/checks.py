@@ -25,7 +25,7 @@ import numpy as np
 
 from . import pixel as px
 from .cache import ChunkResult, Embeddings, TargetSide
-from .index import INDEX_FORMAT, PIXEL_REDUCE, best_match, cached_index, describe
+from .index import CONTENT_REFINE_K, INDEX_FORMAT, PIXEL_REDUCE, REFINE_K, best_match, cached_index, describe
 
 DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
 
@@ -50,13 +50,14 @@ class Indexes:
             return stem.with_name(f"{stem.name}.{name}-{kind}-{INDEX_FORMAT}.faiss")
 
         reduce = {"pixel": PIXEL_REDUCE, "content": PIXEL_REDUCE, "feature": None}
+        refine = {"pixel": REFINE_K, "content": CONTENT_REFINE_K, "feature": REFINE_K}
         built = {"pixel": views, "content": content_views, "feature": (lambda: target.emb.vecs) if target.emb else None}
         ix = {}
         if d.main:  # rank 0 builds what is missing, then every other rank reads it
-            ix = {n: cached_index(file(n), v, kind, build=True, reduce=reduce[n]) for n, v in built.items() if v}
+            ix = {n: cached_index(file(n), v, kind, True, reduce[n], refine[n]) for n, v in built.items() if v}
         dist.barrier(d)
         if not d.main:
-            ix = {n: cached_index(file(n), None, kind, build=False) for n, v in built.items() if v}
+            ix = {n: cached_index(file(n), None, kind, False, refine=refine[n]) for n, v in built.items() if v}
         self.pixel, self.content, self.feature = ix["pixel"], ix["content"], ix.get("feature")
         self.description = {
             "pixel": describe(self.pixel),

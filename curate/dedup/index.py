@@ -15,7 +15,10 @@ above.
 projection of the vectors to that many dimensions and returns ``REFINE_K`` = 64 candidates,
 which are re-ranked by their exact inner product on the full vectors (faiss
 ``PCA64,IVF...,Flat,RFlat``). 64 candidates, not 8: every target image is indexed under
-many views, so the 8 best candidates were often 8 views of one wrong image. What nprobe,
+many views, so the 8 best candidates were often 8 views of one wrong image. The content index
+(8 views per target image) re-ranks ``CONTENT_REFINE_K`` = 16: on the design pair, the digit
+demo and bench/scale.py it found the same best matches as 64 at about half the search's cost
+(bench/RESULTS.md). What nprobe,
 the projection, the re-rank depth and ``TRAIN_PER_LIST`` cost and buy is measured in
 bench/RESULTS.md (dedup.py, scale.py, colour_dedup.py).
 """
@@ -37,8 +40,10 @@ AUTO_FLAT_MAX = 50_000
 TRAIN_PER_LIST = 256
 PIXEL_REDUCE = 64
 REFINE_K = 64
+CONTENT_REFINE_K = 16  # the content index: 8 views per target image, not 107
 # In the cache's file names and chunk keys: an index built another way is never reused.
 INDEX_FORMAT = f"v2-pca{PIXEL_REDUCE}-refine{REFINE_K}"
+SEARCH_FORMAT = f"{INDEX_FORMAT}-content{CONTENT_REFINE_K}"  # in chunk keys: searched another way
 
 
 def ivf_params(n: int) -> tuple[int, int]:
@@ -75,13 +80,13 @@ def build_index(target: np.ndarray, kind: str = "auto", reduce: int | None = Non
     return index, describe(index)
 
 
-def _set_search(index) -> None:
+def _set_search(index, refine: int = REFINE_K) -> None:
     """nprobe and the re-rank depth: set after building and after reading (not all are stored)."""
     import faiss
 
     faiss.extract_index_ivf(index).nprobe = ivf_params(index.ntotal)[1]
     if isinstance(index, faiss.IndexRefine):
-        index.k_factor = REFINE_K
+        index.k_factor = refine
 
 
 def describe(index) -> str:
@@ -98,7 +103,7 @@ def describe(index) -> str:
     return f"ivf, nlist {ivf.nlist}, nprobe {ivf.nprobe}{reduced}, {index.ntotal:,} target vectors"
 
 
-def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None = None):
+def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None = None, refine: int = REFINE_K):
     """The index over ``vectors()`` from ``path``; built and written first when ``build`` (rank 0)
     and the file is missing or unreadable. The others call it after a barrier, with ``build``
     False. Each file is read at most once per call (reading the target's pixel index took
@@ -120,7 +125,7 @@ def cached_index(path: Path, vectors, kind: str, build: bool, reduce: int | None
     if index is None:
         raise UserError(path, "is not a readable FAISS index", "delete it and rerun")
     if not isinstance(index, faiss.IndexFlat):
-        _set_search(index)
+        _set_search(index, refine)
     return index
 
 

@@ -10,7 +10,9 @@ is not thread-safe, so threads would mix up whose warning is whose).
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 
@@ -37,6 +39,14 @@ def fork_map(
         return
     window = window or 4 * workers
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        for w in range(0, len(parts), window):
-            chunk = parts[w : w + window]
-            yield from zip(chunk, pool.map(fn, *zip(*chunk)))
+        # a sliding window: a new part is submitted as each result is taken, so no worker waits
+        # for the slowest part of a batch (batches of `window` parts left cores idle at their ends)
+        todo = iter(parts)
+        flight = deque((part, pool.submit(fn, *part)) for part in islice(todo, window))
+        while flight:
+            part, future = flight.popleft()
+            result = future.result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                flight.append((nxt, pool.submit(fn, *nxt)))
+            yield part, result

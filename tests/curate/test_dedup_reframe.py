@@ -164,8 +164,9 @@ def test_content_box_rules():
 
 
 def test_fast_paths_give_what_the_rule_says():
-    """The shortcuts taken for speed: the blur as one matrix against the blur done pixel by
-    pixel, the median from a histogram against np.median, the frame test at its edges, a square
+    """The shortcuts taken for speed: the blur as two 16x16 products against the blur done pixel by
+    pixel, the frame test's median against np.median, the thumbnail against PIL's resize, the
+    descriptors and the plain test against their formulas, the frame test at its edges, a square
     image's two forms being one thumbnail, and an untrimmed image reusing its thumbnail."""
     from PIL import Image
 
@@ -180,9 +181,29 @@ def test_fast_paths_give_what_the_rule_says():
                 np.take(p, range(n), axis) + 2 * np.take(p, range(1, n + 1), axis) + np.take(p, range(2, n + 2), axis)
             ) / 4
     np.testing.assert_allclose(px.smooth(v), ref.reshape(3, 256), rtol=0, atol=1e-4)
-    for _ in range(200):
-        x = rng.integers(0, 256, int(rng.integers(1, 120))).astype(np.uint8)
-        assert px._median(np.bincount(x, minlength=256)) == int(np.median(x))
+    for _ in range(200):  # the frame test against np.median and the share it states
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        a = rng.integers(0, 256, (h, w)).astype(np.uint8)
+        a[rng.random((h, w)) < rng.random()] = int(rng.integers(0, 256))  # a frame, sometimes
+        edge = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]]).astype(int)
+        med = int(np.median(edge))
+        assert px.edge_median(a) == (med, bool((np.abs(edge - med) <= px.TRIM_TOLERANCE).mean() >= px.FRAME_SHARE))
+    for h, w in ((1, 1), (3, 700), (32, 32), (375, 500), (40, 17)):  # the thumbnail against PIL's resize
+        img = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        pil = np.asarray(img.resize((px.SIDE, px.SIDE), Image.BILINEAR), np.float32).ravel()
+        assert np.abs(px.thumbnail(img) - pil).max() <= 1.0
+    for _ in range(50):  # the descriptors' shortcuts against the rule
+        t = rng.integers(0, 256, (4, 2, 256)).astype(np.float32)
+        t[0] = 90.0  # flat
+        t[1, :, rng.random(256) < 0.95] = 30.0  # plain
+        c = px.content_descriptors(t)
+        assert not c[:2].any() and np.allclose(np.linalg.norm(c[2:], axis=-1), 1.0, atol=1e-5)
+        s = px.smooth(t[2:]) - px.smooth(t[2:]).mean(axis=-1, keepdims=True)
+        ref = (s / np.linalg.norm(s, axis=-1, keepdims=True)).reshape(2, -1) / np.sqrt(2)
+        np.testing.assert_allclose(c[2:], ref, atol=1e-6)
+        edge = np.concatenate([t[..., :16], t[..., -16:], t[..., 16:-16:16], t[..., 31:-16:16]], axis=-1)
+        share = (np.abs(t - np.median(edge, axis=-1, keepdims=True)) <= px.PLAIN_TOLERANCE).mean(axis=-1)
+        assert (px.is_plain(t) == ((share > px.PLAIN_SHARE) | (t.std(axis=-1) < px.PLAIN_STD))).all()
     a = np.full((20, 30), 200, np.uint8)
     a[0, :3] = 0  # 3 of 96 edge pixels differ: still a frame
     assert px.edge_median(a) == (200, True)

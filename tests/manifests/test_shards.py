@@ -203,3 +203,25 @@ def test_demo_data_shards_cli(tmp_path):
     assert shards.num_rows == loose.num_rows and shards.classes == loose.classes
     assert (tmp_path / "d" / "shards" / "classes.txt").read_text().splitlines() == loose.classes
     assert cli("datl", "manifest", "validate", str(shards.path), "-q").returncode == 0
+
+
+def test_a_parts_addresses_at_once_equal_them_row_by_row():
+    """AddressColumns.addresses() (dedup's fast path) against address(i): loose files, tar
+    members, Parquet rows, relative and absolute paths, nulls and a missing path."""
+    from datl.manifests.address import AddressColumns
+
+    table = pa.table(
+        {
+            "path": ["a.png", "/abs/s.tar", "/abs/x.parquet", None, "b/c.jpg"],
+            "offset": pa.array([None, 512, None, None, None], pa.int64()),
+            "size": pa.array([None, 100, None, None, None], pa.int64()),
+            "row": pa.array([None, None, 7, None, None], pa.int64()),
+            "image_column": ["", "", "image", "", "image"],
+        }
+    )
+    where = AddressColumns(table, "/data")
+    assert where.addresses() == [where.address(i) for i in range(len(where))]
+    assert where.addresses()[2] == Address("/abs/x.parquet", -1, -1, 7, "image")
+    assert where.addresses()[4] == Address("/data/b/c.jpg")
+    plain = AddressColumns(pa.table({"path": ["a.png", "b.png"]}), "/d")  # no addressing columns
+    assert plain.addresses() == [Address("/d/a.png"), Address("/d/b.png")]
