@@ -16,7 +16,8 @@ import tomllib
 from sources import FOLDERS, ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-OURS = {"datl", "probe"} | {p.stem for p in (ROOT / "tests" / "_lib").glob("*.py")}  # our own modules (tests/_lib too)
+# our own modules: the package, tests/_lib and the benchmarks (one bench script may reuse another's helpers)
+OURS = {"datl", "probe"} | {p.stem for folder in ("tests/_lib", "bench") for p in (ROOT / folder).glob("*.py")}
 
 
 def _name(requirement: str) -> str:
