@@ -30,7 +30,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from datl.curate.dedup.pixel import VIEWS  # noqa: E402
+from datl.curate.features.pixel import VIEWS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SIDE = 32

@@ -12,6 +12,7 @@ from datl.core.options import options_from
 
 from .dedup.stage import DedupConfig
 from .estimate.stage import EstimateConfig
+from .features.stage import FeaturesConfig
 from .sample import SampleConfig
 from .weight import WeightConfig
 
@@ -23,6 +24,7 @@ def cli() -> None:
     \b
     curate estimate  P_t(y) over the source classes, from a classifier run on the unlabeled target
     curate weight    w(y) = P_t(y) / P_s(y) per source class, with a plot
+    curate features  the source described once (hashes, pixel descriptors, embeddings) for many targets
     curate dedup     source images that are near-duplicates of target images
     curate sample    the pretraining set, drawn by weight
     """
@@ -61,6 +63,22 @@ def sample(**kw) -> None:
     from .sample import run
 
     run(SampleConfig(**kw))
+
+
+@cli.command()
+@options_from(FeaturesConfig)
+def features(**kw) -> None:
+    """Describe the source once into a feature store: per image its content hash, pixel
+    descriptors and, with --model, its embedding and logits.
+
+    \b
+    `curate dedup --source-features DIR` then reads the store instead of the source images,
+    for as many targets as you like. Streaming, resumable (one Parquet part per chunk,
+    written atomically), rank-sharded under torchrun; --part K/N splits it over a job array.
+    """
+    from .features.stage import run
+
+    run(FeaturesConfig(**kw))
 
 
 @cli.command()

@@ -11,6 +11,9 @@ thresholds computes nothing again.
   folder is keyed by the source manifest's content, the target key, the model, the
   index kind and the chunk size; thresholds are applied when the chunks are merged.
   A chunk file is written atomically when its chunk is done: a rerun skips it.
+
+It only stores: what is computed comes from ``features/describe.py`` (describing images) and
+``checks.py`` (matching them).
 """
 
 from __future__ import annotations
@@ -25,16 +28,10 @@ import numpy as np
 
 from datl.core.errors import UserError
 from datl.core.files import OWNED, atomic_output, claim_folder, file_sha256
-from datl.core.specs import parse_model_spec
 from datl.manifests import Manifest
 
-from . import pixel as px
-
-
-@dataclass
-class Embeddings:
-    rows: np.ndarray  # manifest row of each embedded (readable) image
-    vecs: np.ndarray  # float16 (n, d), L2-normalised
+from ..features import pixel as px
+from ..features.describe import Embeddings, describe_target
 
 
 @dataclass
@@ -84,16 +81,6 @@ class ChunkResult:
     )
 
 
-def model_fingerprint(spec: str | None, weights: str | None) -> str:
-    """Changes whenever the model's weights or config change; 'none' without a model."""
-    if spec is None:
-        return "none"
-    if parse_model_spec(spec).is_timm:
-        return f"{spec}:{file_sha256(weights)}" if weights else spec
-    run = Path(spec)
-    return f"{file_sha256(run / 'model.safetensors')}:{file_sha256(run / 'config.json')}"
-
-
 def _key(*parts: object) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:20]
 
@@ -103,29 +90,6 @@ def _save_npz(path: Path, meta: dict, **arrays) -> None:
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Each row of ``x`` scaled to unit length (a zero row stays near zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
-
-
-def embed(
-    lm, manifest: Manifest, d, batch_size: int, workers: int, progress: bool, rows: tuple[int, int] | None = None
-) -> Embeddings:
-    """L2-normalised float16 model features of a manifest (or of rows [start, stop), in this process)."""
-    from datl.neural.engine.inference import run_model
-
-    idx, feats, _ = run_model(lm, manifest, d, "features", batch_size, workers, progress, rows=rows)
-    dim = lm.config.num_features
-    if len(feats) and feats.shape[1] != dim:
-        raise UserError(
-            manifest.path,
-            f"the model gives {feats.shape[1]}-d features but its config says {dim}",
-            "rerun the stage that wrote the model",
-        )
-    return Embeddings(idx, l2_normalise(feats).astype(np.float16))
 
 
 def target_path(cache_dir: Path, target: Manifest, fingerprint: str, image_size) -> Path:
@@ -140,19 +104,7 @@ def target_side(path: Path, target: Manifest, lm, d, batch_size: int, workers: i
     from datl.neural.engine import dist
 
     if d.main and _load_target(path) is None:  # none yet, or unreadable (a killed disk, a bad copy)
-        content = px.content_pass(target, views=True, progress=progress)
-        if not content.readable.any():  # before anything is cached
-            raise UserError(target.path, "has no readable image", "check it with `datl manifest validate`")
-        arrays = {
-            "hashes": content.hashes,
-            "pixel": content.pixel,
-            "content": content.content,
-            "readable": content.readable,
-        }
-        if lm is not None:
-            here = dist.Dist(0, 1, d.local_rank, d.device)
-            emb = embed(lm, target, here, batch_size, workers, progress)
-            arrays.update(rows=emb.rows, vecs=emb.vecs)
+        arrays = describe_target(target, lm, d, batch_size, workers, progress)  # before anything is cached
         _save_npz(path, {"params": px.PARAMS, "features": lm is not None}, **arrays)
     dist.barrier(d)
     side = _load_target(path)

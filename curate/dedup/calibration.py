@@ -12,7 +12,7 @@ import numpy as np
 from datl.core.files import atomic_output, png_metadata
 from datl.manifests import Manifest
 
-from .pixel import border_colour
+from ..features.pixel import border_colour
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +206,11 @@ def report(
     """Print recall on the planted copies and false positives on ordinary source images, per
     check and threshold, and the combined figures; draw the histogram next to ``out``."""
 
+    from ..features.describe import describe
     from .checks import check_chunk
 
-    r = check_chunk(planted, 0, planted.num_rows, ix, lm, d, batch_size, workers)
+    desc = describe(planted, 0, planted.num_rows, lm if ix.feature is not None else None, d, batch_size, workers)
+    r = check_chunk(desc, ix, planted.num_rows)
     pp, pf = r.psim, r.fsim
     pt, ft = tally.pixel_threshold, tally.threshold
     edits = sorted(set(planted.read(["edit"]).column("edit").to_pylist()), key=EDITS.index)

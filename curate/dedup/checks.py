@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import pixel as px
-from .cache import ChunkResult, Embeddings, TargetSide
+from ..features import pixel as px
+from ..features.describe import Described, Embeddings
+from .cache import ChunkResult, TargetSide
 from .index import CONTENT_REFINE_K, INDEX_FORMAT, PIXEL_REDUCE, REFINE_K, best_match, cached_index, describe
 
 DEFAULT_PIXEL_THRESHOLD = 0.96  # pixel descriptor; same calibration
@@ -54,7 +55,11 @@ class Indexes:
         built = {"pixel": views, "content": content_views, "feature": (lambda: target.emb.vecs) if target.emb else None}
         ix = {}
         if d.main:  # rank 0 builds what is missing, then every other rank reads it
-            ix = {n: cached_index(file(n), v, kind, True, reduce[n], refine[n]) for n, v in built.items() if v}
+            ix = {
+                n: cached_index(file(n), v, kind, True, reduce[n], refine[n], reduce_flat=n == "content")
+                for n, v in built.items()
+                if v
+            }
         dist.barrier(d)
         if not d.main:
             ix = {n: cached_index(file(n), None, kind, False, refine=refine[n]) for n, v in built.items() if v}
@@ -66,24 +71,18 @@ class Indexes:
         }
 
 
-def check_chunk(
-    source, start: int, stop: int, ix: Indexes, lm, d, batch_size: int, workers: int, on_part=None
-) -> ChunkResult:
-    """Every check's best match for the source rows [start, stop), computed in this process;
-    ``on_part(n)`` as each part of n images is described (a progress bar)."""
-    from .cache import embed
-
-    content = px.content_pass(source, views=False, rows=(start, stop), on_part=on_part)
+def check_chunk(desc: Described, ix: Indexes, n_rows: int) -> ChunkResult:
+    """Every check's best match for the described source rows [desc.start, desc.stop) of a
+    manifest of ``n_rows`` rows (described from images or read from a feature store: the same)."""
+    start, stop, content = desc.start, desc.stop, desc.content
     exact, exact_t = exact_matches(content, ix.target.content)
     psim, ppos = pixel_best(ix.pixel, ix.content, content)
     n = stop - start
     fsim, fpos = np.full(n, -1.0, np.float32), np.zeros(n, np.int64)
     pool = empty_pool(content)
     if ix.feature is not None:
-        emb = embed(lm, source, d, batch_size, workers, False, rows=(start, stop))
-        emb.rows = emb.rows - start
-        fsim, fpos = feature_best(ix.feature, emb, ix.target.emb, n)
-        pool = pool_of(emb, content, start, pool_stride(source.num_rows))
+        fsim, fpos = feature_best(ix.feature, desc.emb, ix.target.emb, n)
+        pool = pool_of(desc.emb, content, start, pool_stride(n_rows))
     return ChunkResult(
         start,
         stop,

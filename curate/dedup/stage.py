@@ -61,6 +61,17 @@ class DedupConfig:
     feature: bool = opt(
         True, negatable=True, help="Run the model-feature check; --no-feature: exact and pixel checks only, no model."
     )
+    source_features: str | None = opt(
+        None,
+        help="Read the source's hashes, pixel descriptors and embeddings from this feature store "
+        "(`curate features`) instead of its images: no source image is opened.",
+    )
+    part: str | None = opt(
+        None,
+        noun="K/N",
+        help="Check only the K-th (0-based) of N contiguous ranges of source chunks and exit without "
+        "writing --out (a SLURM array task); a run without --part then merges the cached chunks.",
+    )
     chunk_size: int = opt(65_536, help="Source rows per chunk: the unit of work, memory and resume.", bounds="[1, inf)")
     index: str = opt(
         "auto",
@@ -88,7 +99,10 @@ class DedupConfig:
     quiet: bool = opt(False, short="-q")
 
     def check(self) -> None:
+        from ..features.store import parse_part
+
         validate(self)
+        parse_part(self.part)
         refuse_clobber({"--out": self.out}, {"--source": self.source, "--target": self.target})
         if self.feature and not self.model:
             raise UserError(
@@ -109,7 +123,8 @@ def run(cfg: DedupConfig) -> Path:
     from datl.neural.checkpoint import load_model
     from datl.neural.engine import dist
 
-    from .cache import chunk_folder, claim_cache, model_fingerprint, target_path, target_side
+    from ..features.describe import model_fingerprint
+    from .cache import chunk_folder, claim_cache, target_path, target_side
 
     cfg.check()
     if cfg.cache is None:  # the default folder, beside --out: datl's own, or refused
@@ -118,6 +133,7 @@ def run(cfg: DedupConfig) -> Path:
     lm = load_model(cfg.model, cfg.weights, image_size=cfg.image_size) if cfg.feature else None
     fp = model_fingerprint(cfg.model if cfg.feature else None, cfg.weights)
     progress = not cfg.quiet
+    store = source_store(cfg, sm, fp, lm)  # before any work: a store that does not fit is refused
     with dist.session(cfg.device) as d:
         tfile = target_path(cfg.cache_dir, tm, fp, lm.config.image_size if lm else None)
         target = target_side(tfile, tm, lm, d, cfg.batch_size, cfg.workers, progress and d.main)
@@ -127,10 +143,15 @@ def run(cfg: DedupConfig) -> Path:
             warn_unreadable_target(tm, target.content.readable)
         ix = Indexes(target, cfg.index, tfile.with_suffix(""), d)
         folder = chunk_folder(cfg.cache_dir, sm, tfile, cfg.index, cfg.chunk_size)
-        run_chunks(cfg, sm, ix, lm, d, folder, progress)
+        run_chunks(cfg, sm, ix, lm, d, folder, progress, store)
         dist.barrier(d)
-        if d.main:
+        if d.main and cfg.part is None:
             merge(cfg, sm, tm, ix, lm, d, folder, progress)
+        elif d.main:
+            logger.info(
+                f"part {cfg.part} of {sm.path.name} checked into {folder}; "
+                f"run without --part to merge and write {cfg.out}"
+            )
     return Path(cfg.out)
 
 
@@ -152,21 +173,58 @@ def chunks(n_rows: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, n_rows)) for lo in range(0, n_rows, size)]
 
 
-def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress: bool) -> None:
-    """This rank's chunks (c % world == rank), each skipped if its result file exists."""
+def source_store(cfg: DedupConfig, sm, fingerprint: str, lm):
+    """The feature store of ``--source-features``, checked against this source and model; None
+    without it."""
+    from datl.core.files import file_sha256
+
+    from ..features.store import FeatureStore
+
+    if cfg.source_features is None:
+        return None
+    store = FeatureStore.open(cfg.source_features)
+    store.check(file_sha256(sm.path), fingerprint, cfg.feature, lm.config.image_size if lm else None)
+    return store
+
+
+def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress: bool, store=None) -> None:
+    """This rank's chunks (c % world == rank) of its ``--part``, each skipped if its result file
+    exists; described from the images, or read from ``store``."""
+    from ..features.describe import describe
+    from ..features.store import parse_part, part_range
     from .cache import chunk_file, load_chunk, save_chunk
     from .checks import check_chunk
 
-    mine = [(c, lo, hi) for c, (lo, hi) in enumerate(chunks(sm.num_rows, cfg.chunk_size)) if c % d.world == d.rank]
+    every = chunks(sm.num_rows, cfg.chunk_size)
+    mine = [(c, *every[c]) for c in part_range(parse_part(cfg.part), len(every)) if c % d.world == d.rank]
     # counted in images, not chunks: a source of one chunk would otherwise show nothing for minutes
     total = sum(hi - lo for _, lo, hi in mine)
     with bar(total=total, desc=f"dedup {sm.path.name}", unit="img", enabled=progress and d.main) as b:
+        todo = []
         for c, lo, hi in mine:
             path, files = chunk_file(folder, c), sm.files_fingerprint(lo, hi)
             if load_chunk(path, files) is None:
-                r = check_chunk(sm, lo, hi, ix, lm, d, cfg.batch_size, cfg.workers, on_part=b.update)
-                save_chunk(path, r, files)
+                todo.append((path, files, lo, hi))
             else:
+                b.update(hi - lo)
+        if store is None:
+            for path, files, lo, hi in todo:
+                desc = describe(sm, lo, hi, lm, d, cfg.batch_size, cfg.workers, on_part=b.update)
+                save_chunk(path, check_chunk(desc, ix, sm.num_rows), files)
+            return
+        # from the store: the next chunk is read (I/O and decoding in Arrow, without the GIL)
+        # while FAISS searches this one; two chunks in memory at most
+        from concurrent.futures import ThreadPoolExecutor
+
+        def read(i: int):
+            return store.read(todo[i][2], todo[i][3], embeddings=ix.feature is not None)
+
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(read, 0) if todo else None
+            for i, (path, files, lo, hi) in enumerate(todo):
+                desc = ahead.result()
+                ahead = pool.submit(read, i + 1) if i + 1 < len(todo) else None
+                save_chunk(path, check_chunk(desc, ix, sm.num_rows), files)
                 b.update(hi - lo)
 
 
@@ -326,6 +384,7 @@ def write_duplicates(
                 "pixel_threshold": cfg.pixel_threshold,
                 "model": cfg.model,
                 "feature": cfg.feature,
+                "source_features": cfg.source_features,
                 "index": ix.description,
                 "unreadable_source_images": unreadable,
                 "plain_source_images": plain,

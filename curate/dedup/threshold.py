@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import pixel as px
+from ..features import pixel as px
 
 POOL = 4096  # source rows, about, in the calibration pool
 MIN_POOL = 1000  # fewer neighbours than this: the default threshold

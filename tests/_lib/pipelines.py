@@ -21,9 +21,14 @@ stages:
           params: {{workers: 0}}}}
   prior_em: {{run: estimate, inputs: {{model: "@source_model", target: "@data/target_unlabeled.parquet"}},
              params: {{method: em, workers: 0}}}}
+  features:
+    run: features
+    inputs: {{source: "@data/source.parquet", model: "@source_model"}}
+    params: {{workers: 0}}
   dedup:
     run: dedup
-    inputs: {{source: "@data/source.parquet", target: "@data/target_all.parquet", model: "@source_model"}}
+    inputs: {{source: "@data/source.parquet", target: "@data/target_all.parquet", model: "@source_model",
+             source_features: "@features"}}
     params: {{workers: 0, threshold: 0.9, pixel_threshold: 0.9}}
   weights:
     run: weight

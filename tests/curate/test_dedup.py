@@ -374,7 +374,7 @@ def test_plain_images_match_nothing_by_pixels_and_are_counted(tmp_path):
     such plain images get the zero descriptor and the count is printed. Busy ones still match."""
     from PIL import Image
 
-    from datl.curate.dedup import pixel as px
+    from datl.curate.features import pixel as px
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "img"

@@ -7,6 +7,7 @@ drawings of the same things as the target, edited copies of MATE icons planted i
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -63,6 +64,31 @@ def test_dedup_meets_the_colour_goal_without_a_model(icons, tmp_path):
         assert edit == REDRAW or hit >= 0.8 * tot, (edit, hit, tot)
     assert "0 byte-identical" in res.stdout and "pixel >=" in res.stdout  # per-check counts
 
+    # from a feature store of the source instead of its images: the same file (issue 26)
+    store = tmp_path / "store"
+    assert cli("curate", "features", "--source", str(icons.source), "--out", str(store), "-q").returncode == 0
+    for chunks in (tmp_path / "cache").glob("*.chunks.*"):
+        shutil.rmtree(chunks)  # the target side stays cached; the source side is read again
+    again = tmp_path / "again.parquet"
+    res = cli(
+        "curate",
+        "dedup",
+        "--source",
+        str(icons.source),
+        "--target",
+        str(icons.target),
+        "--no-feature",
+        "--source-features",
+        str(store),
+        "--out",
+        str(again),
+        "--cache",
+        str(tmp_path / "cache"),
+        "-q",
+    )
+    assert res.returncode == 0, res.stderr
+    assert pq.read_table(again).replace_schema_metadata(None).equals(pq.read_table(out).replace_schema_metadata(None))
+
 
 def test_recoloured_copies_land_on_the_hue_views(icons):
     """A copy with its colour channels swapped round (R<-G, G<-B, B<-R: not the HSV hue turn the
@@ -72,7 +98,7 @@ def test_recoloured_copies_land_on_the_hue_views(icons):
 
     from PIL import Image
 
-    from datl.curate.dedup import pixel
+    from datl.curate.features import pixel
     from datl.manifests.address import Address
     from datl.manifests.images import decode_bytes
 

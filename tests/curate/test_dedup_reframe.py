@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datl.curate.dedup import pixel as px
 from datl.curate.dedup import threshold as th
+from datl.curate.features import pixel as px
 from datl.manifests import ManifestMeta, write_manifest
 
 from helpers import cli

@@ -23,7 +23,7 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run, tmp_pa
     assert first.returncode == 0, first.stdout + first.stderr
     pipe = copy_run(shared, tmp_path)  # reruns in place, so on a copy: the report test reads the original
     st = statuses(first.stdout)
-    assert len(st) == 15 and set(st.values()) == {"ran"}, st
+    assert len(st) == 16 and set(st.values()) == {"ran"}, st
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert set(results["arms"]) == {"adaptive", "scratch"}
@@ -50,6 +50,8 @@ def test_pipeline_end_to_end_then_cached_then_partial_rerun(pipeline_run, tmp_pa
     assert "adaptive" in first.stdout.split("results:")[0].splitlines()[-4]  # the table is printed
     assert "![weights](weights/weights.png)" in (out / "report.md").read_text()
     assert (out / "logs" / "pretrain.adaptive.s1.log").read_text().startswith("$ ")
+    assert "--source-features=" in (out / "logs" / "dedup.log").read_text().splitlines()[0]  # fed by the store
+    assert json.loads((out / "features" / "store.json").read_text())["model"] != "none"
     assert Manifest(out / "sample_adaptive.s1" / "sample.parquet").meta.params["seed"] == 1
 
     again = cli("datl", "run", str(pipe))

@@ -14,6 +14,7 @@ import pytest
 from datl.core.options import opt, options_from
 from datl.curate.dedup import DedupConfig
 from datl.curate.estimate import EstimateConfig
+from datl.curate.features import FeaturesConfig
 from datl.curate.sample import SampleConfig
 from datl.curate.weight import WeightConfig
 from datl.finetune.config import FinetuneConfig
@@ -25,6 +26,7 @@ CONFIGS = {
     "finetune": FinetuneConfig,
     "estimate": EstimateConfig,
     "dedup": DedupConfig,
+    "features": FeaturesConfig,
     "weight": WeightConfig,
     "sample": SampleConfig,
 }

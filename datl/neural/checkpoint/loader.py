@@ -30,6 +30,12 @@ class LoadedModel:
         m = unwrap(self.model)
         return m.forward_head(m.forward_features(x), pre_logits=True)
 
+    def features_and_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features and the logits from one pass of the backbone, side by side."""
+        m = unwrap(self.model)
+        fm = m.forward_features(x)
+        return torch.cat([m.forward_head(fm, pre_logits=True), m.forward_head(fm)], dim=1)
+
 
 def load_model(
     spec: str,

@@ -58,6 +58,9 @@ class ImageDataset(torch.utils.data.Dataset):
     28x28 images reads RGB or other sizes by conversion (the transform resizes).
     ``rows=(start, stop)``: only that range of the manifest (item i is row start + i, and
     its Sample's ``index`` says so): memory grows with the range, not with the manifest.
+    ``draft=(w, h)``: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still
+    covers that size (PIL's ``draft``), never smaller: for inference, whose transform only
+    shrinks an image to the model's input size. Training crops need the full image.
     """
 
     def __init__(
@@ -66,7 +69,9 @@ class ImageDataset(torch.utils.data.Dataset):
         transform: Callable | None = None,
         mode: str = "RGB",
         rows: tuple[int, int] | None = None,
+        draft: tuple[int, int] | None = None,
     ):
+        self.draft = tuple(draft) if draft is not None else None
         self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
         cols = ["path", *self.manifest.address_columns] + ([LABEL] if self.manifest.has_labels else [])
         self.start = rows[0] if rows else 0  # rows=(start, stop): only that range, read by row group
@@ -92,7 +97,7 @@ class ImageDataset(torch.utils.data.Dataset):
         where = self._where.address(i)
         notes: list[str] = []
         try:
-            img = load_image(where, self.mode, warned=notes)
+            img = load_image(where, self.mode, draft=self.draft, warned=notes)
         except DECODE_ERRORS as e:
             return Sample(None, label, self.start + i, f"{where}: {type(e).__name__}: {clean(str(e))}")
         return Sample(self.transform(img), label, self.start + i, None, f"{where}: {notes[0]}" if notes else None)

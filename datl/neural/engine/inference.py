@@ -36,18 +36,22 @@ def run_model(
 ) -> tuple[np.ndarray, np.ndarray, BadImageLog]:
     """(row indices, float32 outputs, unreadable-image log) for every readable row; full on rank 0.
 
-    what: 'logits' (the classifier's) or 'features' (pooled pre-logits).
+    what: 'logits' (the classifier's), 'features' (pooled pre-logits), or 'features+logits'
+    (both from one forward pass, side by side: ``curate features``).
     rows: (start, stop): only that range, all of it in this process (no sharding, no gather):
     the unit of work of a caller that shards chunks across ranks itself.
     """
     cfg = lm.config
     tf = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
-    ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans), rows=rows)
+    # a JPEG decoded at the smallest DCT scale that covers the input size on both sides (any
+    # orientation), never larger than it needs
+    side = max(cfg.image_size)
+    ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans), rows=rows, draft=(side, side))
     if rows is not None:
         d = dist.Dist(0, 1, d.local_rank, d.device)
     mine = Subset(ds, range(d.rank, len(ds), d.world))
     place_model(lm.model, d.device).eval()
-    fn = lm.logits if what == "logits" else lm.features
+    fn = {"logits": lm.logits, "features": lm.features, "features+logits": lm.features_and_logits}[what]
     idx, outs, bad = [], [], BadImageLog()
     loader = DataLoader(
         mine, batch_size=batch_size, num_workers=workers, collate_fn=collate_skip_bad, pin_memory=d.cuda
@@ -60,7 +64,7 @@ def run_model(
             y = fn(to_device(batch.images, d.device))
         outs.append(y.float().cpu().numpy())
         idx.append(batch.index.numpy())
-    dim = cfg.num_classes if what == "logits" else cfg.num_features
+    dim = {"logits": cfg.num_classes, "features": cfg.num_features}.get(what, cfg.num_features + cfg.num_classes)
     rows = np.concatenate(idx) if idx else np.zeros(0, dtype=np.int64)
     vals = np.concatenate(outs).astype(np.float32) if outs else np.zeros((0, dim), dtype=np.float32)
     if d.world > 1:
