@@ -14,8 +14,11 @@ a 90% crop resized back and re-encoded at quality 75, or a brightness change and
     loader             pretrain's loader (decode + random-resized-crop 224 + flip +
                        normalise, batches out of a DataLoader with one worker) against the
                        same work in a bare loop in one process: CPU images/s per core
-    features / store   `curate features` and dedup from `--source-features` are not built
-                       yet (issue 26): printed as such
+    features           `curate features` (no model) over the source: images/s (fixed cost
+                       out) and the ratio to the floor; its RSS at --n / 10 rows and --n
+    store              dedup of the same target with a fresh chunk cache, from the store
+                       (`--source-features`) against from images: source-side seconds and
+                       the speed-up; recall of the planted copies both ways; identical output
 
     python bench/photos.py [--dir /tmp/datl-photos] [--n 100000]
 """
@@ -192,18 +195,38 @@ def main() -> None:
     head(src, 200, d / "source_tiny.parquet")
     sizes = [f.stat().st_size for f in sorted((d / "target").iterdir())[:200]]
 
-    def dedup(name: str) -> tuple[float, float, str]:
-        out = d / f"dups_{name}.parquet"
+    def dedup(name: str, store: bool = False) -> tuple[float, float, str]:
+        """dedup of source_NAME against the (cached) target side, the source's chunk results
+        dropped first; ``store``: from its feature store, with a cache of its own (a second
+        target's cost)."""
+        import shutil
+
+        out = d / f"dups_{name}{'_store' if store else ''}.parquet"
         out.unlink(missing_ok=True)
+        cache = d / ("cache_store" if store else "cache")
+        for old in cache.glob(f"source_{name}.chunks.*"):  # the source side is measured, never reused
+            shutil.rmtree(old)
         cmd = [str(BIN / "curate"), "dedup", "--source", str(d / f"source_{name}.parquet"), "--target"]
-        cmd += [str(d / "target.parquet"), "--no-feature", "--out", str(out), "--cache", str(d / "cache"), "-q"]
-        return measured(cmd)
+        cmd += [str(d / "target.parquet"), "--no-feature", "--out", str(out), "--cache", str(cache), "-q"]
+        return measured(cmd + (["--source-features", str(d / f"store_{name}")] if store else []))
+
+    def features(name: str) -> tuple[float, float, str]:
+        import shutil
+
+        shutil.rmtree(d / f"store_{name}", ignore_errors=True)
+        cmd = [str(BIN / "curate"), "features", "--source", str(d / f"source_{name}.parquet")]
+        return measured(cmd + ["--out", str(d / f"store_{name}"), "-q"])
 
     (d / "source_full.parquet").unlink(missing_ok=True)
     (d / "source_full.parquet").symlink_to("source.parquet")
     target_secs = dedup("tiny")[0]
     fixed = dedup("tiny")[0]
     runs = {"small": dedup("small"), "full": dedup("full")}
+    feat_fixed = features("tiny")[0]
+    feats = {"small": features("small"), "full": features("full")}
+    dedup("tiny", store=True)
+    store_fixed = dedup("tiny", store=True)[0]
+    from_store = dedup("full", store=True)
     floor = floor_rate(src)
     fed, bare = loader_rates(src, args.loader_rows)
 
@@ -238,8 +261,24 @@ def main() -> None:
         f"pretrain loader       : {fed:12,.0f} images/s (1 worker) against a bare loop {bare:,.0f}: ratio "
         f"{fed / bare:.3f}   (goal >= 0.9)"
     )
-    print("curate features       : not built yet (issue 26)")
-    print("dedup from the store  : not built yet (issue 26)")
+    frate = args.n / (feats["full"][0] - feat_fixed)
+    print(
+        f"curate features       : {frate:12,.0f} images/s (no model; per-run fixed cost {feat_fixed:.1f} s); "
+        f"ratio to the floor {frate / floor:.3f}   (goal >= 1.0); rss ratio "
+        f"{feats['full'][1] / feats['small'][1]:.3f} ({feats['full'][1]:,.0f} / {feats['small'][1]:,.0f} MiB)"
+    )
+    img_s, store_s = runs["full"][0] - fixed, from_store[0] - store_fixed
+    same = (
+        pq.read_table(d / "dups_full.parquet")
+        .replace_schema_metadata(None)
+        .equals(pq.read_table(d / "dups_full_store.parquet").replace_schema_metadata(None))
+    )
+    found_s = set(pq.read_table(d / "dups_full_store.parquet", columns=["id"]).column("id").to_pylist())
+    print(
+        f"dedup from the store  : source side {store_s:.1f} s against {img_s:.1f} s from images: "
+        f"{img_s / store_s:.1f}x   (goal >= 20x); recall {sum(i in found_s for i in truth) / len(truth):.4f}; "
+        f"output {'identical' if same else 'DIFFERENT'} to the image path's"
+    )
 
 
 if __name__ == "__main__":
