@@ -66,13 +66,14 @@ def embed(
     progress: bool,
     rows: tuple[int, int] | None = None,
     logits: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[Embeddings, np.ndarray | None]:
     """L2-normalised float16 model features of a manifest (or of rows [start, stop), in this
     process), and with ``logits`` the classifier's logits of the same rows from the same pass."""
     from datl.neural.engine.inference import run_model
 
     what = "features+logits" if logits else "features"
-    idx, out, _ = run_model(lm, manifest, d, what, batch_size, workers, progress, rows=rows)
+    idx, out, _ = run_model(lm, manifest, d, what, batch_size, workers, progress, rows=rows, on_batch=on_batch)
     dim = lm.config.num_features
     feats, lg = (out[:, :dim], out[:, dim:]) if logits else (out, None)
     if len(feats) and feats.shape[1] != dim:
@@ -94,13 +95,15 @@ def describe(
     workers: int = 2,
     logits: bool = False,
     on_part: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Described:
     """Rows [start, stop) of a source manifest, in this process: hashes and pixel descriptors
-    (one view each), and with a model (``lm``) the embeddings and optionally the logits."""
+    (one view each), and with a model (``lm``) the embeddings and optionally the logits.
+    ``on_part(n)``, ``on_batch(n)``: n rows described by the pixel pass, by the model."""
     content = px.content_pass(manifest, views=False, rows=(start, stop), on_part=on_part)
     emb, lg = None, None
     if lm is not None:
-        emb, lg = embed(lm, manifest, d, batch_size, workers, False, rows=(start, stop), logits=logits)
+        emb, lg = embed(lm, manifest, d, batch_size, workers, False, (start, stop), logits, on_batch)
         emb.rows = emb.rows - start
     return Described(start, stop, content, emb, lg)
 

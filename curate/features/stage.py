@@ -95,11 +95,15 @@ def run(cfg: FeaturesConfig) -> Path:
             files = sm.files_fingerprint(lo, hi)
             if store.part_files(c) != files:
                 todo.append((c, files))
-        total = sum(binding.chunk(c)[1] - binding.chunk(c)[0] for c, _ in todo)
-        with bar(total=total, desc=f"features {sm.path.name}", unit="img", enabled=not cfg.quiet and d.main) as b:
+        # in images, twice with a model (its pixel pass, then its model pass, chunk by chunk)
+        total = sum(binding.chunk(c)[1] - binding.chunk(c)[0] for c, _ in todo) * (2 if lm else 1)
+        desc = f"features {sm.path.name}" + (" (pixels + model)" if lm else "")
+        with bar(total=total, desc=desc, unit="img", enabled=not cfg.quiet and d.main) as b:
             for c, files in todo:
                 lo, hi = binding.chunk(c)
-                desc = describe(sm, lo, hi, lm, d, cfg.batch_size, cfg.workers, logits=lm is not None, on_part=b.update)
+                desc = describe(
+                    sm, lo, hi, lm, d, cfg.batch_size, cfg.workers, lm is not None, on_part=b.update, on_batch=b.update
+                )
                 store.write(c, desc, sm.read_range(lo, hi, ["id"]).column("id").combine_chunks(), files)
         dist.barrier(d)
         if d.main:

@@ -1,7 +1,7 @@
 """curate features: the source described once into a store that curate dedup reads instead
 of images. The store gives dedup exactly what the images give it; a store of another source,
 model or descriptor version is refused; a killed pass resumes to an identical store; parts
-written by separate jobs (--part K/N) make the same store."""
+written by separate jobs (--part K/N) make the same store; a part reads back bit for bit."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -180,3 +181,47 @@ def test_parts_written_by_separate_jobs_make_the_same_store(demo_small, tmp_path
     assert res.returncode == 0, res.stderr
     a, b = (pq.read_table(tmp_path / f"{x}.parquet").replace_schema_metadata(None) for x in ("one", "two"))
     assert a.equals(b)
+
+
+def test_a_part_reads_back_what_was_written_and_keeps_the_top_logits_of_many_classes(tmp_path):
+    """Over 1,024 classes a part keeps each row's 16 best logits and their labels; the
+    descriptors, hashes (an unreadable file's included) and embeddings come back bit for bit,
+    also across parts and for a range that starts inside one."""
+    from datl.curate.features import Binding, Described, Embeddings, FeatureStore
+    from datl.curate.features import pixel as px
+
+    rng = np.random.default_rng(0)
+    n, dim, classes = 10, 8, 1_100
+    binding = Binding(
+        source_sha256="x", rows=n, chunk_size=4, descriptor=px.PARAMS, model="m", embedding_dim=dim, classes=classes
+    )
+    store = FeatureStore.create(tmp_path / "s", binding)
+    hashes = np.array([hashlib.sha256(bytes([i])).digest()[:16] for i in range(n)], dtype="S16")
+    hashes[3] = b""  # unreadable
+    pixel = rng.standard_normal((n, px.DIM)).astype(np.float16)
+    content = rng.standard_normal((n, px.CDIM)).astype(np.float16)
+    vecs = rng.standard_normal((n, dim)).astype(np.float16)
+    logits = rng.standard_normal((n, classes)).astype(np.float32)
+    readable = np.arange(n) != 3
+    for c in range(binding.chunks):
+        lo, hi = binding.chunk(c)
+        rows = np.flatnonzero(readable[lo:hi])
+        d = Described(
+            lo,
+            hi,
+            px.Content(hashes[lo:hi], pixel[lo:hi], content[lo:hi], readable[lo:hi], np.zeros(hi - lo, bool)),
+            Embeddings(rows, vecs[lo:hi][rows]),
+            logits[lo:hi][rows],
+        )
+        store.write(c, d, pa.array([f"i{r}" for r in range(lo, hi)]), "files")
+    assert store.missing() == [] and store.part_files(1) == "files"
+    back = FeatureStore.open(tmp_path / "s").read(2, 9, embeddings=True)
+    assert back.content.hashes.tolist() == hashes[2:9].tolist() and back.content.hashes[1] == b""
+    assert np.array_equal(back.content.pixel, pixel[2:9]) and np.array_equal(back.content.content, content[2:9])
+    assert back.emb.rows.tolist() == [0, 2, 3, 4, 5, 6] and np.array_equal(back.emb.vecs, vecs[[2, 4, 5, 6, 7, 8]])
+    t = pq.read_table(store.part_path(0))
+    top = np.frombuffer(t.column("top_labels")[1].as_py(), np.int32)
+    assert top.tolist() == np.argsort(-logits[1], kind="stable")[:16].tolist()
+    assert np.allclose(
+        np.frombuffer(t.column("top_logits")[1].as_py(), np.float16), np.sort(logits[1])[::-1][:16], atol=1e-2
+    )

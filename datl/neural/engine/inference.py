@@ -33,6 +33,7 @@ def run_model(
     progress: bool = True,
     desc: str = "",
     rows: tuple[int, int] | None = None,
+    on_batch=None,
 ) -> tuple[np.ndarray, np.ndarray, BadImageLog]:
     """(row indices, float32 outputs, unreadable-image log) for every readable row; full on rank 0.
 
@@ -40,6 +41,7 @@ def run_model(
     (both from one forward pass, side by side: ``curate features``).
     rows: (start, stop): only that range, all of it in this process (no sharding, no gather):
     the unit of work of a caller that shards chunks across ranks itself.
+    on_batch(n): called with the number of rows each batch covered (a caller's progress bar).
     """
     cfg = lm.config
     tf = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
@@ -58,6 +60,8 @@ def run_model(
     )
     for batch in bar(loader, desc=desc or f"{what} {manifest.path.name}", unit="batch", enabled=progress and d.main):
         bad.add(batch.bad, batch.warned)
+        if on_batch is not None:
+            on_batch(len(batch.index) + len(batch.bad))
         if batch.images is None:
             continue
         with autocast(d.device):
