@@ -39,21 +39,14 @@ def test_the_set_is_real_transparent_colour_png_of_several_modes(icons):
 def test_dedup_meets_the_colour_goal_without_a_model(icons, tmp_path):
     """Recall >= 0.95 of the planted edited copies with at most 0.5% of ordinary icons flagged,
     at the default thresholds; the theme's own redrawings are reported, not part of the goal."""
+
+    def dedup(out, *extra: str):
+        src, tgt, cache = str(icons.source), str(icons.target), str(tmp_path / "cache")
+        flags = ["--no-feature", "--out", str(out), "--cache", cache, "-q", *extra]
+        return cli("curate", "dedup", "--source", src, "--target", tgt, *flags)
+
     out = tmp_path / "dups.parquet"
-    res = cli(
-        "curate",
-        "dedup",
-        "--source",
-        str(icons.source),
-        "--target",
-        str(icons.target),
-        "--no-feature",
-        "--out",
-        str(out),
-        "--cache",
-        str(tmp_path / "cache"),
-        "-q",
-    )
+    res = dedup(out)
     assert res.returncode == 0, res.stderr
     flagged = set(pq.read_table(out).column("id").to_pylist())
     s = score(icons, flagged)
@@ -70,22 +63,7 @@ def test_dedup_meets_the_colour_goal_without_a_model(icons, tmp_path):
     for chunks in (tmp_path / "cache").glob("*.chunks.*"):
         shutil.rmtree(chunks)  # the target side stays cached; the source side is read again
     again = tmp_path / "again.parquet"
-    res = cli(
-        "curate",
-        "dedup",
-        "--source",
-        str(icons.source),
-        "--target",
-        str(icons.target),
-        "--no-feature",
-        "--source-features",
-        str(store),
-        "--out",
-        str(again),
-        "--cache",
-        str(tmp_path / "cache"),
-        "-q",
-    )
+    res = dedup(again, "--source-features", str(store))
     assert res.returncode == 0, res.stderr
     assert pq.read_table(again).replace_schema_metadata(None).equals(pq.read_table(out).replace_schema_metadata(None))
 
