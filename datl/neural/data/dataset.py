@@ -104,9 +104,20 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def collate_skip_bad(samples: Sequence[Sample]) -> Batch:
+    """One batch of the readable samples; the unreadable ones' errors ride along. In a
+    DataLoader worker the images are stacked straight into shared memory, as torch's default
+    collate does: stacking privately and then moving the batch to shared memory for the main
+    process copies it once more."""
     good = [s for s in samples if s.error is None]
     bad = tuple(s.error for s in samples if s.error is not None)
-    images = torch.stack([s.image for s in good]) if good else None
+    images = None
+    if good:
+        first = good[0].image
+        out = None
+        if torch.utils.data.get_worker_info() is not None:
+            storage = first._typed_storage()._new_shared(len(good) * first.numel(), device=first.device)
+            out = first.new(storage).resize_(len(good), *first.shape)
+        images = torch.stack([s.image for s in good], out=out)
     return Batch(
         images,
         torch.tensor([s.label for s in good], dtype=torch.long),
