@@ -175,6 +175,19 @@ class FeatureStore:
             return None
         return meta.params.get("files")
 
+    def check_files(self, manifest, start: int, stop: int) -> None:
+        """Refuse (exit 2) to read rows [start, stop) from parts written from image files that
+        have changed since (size or modification time): their descriptors would be stale."""
+        size = self.binding.chunk_size
+        for c in range(start // size, -(-stop // size)):
+            lo, hi = self.binding.chunk(c)
+            if self.part_files(c) != manifest.files_fingerprint(lo, hi):
+                raise UserError(
+                    self.part_path(c),
+                    "was written from image files that have changed since (size or modification time)",
+                    "rerun `curate features` with the same flags: it rewrites only the parts whose images changed",
+                )
+
     def missing(self) -> list[int]:
         return [c for c in range(self.binding.chunks) if not self.part_path(c).exists()]
 

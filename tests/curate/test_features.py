@@ -21,7 +21,7 @@ import pytest
 
 from datl.manifests import Manifest
 
-from helpers import BIN, assert_user_error, cli
+from helpers import BIN, assert_user_error, cli, tiny_manifest, write_pngs
 
 
 def features(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -116,6 +116,21 @@ def test_a_store_that_does_not_fit_is_refused(demo_small, random_model, tmp_path
     res = dedup(demo_small, tmp_path / "d.parquet", cache, "--no-feature", "--source-features", str(store))
     assert_user_error(res, "is not complete: 1 of 3 parts are missing (first: part-000001.parquet)")
     assert not (tmp_path / "d.parquet").exists()
+    # a part written from images that changed since (images of this test's own: the demo's are shared)
+    pngs = write_pngs(tmp_path / "img", 12)
+    own = tiny_manifest(tmp_path / "own.parquet", [f"img/{q.name}" for q in pngs], None)
+    assert features(own, tmp_path / "own_store", "--chunk-size", "5").returncode == 0
+    os.utime(pngs[7], ns=(pngs[7].stat().st_atime_ns, pngs[7].stat().st_mtime_ns + 10**9))
+    res = cli(
+        *("curate", "dedup", "--source", str(own), "--target", str(demo_small / "target_unlabeled.parquet")),
+        *("--out", str(tmp_path / "d.parquet"), "--cache", str(cache), "--no-feature", "--chunk-size", "5", "-q"),
+        *("--source-features", str(tmp_path / "own_store")),
+    )
+    assert_user_error(res, "part-000001.parquet", "image files that have changed since", "rerun `curate features`")
+    before = {q.name: q.stat().st_mtime_ns for q in (tmp_path / "own_store").glob("part-*")}
+    assert features(own, tmp_path / "own_store", "--chunk-size", "5").returncode == 0
+    after = {q.name: q.stat().st_mtime_ns for q in (tmp_path / "own_store").glob("part-*")}
+    assert [k for k in sorted(after) if after[k] != before[k]] == ["part-000001.parquet"]  # that part only
     # no store at all; a part number out of range
     res = dedup(demo_small, tmp_path / "d.parquet", cache, "--no-feature", "--source-features", str(tmp_path / "x"))
     assert_user_error(res, "is not a feature store", "curate features")
