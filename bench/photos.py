@@ -19,8 +19,12 @@ a 90% crop resized back and re-encoded at quality 75, or a brightness change and
     store              dedup of the same target with a fresh chunk cache, from the store
                        (`--source-features`) against from images: source-side seconds and
                        the speed-up; recall of the planted copies both ways; identical output
+    with a model       with --model (and --device cuda on a GPU node): `curate features`
+                       with embeddings and logits on the --n / 10 source, images/s against
+                       the CPU floor (JPEGs decoded on the CPU: no GPU decoding yet)
 
     python bench/photos.py [--dir /tmp/datl-photos] [--n 100000]
+                           [--model RUN_DIR|timm:ARCH [--weights FILE] [--device cuda]]
 """
 
 from __future__ import annotations
@@ -177,6 +181,14 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/datl-photos")
     ap.add_argument("--n", type=int, default=100_000, help="Source images (made once per --dir).")
     ap.add_argument("--loader-rows", type=int, default=2_000)
+    ap.add_argument(
+        "--model",
+        help="Also time `curate features --model MODEL` (embeddings + logits) on the --n / 10 source: "
+        "a RUN_DIR, or timm:ARCH with --weights (on a GPU node: --device cuda).",
+    )
+    ap.add_argument("--weights", help="Local state dict for --model timm:ARCH.")
+    ap.add_argument("--image-size", type=int, default=224, help="The model's input size for timm:ARCH.")
+    ap.add_argument("--device", default="auto", help="Device of the model pass (auto, cpu, cuda).")
     args = ap.parse_args()
     d = Path(args.dir)
     if not (d / "planted.json").exists():
@@ -210,12 +222,13 @@ def main() -> None:
         cmd += [str(d / "target.parquet"), "--no-feature", "--out", str(out), "--cache", str(cache), "-q"]
         return measured(cmd + (["--source-features", str(d / f"store_{name}")] if store else []))
 
-    def features(name: str) -> tuple[float, float, str]:
+    def features(name: str, *model: str) -> tuple[float, float, str]:
         import shutil
 
-        shutil.rmtree(d / f"store_{name}", ignore_errors=True)
+        store = d / f"store_{name}{'_model' if model else ''}"
+        shutil.rmtree(store, ignore_errors=True)
         cmd = [str(BIN / "curate"), "features", "--source", str(d / f"source_{name}.parquet")]
-        return measured(cmd + ["--out", str(d / f"store_{name}"), "-q"])
+        return measured(cmd + ["--out", str(store), "-q", *model])
 
     (d / "source_full.parquet").unlink(missing_ok=True)
     (d / "source_full.parquet").symlink_to("source.parquet")
@@ -227,6 +240,13 @@ def main() -> None:
     dedup("tiny", store=True)
     store_fixed = dedup("tiny", store=True)[0]
     from_store = dedup("full", store=True)
+    with_model = None
+    if args.model:  # the model pass: embeddings and logits of the --n / 10 source, against no model
+        model = ["--model", args.model, "--device", args.device, "--image-size", str(args.image_size)]
+        model += ["--weights", args.weights] if args.weights else []
+        if not args.model.startswith("timm:"):
+            model = model[:4]  # a run folder knows its input size
+        with_model = features("tiny", *model)[0], features("small", *model)[0]
     floor = floor_rate(src)
     fed, bare = loader_rates(src, args.loader_rows)
 
@@ -279,6 +299,13 @@ def main() -> None:
         f"{img_s / store_s:.1f}x   (goal >= 20x); recall {sum(i in found_s for i in truth) / len(truth):.4f}; "
         f"output {'identical' if same else 'DIFFERENT'} to the image path's"
     )
+    if with_model is not None:
+        mrate = (args.n // 10) / (with_model[1] - with_model[0])
+        print(
+            f"features with a model : {mrate:12,.0f} images/s ({args.model} on {args.device}; the pixel pass, "
+            f"the model's decode + resize on this CPU, embeddings and logits); ratio to the CPU floor "
+            f"{mrate / floor:.3f}"
+        )
 
 
 if __name__ == "__main__":
