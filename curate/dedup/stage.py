@@ -219,8 +219,8 @@ def run_chunks(cfg: DedupConfig, sm, ix: Indexes, lm, d, folder: Path, progress:
         def read(i: int):
             return store.read(todo[i][2], todo[i][3], embeddings=ix.feature is not None)
 
-        for _, _, lo, hi in todo:  # before any work: never a result from stale descriptors
-            store.check_files(sm, lo, hi)
+        for _, files, lo, hi in todo:  # before any work: never a result from stale descriptors
+            store.check_files(sm, lo, hi, files)
 
         with ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(read, 0) if todo else None

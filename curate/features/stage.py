@@ -82,11 +82,11 @@ def run(cfg: FeaturesConfig) -> Path:
         classes=lm.config.num_classes if lm else None,
     )
     with dist.session(cfg.device) as d:
-        if d.main:
+        if d.main:  # the folder and its store.json first, then every rank opens it
             claim_folder(cfg.out, "feature store")
             FeatureStore.create(cfg.out, binding)
         dist.barrier(d)
-        store = FeatureStore.create(cfg.out, binding)
+        store = FeatureStore.create(cfg.out, binding)  # refuses a store of something else, on every rank
         chunks = part_range(part, binding.chunks)
         mine = [c for c in chunks if c % d.world == d.rank]
         todo = []
@@ -97,14 +97,14 @@ def run(cfg: FeaturesConfig) -> Path:
                 todo.append((c, files))
         # in images, twice with a model (its pixel pass, then its model pass, chunk by chunk)
         total = sum(binding.chunk(c)[1] - binding.chunk(c)[0] for c, _ in todo) * (2 if lm else 1)
-        desc = f"features {sm.path.name}" + (" (pixels + model)" if lm else "")
-        with bar(total=total, desc=desc, unit="img", enabled=not cfg.quiet and d.main) as b:
+        label = f"features {sm.path.name}" + (" (pixels + model)" if lm else "")
+        with bar(total=total, desc=label, unit="img", enabled=not cfg.quiet and d.main) as b:
             for c, files in todo:
                 lo, hi = binding.chunk(c)
-                desc = describe(
+                described = describe(
                     sm, lo, hi, lm, d, cfg.batch_size, cfg.workers, lm is not None, on_part=b.update, on_batch=b.update
                 )
-                store.write(c, desc, sm.read_range(lo, hi, ["id"]).column("id").combine_chunks(), files)
+                store.write(c, described, sm.read_range(lo, hi, ["id"]).column("id").combine_chunks(), files)
         dist.barrier(d)
         if d.main:
             report(store, chunks, part)

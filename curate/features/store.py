@@ -175,13 +175,16 @@ class FeatureStore:
             return None
         return meta.params.get("files")
 
-    def check_files(self, manifest, start: int, stop: int) -> None:
+    def check_files(self, manifest, start: int, stop: int, files: str | None = None) -> None:
         """Refuse (exit 2) to read rows [start, stop) from parts written from image files that
-        have changed since (size or modification time): their descriptors would be stale."""
+        have changed since (size or modification time): their descriptors would be stale.
+        ``files``: the caller's fingerprint of exactly rows [start, stop), reused when that range
+        is one part (dedup with the store's chunk size): each file is then stat'ed once."""
         size = self.binding.chunk_size
         for c in range(start // size, -(-stop // size)):
             lo, hi = self.binding.chunk(c)
-            if self.part_files(c) != manifest.files_fingerprint(lo, hi):
+            now = files if files is not None and (lo, hi) == (start, stop) else manifest.files_fingerprint(lo, hi)
+            if self.part_files(c) != now:
                 raise UserError(
                     self.part_path(c),
                     "was written from image files that have changed since (size or modification time)",
