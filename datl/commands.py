@@ -29,22 +29,36 @@ def manifest() -> None:
     show_default=True,
     help="Image Parquet files: the column holding the encoded image ({bytes, path} struct or binary).",
 )
-def manifest_build(folder: Path, out: Path, image_column: str) -> None:
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    metavar="CSV",
+    help="Loose images, multi-label: a CSV of image path (relative to FOLDER), then class names "
+    "separated by | (e.g. a/x.jpg,cat|dog). Gives a 'labels' list column.",
+)
+def manifest_build(folder: Path, out: Path, image_column: str, labels: Path | None) -> None:
     """Build a manifest from FOLDER: loose images, *.tar shards, or image *.parquet files.
 
     \b
     Loose images: class sub-folders (FOLDER/cat/*.jpg) give a labeled manifest, classes
-      sorted; a flat folder an unlabeled one. Id: the path relative to FOLDER.
+      sorted; a flat folder an unlabeled one; --labels CSV a multi-label one.
+      Id: the path relative to FOLDER.
     Tar shards (WebDataset): key.jpg/.png/... per sample, key.cls the class index,
-      classes.txt beside the shards the class names. Id: shard/key.
+      classes.txt beside the shards the class names. Multi-label: key.cls with several
+      indexes, or key.json with a "labels" list (indexes or names). Id: shard/key.
     Image Parquet (HuggingFace layout): one image per row in --image-column, an
-      integer 'label' column, ClassLabel names from the file's metadata. Id: file/row.
+      integer 'label' column (or a list-of-int 'labels' column: multi-label), ClassLabel
+      names from the file's metadata. Id: file/row.
     Paths are stored relative to the manifest's folder.
     """
     from datl.manifests.build import build_manifest
 
-    rows, classes = build_manifest(folder, out, image_column)
+    if labels is not None:
+        refuse_clobber({"--out": out}, {"--labels": labels})
+    rows, classes = build_manifest(folder, out, image_column, labels)
     kind = f"{len(classes)} classes" if classes else "unlabeled"
+    if labels is not None:
+        kind += ", multi-label"
     click.echo(f"wrote {out}: {rows:,} images, {kind}")
 
 
@@ -97,10 +111,13 @@ def manifest_validate(path: Path, files: bool, listing: Path | None, quiet: bool
         )
     what = f"{report.files_checked:,} images checked" if files else "image files not checked"
     classes = f", {report.classes} classes" if report.classes else ", unlabeled"
+    if report.multi_label:
+        classes += f", multi-label ({report.occurrences:,} label occurrences)"
     click.echo(f"ok: {path}: {report.rows:,} rows{classes}, ids unique, {what}")
     if report.unlabeled:
         click.echo(
-            f"note: {report.unlabeled:,} row(s) have no label: fine for a target or a source to curate, "
+            f"note: {report.unlabeled:,} row(s) have no label{' (an empty label set)' if report.multi_label else ''}: "
+            "fine for a target or a source to curate, "
             "refused as a pretrain/finetune training, validation or test manifest"
         )
 

@@ -5,11 +5,18 @@ with sorted class names; a flat folder of images an unlabeled one. The id of an 
 its path relative to DIR (posix separators): stable across runs and machines. Paths are
 stored relative to the manifest's own folder.
 
+Multi-label (``--labels labels.csv``): every image below DIR, sub-folders being only folders;
+each CSV row is an image path relative to DIR, then its class names separated by ``|``
+(header ``path,labels`` optional). Classes: the sorted names the CSV uses. An image the
+CSV does not list has an empty label set (no label; the build says how many); a CSV row
+naming a file that is not there is refused.
+
 Read: the whole file, regular files only, at most ``MAX_IMAGE_BYTES``.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -45,6 +52,62 @@ def walk_images(folder: Path) -> list[str]:
 
 def _no_images(folder: Path, problem: str) -> UserError:
     return UserError(folder, problem, f"add images with one of {', '.join(sorted(IMAGE_EXTENSIONS))}")
+
+
+def read_label_csv(path: Path) -> dict[str, list[str]]:
+    """``--labels CSV``: image path (relative to DIR, posix) -> its class names, as written."""
+    if not path.is_file():
+        raise UserError(path, "does not exist", "pass a CSV of: image path relative to DIR, class names separated by |")
+    out: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for n, row in enumerate(csv.reader(f), 1):
+            if not row or (n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "labels"]):
+                continue
+            if len(row) != 2:
+                raise UserError(
+                    path,
+                    f"line {n} has {len(row)} field(s), expected 2 (path, labels)",
+                    "write each line as: relative/path.jpg,cat|dog (quote a path that holds a comma)",
+                )
+            rel = Path(row[0].strip()).as_posix()
+            if rel in out:
+                raise UserError(path, f"line {n} lists {rel} a second time", "give each image one line")
+            names = [t.strip() for t in row[1].split("|") if t.strip()]
+            if len(set(names)) != len(names):
+                raise UserError(path, f"line {n} names a class twice ({row[1][:60]})", "list each class once a line")
+            out[rel] = names
+    return out
+
+
+def build_multi_label(folder: Path, out: Path, labels_csv: Path) -> tuple[int, list[str], int]:
+    """Every image below ``folder``, with its label set from ``labels_csv``; returns (rows,
+    classes, images the CSV does not list)."""
+    table = read_label_csv(labels_csv)
+    ids = walk_images(folder)
+    if not ids:
+        raise _no_images(folder, "holds no images")
+    have = set(ids)
+    missing = next((p for p in table if p not in have), None)
+    if missing is not None:
+        raise UserError(
+            labels_csv,
+            f"lists {missing}, which is not an image below {folder}",
+            "fix the path (relative to the folder, / separated) or drop the line",
+        )
+    classes = sorted({c for names in table.values() for c in names})
+    index = {c: i for i, c in enumerate(classes)}
+    sets = [sorted(index[c] for c in table.get(i, [])) for i in ids]
+    root, base = folder.resolve(), out.resolve().parent
+    cols = {
+        "id": pa.array(ids, pa.string()),
+        "path": pa.array([os.path.relpath(root / i, base) for i in ids], pa.string()),
+        "labels": pa.array(sets, pa.list_(pa.int32())),
+    }
+    meta = ManifestMeta(
+        classes=classes, stage="manifest-build", params={"folder": str(root), "labels": str(labels_csv.resolve())}
+    )
+    write_manifest(out, pa.table(cols), meta)
+    return len(ids), classes, len(ids) - len(table)
 
 
 def build_from_folder(folder: Path, out: Path) -> tuple[int, list[str] | None]:

@@ -4,7 +4,8 @@ manifest, and reading a row's image.
 Build: one row per row, addressed by ``row`` and ``image_column`` (``--image-column``,
 default ``image``: a ``{"bytes", "path"}`` struct or a binary column); an integer ``label``
 column gives labels, named by the ``ClassLabel`` feature in the file's ``huggingface``
-metadata when present. Id: ``file-stem/row``. Only the label column is read to build.
+metadata when present; a list-of-integers ``labels`` column (``Sequence(ClassLabel)``) a
+multi-label manifest, named the same way. Id: ``file-stem/row``. Only the label column is read to build.
 
 Read: the row group holding the row; the last ROW_GROUPS are kept, so reading a file in
 order decodes each row group once.
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 
 from datl.core.errors import UserError
 
+from . import labelsets
 from .address import Address, regular_file
 from .io import write_manifest_two_pass
 
@@ -85,8 +87,21 @@ def hf_class_names(schema: pa.Schema, column: str = "label") -> list[str] | None
         feature = json.loads(raw)["info"]["features"][column]
     except (ValueError, KeyError, TypeError):
         return None
+    if isinstance(feature, dict) and "names" not in feature and isinstance(feature.get("feature"), dict):
+        feature = feature["feature"]  # Sequence(ClassLabel) / List(ClassLabel): the names are the item's
     names = feature.get("names") if isinstance(feature, dict) else None
     return list(names) if isinstance(names, list) else None
+
+
+def label_column(schema: pa.Schema) -> str | None:
+    """'label' (an integer), 'labels' (a list of integers: multi-label), or None: unlabeled."""
+    if "label" in schema.names and pa.types.is_integer(schema.field("label").type):
+        return "label"
+    if "labels" in schema.names:
+        t = schema.field("labels").type
+        if (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type):
+            return "labels"
+    return None
 
 
 def _image_type_ok(t: pa.DataType) -> bool:
@@ -114,16 +129,16 @@ def build_from_parquet(folder: Path, files: list[Path], out: Path, image_column:
                     f"columns: {', '.join(schema.names)})",
                     "pass --image-column NAME",
                 )
-            labeled = "label" in schema.names and pa.types.is_integer(schema.field("label").type)
+            labeled = label_column(schema)
             if state["labeled"] is None:
-                state["labeled"], state["names"] = labeled, hf_class_names(schema)
-            if labeled != state["labeled"] or (labeled and hf_class_names(schema) != state["names"]):
+                state["labeled"], state["names"] = labeled, hf_class_names(schema, labeled or "label")
+            if labeled != state["labeled"] or (labeled and hf_class_names(schema, labeled) != state["names"]):
                 raise UserError(
                     f, "is labeled differently from the files before it", "build a manifest from files of one dataset"
                 )
             rel = os.path.relpath(f.resolve(), out.resolve().parent)
             start = 0
-            for b in pf.iter_batches(batch_size=65_536, columns=["label"] if labeled else [image_column]):
+            for b in pf.iter_batches(batch_size=65_536, columns=[labeled] if labeled else [image_column]):
                 n = b.num_rows
                 cols = {
                     "id": pa.array([f"{f.stem}/{start + i}" for i in range(n)], pa.string()),
@@ -131,10 +146,21 @@ def build_from_parquet(folder: Path, files: list[Path], out: Path, image_column:
                     "row": pa.array(range(start, start + n), pa.int64()),
                     "image_column": pa.array([image_column] * n, pa.string()),
                 }
-                if labeled:
+                if labeled == "label":
                     lab = b.column(0).cast(pa.int32())
                     state["max"] = max(state["max"], pc.max(lab).as_py() or -1)
                     cols["label"] = lab
+                elif labeled == "labels":
+                    lab = b.column(0).cast(labelsets.list_type())
+                    offsets, values, null_item = labelsets.flat(lab)
+                    k = len(state["names"]) if state["names"] is not None else 2**31 - 1
+                    bad = labelsets.first_bad(offsets, values, null_item, k)
+                    if bad is not None:
+                        raise UserError(
+                            f, f"row {start + bad[0]}'s 'labels' {bad[1]}", "fix the labels or the ClassLabel names"
+                        )
+                    state["max"] = max(state["max"], int(values.max()) if len(values) else -1)
+                    cols["labels"] = lab
                 start += n
                 yield pa.RecordBatch.from_pydict(cols)
 

@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from datl.core.errors import UserError
 from datl.core.files import atomic_output
 
+from . import labelsets
 from .address import ADDRESS_COLUMNS, AddressColumns
-from .schema import LABEL, META_KEY, ManifestError, ManifestMeta, check_same_classes, check_schema
+from .schema import LABEL, LABELS, META_KEY, ManifestError, ManifestMeta, check_same_classes, check_schema
 
 DEFAULT_BATCH = 65_536
 
@@ -66,28 +67,47 @@ class Manifest:
 
     @property
     def has_labels(self) -> bool:
-        return LABEL in self.schema.names
+        """Labeled, in either form: one ``label`` an image, or a ``labels`` list."""
+        return LABEL in self.schema.names or LABELS in self.schema.names
+
+    @property
+    def multi_label(self) -> bool:
+        """A multi-label manifest: a ``labels`` list column (labelsets.py)."""
+        return LABELS in self.schema.names
+
+    @property
+    def label_column(self) -> str | None:
+        return LABELS if self.multi_label else LABEL if LABEL in self.schema.names else None
 
     @property
     def classes(self) -> list[str] | None:
         return None if self.meta is None else self.meta.classes
 
-    def require_labels(self) -> list[str]:
-        """Classes of a labeled manifest, or a one-line error naming the file."""
+    def require_labels(self, multi: bool = False) -> list[str]:
+        """Classes of a labeled manifest, or a one-line error naming the file; a multi-label
+        one only where the caller takes it (``multi``)."""
         if not self.has_labels or not self.classes:
             raise ManifestError(
                 self.path,
                 "has no labels (no 'label' column with class names)",
                 "pass a labeled manifest (class sub-folders with `datl manifest build`)",
             )
+        if self.multi_label and not multi:
+            raise ManifestError(
+                self.path,
+                "is multi-label (a 'labels' list column), and this command takes one 'label' an image",
+                "pass a single-label manifest here; docs/manifests.md lists the commands that take multi-label ones",
+            )
         return list(self.classes)
 
-    def require_classes(self, classes: list[str], against: object, fix: str, allow_unlabeled: bool = False) -> None:
+    def require_classes(
+        self, classes: list[str], against: object, fix: str, allow_unlabeled: bool = False, multi: bool = False
+    ) -> None:
         """This manifest is labeled with exactly ``classes`` (those of ``against``), or, with
         ``allow_unlabeled``, is unlabeled."""
         if allow_unlabeled and not self.has_labels:
             return
-        check_same_classes(classes, self.require_labels(), against, self.path, fix)
+        check_same_classes(classes, self.require_labels(multi), against, self.path, fix)
 
     # -- rows ------------------------------------------------------------------
     def iter_batches(
@@ -182,10 +202,15 @@ class Manifest:
         return path if os.path.isabs(path) else os.path.join(self.folder, path)
 
     def label_counts(self, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, int]:
-        """Per-class row counts in one streamed pass, and the number of null labels.
+        """Per-class row counts in one streamed pass, and the number of null labels; for a
+        multi-label manifest, per-class label occurrences and the number of rows with none.
 
-        Raises ManifestError, naming the first row, for a label outside 0..K-1.
+        Raises ManifestError, naming the first row, for a label outside 0..K-1 (or a label set
+        that is not a set of distinct indexes).
         """
+        if self.multi_label:
+            counts, n_empty, _ = self.label_set_counts(batch_size)
+            return counts, n_empty
         classes = self.require_labels()
         k = len(classes)
         counts = np.zeros(k, dtype=np.int64)
@@ -205,6 +230,32 @@ class Manifest:
                 )
             counts += np.bincount(vals, minlength=k)
         return counts, n_null
+
+    def label_set_counts(self, batch_size: int = DEFAULT_BATCH) -> tuple[np.ndarray, int, np.ndarray]:
+        """A multi-label manifest in one streamed pass: per-class occurrences, rows with no label,
+        and the histogram of labels per image (``sizes[j]``: rows with j labels). Raises
+        ManifestError naming the first row whose label set is bad."""
+        k = len(self.require_labels(multi=True))
+        counts, n_empty, sizes, start = np.zeros(k, dtype=np.int64), 0, np.zeros(1, dtype=np.int64), 0
+        for batch in self.iter_batches(["id", LABELS], batch_size):
+            offsets, values, null_item = labelsets.flat(batch.column(1))
+            bad = labelsets.first_bad(offsets, values, null_item, k)
+            if bad is not None:
+                r, why = bad
+                raise ManifestError(
+                    self.path,
+                    f"row {start + r} (id {batch.column(0)[r].as_py()!r}) {why}",
+                    "give each image a list of distinct class indexes (0..K-1) in 'labels'",
+                )
+            c, e = labelsets.occurrences(offsets, values, k)
+            counts += c
+            n_empty += e
+            h = np.bincount(np.diff(offsets))
+            if len(h) > len(sizes):
+                sizes = np.pad(sizes, (0, len(h) - len(sizes)))
+            sizes[: len(h)] += h
+            start += batch.num_rows
+        return counts, n_empty, sizes
 
     def require_training_labels(self, role: str) -> tuple[list[str], np.ndarray]:
         """Classes and per-class counts of a manifest a model trains on or is scored on
@@ -252,7 +303,14 @@ def _with_meta(schema: pa.Schema, meta: ManifestMeta) -> pa.Schema:
     md = dict(schema.metadata or {})
     md.pop(b"pandas", None)  # pandas' index bookkeeping is not part of the contract
     md[META_KEY] = meta.to_json()
-    fields = [pa.field(f.name, pa.int32(), nullable=True) if f.name == LABEL else f for f in schema]
+    fields = [
+        pa.field(f.name, pa.int32(), nullable=True)
+        if f.name == LABEL
+        else pa.field(f.name, labelsets.list_type(), nullable=True)
+        if f.name == LABELS
+        else f
+        for f in schema
+    ]
     return pa.schema(fields, metadata=md)
 
 
@@ -276,7 +334,7 @@ def write_table(
     """Write any stage table (a manifest, prior.parquet, ...) atomically with ``datl`` metadata.
 
     ``data`` is a Table or an iterable of RecordBatches (streamed: constant memory).
-    The label column, if any, is stored as int32.
+    The label column, if any, is stored as int32; a labels column as list<int32>.
     """
     path = Path(path)
     if isinstance(data, pa.Table):
@@ -312,11 +370,17 @@ def _chain(first, rest):
 
 
 def write_manifest_two_pass(
-    out: Path, batches: Iterator[pa.RecordBatch], classes: Callable[[], list[str] | None], params: dict, folder: Path
+    out: Path,
+    batches: Iterator[pa.RecordBatch],
+    classes: Callable[[], list[str] | None],
+    params: dict,
+    folder: Path,
+    convert: Callable[[pa.RecordBatch], pa.RecordBatch] | None = None,
 ) -> tuple[int, list[str] | None]:
     """A manifest whose class names are known only once every row is read (a folder of
     shards): rows go first to a temporary file beside ``out``, then are streamed into the
-    manifest with its metadata. ``classes()`` is called after the last batch."""
+    manifest with its metadata. ``classes()`` is called after the last batch; ``convert``,
+    if given, maps each batch on its way from the temporary file into the manifest."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.rows.tmp"
     rows = 0
@@ -333,11 +397,12 @@ def write_manifest_two_pass(
             raise UserError(folder, "holds shards but no images in them", "check the shards' contents")
         names = classes()
         src = pq.ParquetFile(tmp)
+        rows_out = src.iter_batches(batch_size=262_144)
         write_manifest(
             out,
-            src.iter_batches(batch_size=262_144),
+            rows_out if convert is None else map(convert, rows_out),
             ManifestMeta(classes=names, stage="manifest-build", params=params),
-            schema=src.schema_arrow,
+            schema=src.schema_arrow if convert is None else None,
         )
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@
 | id     | string          | stable id, unique except in with-replacement samples |
 | path   | string          | image file, absolute or relative to the manifest's folder |
 | label  | int32, nullable | index into ``classes``; null = unlabeled         |
+| labels | list<int32>     | multi-label, instead of ``label``: indexes into ``classes``; [] = unlabeled |
 
 Any other column is carried through by every stage. The Parquet schema metadata
 key ``datl`` holds JSON: classes, stage, params, inputs, version, created.
@@ -24,6 +25,7 @@ from datl.core.errors import UserError
 META_KEY = b"datl"
 REQUIRED = ("id", "path")
 LABEL = "label"
+LABELS = "labels"  # a multi-label source: a list of class indexes per image (labelsets.py)
 FORMAT_VERSION = 1
 
 
@@ -94,6 +96,12 @@ def check_schema(schema: pa.Schema, meta: ManifestMeta | None, where: object) ->
                 where, f"column '{col}' has type {schema.field(col).type}, expected string", f"cast '{col}' to string"
             )
     _check_address_columns(schema, where)
+    if LABEL in names and LABELS in names:
+        raise ManifestError(
+            where,
+            "has both a 'label' and a 'labels' column",
+            "keep 'label' (one class an image) or 'labels' (a list of classes an image), not both",
+        )
     if LABEL in names:
         t = schema.field(LABEL).type
         if not pa.types.is_integer(t):
@@ -102,10 +110,19 @@ def check_schema(schema: pa.Schema, meta: ManifestMeta | None, where: object) ->
                 f"column 'label' has type {t}, expected int32",
                 "store class indices (0..K-1) in 'label' and the class names in the datl metadata",
             )
-        if meta is None or meta.classes is None:
+    if LABELS in names:
+        t = schema.field(LABELS).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_integer(t.value_type):
             raise ManifestError(
                 where,
-                "has a 'label' column but no class names in its 'datl' metadata",
+                f"column 'labels' has type {t}, expected list<int32>",
+                "store each image's class indices (0..K-1) as a list in 'labels' ([] = unlabeled)",
+            )
+    for col in (LABEL, LABELS):
+        if col in names and (meta is None or meta.classes is None):
+            raise ManifestError(
+                where,
+                f"has a '{col}' column but no class names in its 'datl' metadata",
                 "write it with datl (manifests.write_manifest or `datl manifest build`)",
             )
     if meta is not None and meta.classes is not None:

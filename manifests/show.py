@@ -37,6 +37,8 @@ def describe(m: Manifest, top: int | None = 40) -> str:
     if not m.has_labels:
         lines.append("  labels   none (unlabeled)")
         return "\n".join(lines)
+    if m.multi_label:
+        return "\n".join(lines + multi_label_lines(m, top))
     counts, n_null = m.label_counts()
     empty = int((counts == 0).sum())
     lines.append(f"  classes  {len(counts):,}" + (f" ({empty} with no rows)" if empty else ""))
@@ -44,6 +46,23 @@ def describe(m: Manifest, top: int | None = 40) -> str:
         lines.append(f"  unlabeled rows  {n_null:,}")
     lines.extend(histogram_lines(list(m.classes), counts, top))
     return "\n".join(lines)
+
+
+def multi_label_lines(m: Manifest, top: int | None) -> list[str]:
+    """A multi-label manifest: labels per image (a histogram), then per-class occurrences."""
+    counts, n_empty, sizes = m.label_set_counts()
+    labeled = max(m.num_rows - n_empty, 0)
+    mean = counts.sum() / labeled if labeled else 0.0
+    empty = int((counts == 0).sum())
+    lines = [
+        f"  labels   multi-label: {int(counts.sum()):,} label occurrences, {mean:.2f} a labeled image",
+        f"  classes  {len(counts):,}" + (f" ({empty} never used)" if empty else ""),
+        "  labels per image:",
+    ]
+    lines.extend(histogram_lines([f"{j} label{'s' if j != 1 else ''}" for j in range(len(sizes))], sizes, None))
+    lines.append("  occurrences per class (an image counts once for each of its labels):")
+    lines.extend(histogram_lines(list(m.classes), counts, top))
+    return lines
 
 
 def summary_table(paths: list[Path]) -> str:

@@ -28,7 +28,9 @@ class ValidationReport:
     rows: int
     classes: int | None
     files_checked: int = 0
-    unlabeled: int = 0  # rows of a labeled manifest with a null label
+    unlabeled: int = 0  # rows of a labeled manifest with a null label (multi-label: an empty set)
+    multi_label: bool = False
+    occurrences: int = 0  # label occurrences of a multi-label manifest
     unreadable: Examples = field(default_factory=lambda: Examples(EXAMPLES))  # "path: reason"
     warnings: Examples = field(default_factory=lambda: Examples(EXAMPLES))  # "path: what PIL warned"
 
@@ -85,7 +87,8 @@ def validate_manifest(
     m = open_manifest(path)
     report = ValidationReport(rows=m.num_rows, classes=len(m.classes) if m.classes else None)
     if m.has_labels:
-        _, report.unlabeled = m.label_counts()  # raises on a label out of range
+        counts, report.unlabeled = m.label_counts()  # raises on a label out of range, naming the row
+        report.multi_label, report.occurrences = m.multi_label, int(counts.sum())
     ids = m.read(["id"]).column("id")
     if ids.null_count:
         raise ManifestError(m.path, f"{ids.null_count} row(s) have no id", "give every row an id")

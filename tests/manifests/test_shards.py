@@ -135,7 +135,7 @@ def test_bad_shards_are_counted_not_fatal(demo_small, tar_source, tmp_path):
     assert_user_error(
         cli("datl", "manifest", "build", str(tmp_path / "mixed"), "--out", str(tmp_path / "k.parquet")),
         "s.tar",
-        "sample 'b' has no .cls",
+        "sample 'b' has no labels (.cls",
     )
     assert not (tmp_path / "j.parquet").exists() and not (tmp_path / "k.parquet").exists()
     assert not list(tmp_path.glob(".*.tmp"))

@@ -73,11 +73,12 @@ class ImageDataset(torch.utils.data.Dataset):
     ):
         self.draft = tuple(draft) if draft is not None else None
         self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
-        cols = ["path", *self.manifest.address_columns] + ([LABEL] if self.manifest.has_labels else [])
+        single = self.manifest.label_column == LABEL  # a multi-label manifest's sets: not read here
+        cols = ["path", *self.manifest.address_columns] + ([LABEL] if single else [])
         self.start = rows[0] if rows else 0  # rows=(start, stop): only that range, read by row group
         table = self.manifest.read_range(*rows, cols) if rows else self.manifest.read(cols)
         self._where = AddressColumns(table, str(self.manifest.folder))
-        if self.manifest.has_labels:
+        if single:
             self.labels = table.column(LABEL).combine_chunks().fill_null(-1).to_numpy().astype(np.int64)
         else:
             self.labels = np.full(table.num_rows, -1, dtype=np.int64)
