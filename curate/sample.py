@@ -10,6 +10,25 @@
 Two streamed passes over the source: labels (and ids for --exclude) to choose rows,
 then every column to copy the chosen rows out. Rows come out in source order;
 ``draw`` numbers them 0..N-1, and ``weight`` is the row's class weight.
+
+A multi-label source (a ``labels`` column), the paper's rule applied per label:
+
+- with replacement: per-label draw counts ~ Multinomial(N, P_t restricted to labels that
+  still have images), each draw uniform among the images carrying its label; the label
+  that drew the row is kept in ``draw_label``. An image with several labels can be drawn
+  by any of them, so co-occurring labels come along and the label shares reached differ
+  from P_t (`curate weight` reports the expected shares as ``p_expected``).
+- without replacement: N distinct images, each image's chance proportional to the sum of
+  its labels' weights, w(x) = sum_{y in S(x)} w(y). The rule is chosen because it is the
+  with-replacement scheme's own preference: there, image x is drawn per draw with
+  chance sum_{y in S(x)} P_t(y) / n_y = sum_{y in S(x)} w(y) / M (M: all label
+  occurrences), so both modes rank images alike; on a single-label source it is w(y).
+  ``draw_label`` is null.
+- ``--uniform`` draws images, not labels: every labeled image equally likely (the
+  all-source baseline), ``weight`` 1, ``draw_label`` null.
+
+``weight`` is w(x) = sum of the row's label weights. Memory: the plan holds the label
+occurrences (a row number and a label each, 8 bytes an occurrence below 2^31 rows).
 """
 
 from __future__ import annotations
@@ -27,7 +46,7 @@ import pyarrow.compute as pc
 from datl.core.errors import UserError
 from datl.core.files import input_hashes, refuse_clobber
 from datl.core.options import opt, validate
-from datl.manifests import Manifest, ManifestMeta, check_same_classes, open_manifest, write_manifest
+from datl.manifests import Manifest, ManifestMeta, check_same_classes, labelsets, open_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +113,11 @@ def run(cfg: SampleConfig) -> Path:
         )
     sm = open_manifest(cfg.source)
     if cfg.uniform:
-        classes, wt = sm.require_labels(), uniform_weights(sm)
+        classes, wt = sm.require_labels(multi=True), uniform_weights(sm)
     else:
         classes, wt = read_weights(cfg.weights)
         check_same_classes(
-            sm.require_labels(),
+            sm.require_labels(multi=True),
             classes,
             cfg.source,
             cfg.weights,
@@ -115,6 +134,7 @@ def run(cfg: SampleConfig) -> Path:
         cfg.seed,
         str(Path(cfg.out).resolve().parent),
         clip=cfg.size == "all",
+        uniform=cfg.uniform,
     )
     meta = ManifestMeta(
         classes=classes,
@@ -134,7 +154,24 @@ def run(cfg: SampleConfig) -> Path:
         f"wrote {cfg.out}: {len(plan.rows):,} draws, {n_unique:,} distinct, from {plan.eligible:,} "
         "eligible source images" + (f" ({plan.excluded:,} excluded)" if cfg.exclude else "")
     )
+    if sm.multi_label and not cfg.uniform:
+        logger.info(achieved_line(Manifest(cfg.out), wt))
     return Path(cfg.out)
+
+
+def achieved_line(sample: Manifest, weights: pa.Table) -> str:
+    """A multi-label sample: how far the label shares it reached are from P_t (co-occurring
+    labels come along with every draw), and the label furthest off."""
+    counts, _ = sample.label_counts()
+    got = counts / max(int(counts.sum()), 1)
+    want = np.zeros(len(got))
+    want[weights.column("label").to_numpy()] = weights.column("p_target").to_numpy()
+    gap = np.abs(got - want)
+    i = int(np.argmax(gap))
+    return (
+        f"label shares reached: {gap.sum() / 2:.3f} total variation from P_t (co-occurring labels come along); "
+        f"furthest: {sample.classes[i]} {got[i]:.3f} against P_t {want[i]:.3f} (`datl manifest show` the sample)"
+    )
 
 
 @dataclass
@@ -142,6 +179,7 @@ class Plan:
     rows: np.ndarray  # sorted source row numbers, repeated for repeated draws
     eligible: int  # rows that could be drawn (after exclusion, weight > 0)
     excluded: int  # rows dropped by --exclude
+    draw_label: np.ndarray | None = None  # multi-label: the label that drew each row (-1: none)
 
 
 def read_labels(source: Manifest, exclude: pa.Array | None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -202,7 +240,13 @@ def plan_without_replacement(
     labels: np.ndarray, keep: np.ndarray, weight: np.ndarray, size: int | None, rng: np.random.Generator, where: object
 ) -> Plan:
     """N distinct rows, P(row) proportional to its class weight; size None = every eligible row."""
-    w_row = weight.astype(np.float32)[labels]
+    return plan_rows_without_replacement(weight.astype(np.float32)[labels], keep, size, rng, where)
+
+
+def plan_rows_without_replacement(
+    w_row: np.ndarray, keep: np.ndarray, size: int | None, rng: np.random.Generator, where: object
+) -> Plan:
+    """N distinct rows, P(row) proportional to ``w_row`` (float32, one a source row)."""
     ok = keep & (w_row > 0)
     rows = None if ok.all() else np.flatnonzero(ok)
     if rows is not None:
@@ -243,27 +287,37 @@ def rebase_paths(paths: pa.Array, source_folder: str, out_folder: str) -> pa.Arr
 
 
 def take_rows(
-    source: Manifest, rows: np.ndarray, weight: np.ndarray, schema: pa.Schema, out_folder: str | None = None
+    source: Manifest, plan: Plan, row_weight: np.ndarray, schema: pa.Schema, out_folder: str | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Stream the source once; yield the planned rows (repeats included) with weight and draw.
+    """Stream the source once; yield the planned rows (repeats included) with weight and draw
+    (and draw_label for a multi-label source). ``row_weight``: one a planned row.
 
     Relative image paths are rewritten for a manifest written in ``out_folder``."""
     draw = 0
-    for t in source.iter_take(rows, batch_size=BATCH):
-        t = t.drop_columns([c for c in ("weight", "draw") if c in t.column_names])
+    for t in source.iter_take(plan.rows, batch_size=BATCH):
+        t = t.drop_columns([c for c in ADDED if c in t.column_names])
         if out_folder is not None:
             i = t.schema.get_field_index("path")
             t = t.set_column(i, "path", rebase_paths(t.column("path").combine_chunks(), str(source.folder), out_folder))
-        lab = t.column("label").fill_null(0).to_numpy()
-        t = t.append_column("weight", pa.array(weight[lab], pa.float64()))
-        t = t.append_column("draw", pa.array(np.arange(draw, draw + t.num_rows, dtype=np.int64)))
+        span = slice(draw, draw + t.num_rows)
+        t = t.append_column("weight", pa.array(row_weight[span], pa.float64()))
+        t = t.append_column("draw", pa.array(np.arange(span.start, span.stop, dtype=np.int64)))
+        if source.multi_label:
+            dl = plan.draw_label[span] if plan.draw_label is not None else np.full(t.num_rows, -1, np.int32)
+            t = t.append_column("draw_label", pa.array(dl, pa.int32(), mask=dl < 0))
         draw += t.num_rows
         yield from t.cast(schema).to_batches()
 
 
+ADDED = ("weight", "draw", "draw_label")  # columns the sample adds (a sample of a sample replaces them)
+
+
 def output_schema(source: Manifest) -> pa.Schema:
-    fields = [f for f in source.schema if f.name not in ("weight", "draw")]
-    return pa.schema(fields + [pa.field("weight", pa.float64()), pa.field("draw", pa.int64())])
+    fields = [f for f in source.schema if f.name not in ADDED]
+    extra = [pa.field("weight", pa.float64()), pa.field("draw", pa.int64())]
+    if source.multi_label:
+        extra.append(pa.field("draw_label", pa.int32()))
+    return pa.schema(fields + extra)
 
 
 def run_sample(
@@ -276,10 +330,12 @@ def run_sample(
     seed: int,
     out_folder: str | None = None,
     clip: bool = False,
+    uniform: bool = False,
 ) -> tuple[Plan, Iterator[pa.RecordBatch], pa.Schema]:
     """Choose the rows (pass 1) and return the stream that copies them out (pass 2).
 
-    clip: draw every eligible row (``--size all``, without replacement only)."""
+    clip: draw every eligible row (``--size all``, without replacement only); uniform: the
+    baseline (a multi-label source then draws images, not labels)."""
     if size <= 0:
         raise UserError("--size", f"{size} is not positive", "pass the number of images to draw, e.g. --size 100000")
     k = len(classes)
@@ -288,13 +344,113 @@ def run_sample(
     lab = weights.column("label").to_numpy()
     p_target[lab] = weights.column("p_target").to_numpy()
     weight[lab] = weights.column("weight").to_numpy()
-    labels, keep, excluded = read_labels(source, exclude)
     rng = np.random.default_rng(seed)
+    schema = output_schema(source)
+    if source.multi_label:
+        plan, row_weight = plan_multi_label(source, exclude, p_target, weight, size, replacement, rng, clip, uniform)
+        return plan, take_rows(source, plan, row_weight, schema, out_folder), schema
+    labels, keep, excluded = read_labels(source, exclude)
     if replacement:
         plan = plan_with_replacement(labels, keep, p_target, size, rng)
     else:
         plan = plan_without_replacement(labels, keep, weight, None if clip else size, rng, source.path)
     plan.excluded = excluded
+    row_weight = weight[labels[plan.rows]]
     del labels, keep
-    schema = output_schema(source)
-    return plan, take_rows(source, plan.rows, weight, schema, out_folder), schema
+    return plan, take_rows(source, plan, row_weight, schema, out_folder), schema
+
+
+# -- multi-label sources ----------------------------------------------------------------
+@dataclass
+class Occurrences:
+    """Every label occurrence of a multi-label source: its row and its label; ``keep``: rows
+    that may be drawn (a label, not excluded)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    keep: np.ndarray
+    excluded: int
+
+
+def read_occurrences(source: Manifest, exclude: pa.Array | None) -> Occurrences:
+    """The label occurrences in one streamed pass (label sets checked as they are read)."""
+    n = source.num_rows
+    row_type = np.int32 if n < 2**31 else np.int64
+    cols = [source.label_column] + (["id"] if exclude is not None else [])
+    keep = np.ones(n, dtype=bool)
+    rows, labels, pos = [], [], 0
+    for b in source.iter_batches(cols, batch_size=BATCH):
+        offsets, values, _ = labelsets.flat(b.column(0))
+        lengths = np.diff(offsets)
+        rows.append(np.repeat(np.arange(pos, pos + b.num_rows, dtype=row_type), lengths))
+        labels.append(values.astype(np.int32))
+        keep[pos : pos + b.num_rows] = lengths > 0
+        if exclude is not None:
+            keep[pos : pos + b.num_rows] &= ~pc.is_in(b.column(1), value_set=exclude).to_numpy(zero_copy_only=False)
+        pos += b.num_rows
+    occ_rows = np.concatenate(rows) if rows else np.zeros(0, row_type)
+    occ_labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+    del rows, labels
+    labeled = np.zeros(n, dtype=bool)
+    labeled[occ_rows] = True
+    excluded = int((labeled & ~keep).sum())
+    ok = keep[occ_rows]
+    return Occurrences(occ_rows[ok], occ_labels[ok], keep, excluded)
+
+
+def plan_multi_label(
+    source: Manifest,
+    exclude: pa.Array | None,
+    p_target: np.ndarray,
+    weight: np.ndarray,
+    size: int,
+    replacement: bool,
+    rng: np.random.Generator,
+    clip: bool,
+    uniform: bool,
+) -> tuple[Plan, np.ndarray]:
+    """The plan for a multi-label source (the module docstring's rules) and each planned
+    row's weight w(x) = sum of its labels' weights (1 with ``uniform``)."""
+    occ = read_occurrences(source, exclude)
+    k, n = len(p_target), source.num_rows
+    if uniform:
+        w_img = occ.keep.astype(np.float32)
+    else:
+        w_img = np.bincount(occ.rows, weights=weight[occ.labels], minlength=n).astype(np.float32)
+    if uniform and replacement:
+        pool = np.flatnonzero(occ.keep)
+        if not len(pool):
+            raise UserError(source.path, "has no labeled image left to draw", "check --exclude and the label sets")
+        plan = Plan(np.sort(pool[rng.integers(0, len(pool), size)]), len(pool), occ.excluded)
+    elif replacement:
+        plan = plan_label_draws(occ, p_target, size, rng, k, n)
+        plan.excluded = occ.excluded
+    else:
+        plan = plan_rows_without_replacement(w_img, occ.keep, None if clip else size, rng, source.path)
+        plan.excluded = occ.excluded
+    return plan, w_img[plan.rows].astype(np.float64)
+
+
+def plan_label_draws(
+    occ: Occurrences, p_target: np.ndarray, size: int, rng: np.random.Generator, k: int, n: int
+) -> Plan:
+    """With replacement, per label: counts ~ Multinomial(N, P_t over labels with images),
+    each draw uniform among the occurrences of its label (one per image carrying it)."""
+    sizes = np.bincount(occ.labels, minlength=k)
+    p = np.where(sizes > 0, p_target, 0.0)
+    if p.sum() <= 0:
+        raise UserError(
+            "--weights",
+            "no label with target mass has any source image left",
+            "check the prior, or exclude fewer images",
+        )
+    counts = rng.multinomial(size, p / p.sum())
+    order = argsort_labels(occ.labels, k)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    cls = np.repeat(np.arange(k, dtype=np.int32), counts)
+    picked = order[starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)]
+    rows = occ.rows[picked]
+    by_row = np.argsort(rows, kind="stable")
+    reachable = np.zeros(n, dtype=bool)
+    reachable[occ.rows[p[occ.labels] > 0]] = True
+    return Plan(rows[by_row].astype(np.int64), int(reachable.sum()), 0, draw_label=cls[by_row])

@@ -3,6 +3,16 @@
 P_s(y) comes from the source manifest's label counts in one streamed pass (bounded
 memory at any size). Classes that P_t gives mass but that have no source image
 cannot be sampled: they are reported, dropped and P_t is renormalised over the rest.
+
+A multi-label source (a ``labels`` column): P_s(y) is label y's share of all label
+occurrences (``n_source`` counts occurrences), w(y) = P_t(y) / P_s(y) as before, and a
+second streamed pass adds ``p_expected``: the share of label occurrences that a
+with-replacement sample of `curate sample` is expected to reach. It differs from P_t
+because co-occurring labels come along with each draw: drawing label j picks an image x
+carrying j, uniformly (chance 1/n_j), and x brings all of its labels S(x). So per draw,
+E[occurrences of y] = sum_j P_t(j) * |{x : j, y in S(x)}| / n_j = sum over the images x
+carrying y of a(x), with a(x) = sum_{j in S(x)} P_t(j) / n_j; ``p_expected`` normalises it
+over labels.
 """
 
 from __future__ import annotations
@@ -19,7 +29,15 @@ import pyarrow.parquet as pq
 from datl.core.errors import UserError
 from datl.core.files import atomic_output, input_hashes, png_metadata, refuse_clobber, refuse_foreign_default
 from datl.core.options import opt, validate
-from datl.manifests import Manifest, ManifestError, ManifestMeta, check_same_classes, open_manifest, write_table
+from datl.manifests import (
+    Manifest,
+    ManifestError,
+    ManifestMeta,
+    check_same_classes,
+    labelsets,
+    open_manifest,
+    write_table,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +72,7 @@ def run(cfg: WeightConfig) -> Path:
     meta = ManifestMeta(
         classes=sm.classes,
         stage="weight",
-        params={"exclude": cfg.exclude},
+        params={"exclude": cfg.exclude, "multi_label": sm.multi_label},
         inputs=input_hashes(source=cfg.source, prior=cfg.prior, exclude=cfg.exclude),
     )
     t = result.table
@@ -69,6 +87,9 @@ def run(cfg: WeightConfig) -> Path:
             f"dropped and P_t renormalised: {shown}"
         )
     msg = f"wrote {cfg.out}: {t.num_rows:,} classes"
+    if "p_expected" in t.column_names:
+        gap = np.abs(t.column("p_expected").to_numpy() - t.column("p_target").to_numpy()).sum() / 2
+        msg += f" (multi-label: a sample is expected to reach P_t within {gap:.3f} total variation)"
     if "n_excluded" in t.column_names:
         msg += f", {sum(t.column('n_excluded').to_pylist()):,} source images excluded as duplicates"
     logger.info(msg)
@@ -151,19 +172,37 @@ def read_excluded_ids(path: str | Path | None) -> pa.Array | None:
 
 
 def excluded_counts(source: Manifest, ids: pa.Array, k: int) -> np.ndarray:
-    """Per-class count of source rows whose id is in ``ids`` (one streamed pass)."""
+    """Per-class count of source rows whose id is in ``ids`` (one streamed pass); label
+    occurrences for a multi-label source."""
     out = np.zeros(k, dtype=np.int64)
-    for b in source.iter_batches(["id", "label"], batch_size=262_144):
+    for b in source.iter_batches(["id", source.label_column], batch_size=262_144):
         hit = pc.is_in(b.column(0), value_set=ids)
-        lab = pc.filter(b.column(1), hit).drop_null().to_numpy(zero_copy_only=False)
+        if source.multi_label:
+            _, lab, _ = labelsets.flat(pc.filter(b.column(1), hit))
+        else:
+            lab = pc.filter(b.column(1), hit).drop_null().to_numpy(zero_copy_only=False)
         out += np.bincount(lab, minlength=k)
     return out
+
+
+def expected_shares(source: Manifest, p_target: np.ndarray, n_source: np.ndarray) -> np.ndarray:
+    """A multi-label source: each label's expected share of the label occurrences in a
+    with-replacement sample that draws label j with chance P_t(j), then an image carrying j
+    uniformly (the module docstring's formula), in one streamed pass."""
+    per = np.divide(p_target, n_source, out=np.zeros_like(p_target), where=n_source > 0)
+    got = np.zeros(len(p_target))
+    for b in source.iter_batches([source.label_column], batch_size=262_144):
+        offsets, values, _ = labelsets.flat(b.column(0))
+        rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        a = np.bincount(rows, weights=per[values], minlength=len(offsets) - 1)  # a(x) of each image
+        got += np.bincount(values, weights=a[rows], minlength=len(p_target))
+    return got / got.sum() if got.sum() > 0 else got
 
 
 def compute_weights(
     source: Manifest, prior_classes: list[str], p_target: np.ndarray, exclude: pa.Array | None = None
 ) -> WeightResult:
-    classes = source.require_labels()
+    classes = source.require_labels(multi=True)
     check_same_classes(
         classes,
         prior_classes,
@@ -191,6 +230,8 @@ def compute_weights(
         "p_target": pa.array(p_t, pa.float64()),
         "weight": pa.array(weight, pa.float64()),
     }
+    if source.multi_label:
+        cols["p_expected"] = pa.array(expected_shares(source, p_t, n_source), pa.float64())
     if exclude is not None:
         cols["n_excluded"] = pa.array(excluded_counts(source, exclude, len(classes)), pa.int64())
     return WeightResult(pa.table(cols), [c for c, u in zip(classes, unreachable) if u])

@@ -143,16 +143,25 @@ def rows_of_ids(manifest_path: str, ids: list[str]) -> dict[str, int]:
 
 
 def first_rows_per_class(manifest_path: str, labels: list[int], k: int) -> dict[int, list[int]]:
-    """The first ``k`` rows of each wanted class, in one streamed pass over the label column."""
+    """The first ``k`` rows of each wanted class, in one streamed pass over the label column
+    (a multi-label source: the first rows carrying the label)."""
+    from datl.manifests import labelsets
+
     want = set(labels)
     rows: dict[int, list[int]] = {c: [] for c in labels}
     start = 0
-    for b in open_manifest(manifest_path).iter_batches(["label"]):
-        lab = b.column(0).fill_null(-1).to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(np.isin(lab, list(want))):
-            c = int(lab[i])
-            if len(rows[c]) < k:
-                rows[c].append(start + int(i))
+    m = open_manifest(manifest_path)
+    for b in m.iter_batches([m.label_column]):
+        if m.multi_label:
+            offsets, lab, _ = labelsets.flat(b.column(0))
+            at = np.repeat(np.arange(b.num_rows), np.diff(offsets))
+        else:
+            lab = b.column(0).fill_null(-1).to_numpy(zero_copy_only=False)
+            at = np.arange(b.num_rows)
+        for j in np.flatnonzero(np.isin(lab, list(want))):
+            c, i = int(lab[j]), int(at[j])
+            if c in want and len(rows[c]) < k:
+                rows[c].append(start + i)
                 if len(rows[c]) == k:
                     want.discard(c)
         if not want:
@@ -164,6 +173,8 @@ def first_rows_per_class(manifest_path: str, labels: list[int], k: int) -> dict[
 def weights_section(rep: Report, st: Stage) -> dict:
     t = pq.read_table(st.folder / "weights.parquet")
     cols = ["label", "class_name", "n_source", "p_source", "p_target", "weight", "n_excluded"]
+    if "p_expected" in t.column_names:  # a multi-label source: the label shares a sample is expected to reach
+        cols.append("p_expected")
     rows = [[r.get(c) for c in cols] for r in t.select([c for c in cols if c in t.column_names]).to_pylist()]
     plot = st.folder / "weights.png"
     return {
