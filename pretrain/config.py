@@ -13,3 +13,9 @@ class PretrainConfig(TrainConfig):
     manifest: str = opt(short="-m", help="Labeled manifest to train on.")
     init: str | None = opt(None, help="Start from a RUN_DIR (same classes), or timm:ARCH with --weights.")
     weights: str | None = opt(None, help="Local state dict for --init timm:ARCH (.pth or .safetensors).")
+    holdout: int | None = opt(
+        None,
+        bounds="[0, inf)",
+        help="A multi-label manifest: images held out of training to score mAP on at the end "
+        "(default: 2 percent of the rows, at most 2,000; 0: none).",
+    )

@@ -40,9 +40,11 @@ class ModelConfig:
     mean: list[float]
     std: list[float]
     num_features: int = 0
-    class_prior: list[float] | None = None  # class frequencies of the training manifest
+    class_prior: list[float] | None = None  # class frequencies of the training manifest (multi-label:
+    # the share of images carrying each label; they need not sum to 1)
     params: dict[str, Any] = field(default_factory=dict)
     bottleneck: int | None = None  # an AdaptNet of this bottleneck width (finetune --adapt); None: plain timm
+    multi_label: bool = False  # a sigmoid classifier trained on label sets (its outputs are per-label logits)
 
     @property
     def num_classes(self) -> int:
@@ -56,6 +58,7 @@ def new_model(
     in_chans: int,
     params: dict[str, Any],
     class_prior: list[float] | None = None,
+    multi_label: bool = False,
 ) -> tuple[nn.Module, ModelConfig]:
     """A randomly initialised timm model and the config that describes it (ImageNet mean/std)."""
     model = create_model(arch, len(classes), in_chans)
@@ -70,6 +73,7 @@ def new_model(
         num_features=int(model.num_features),
         class_prior=class_prior,
         params=params,
+        multi_label=multi_label,
     )
 
 

@@ -18,17 +18,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datl.manifests import labelsets
 from datl.manifests.address import AddressColumns
 from datl.manifests.images import DECODE_ERRORS, Examples, clean, load_image
 from datl.manifests.io import Manifest, open_manifest
-from datl.manifests.schema import LABEL
+from datl.manifests.schema import LABEL, LABELS
 
 logger = logging.getLogger(__name__)
 
 
 class Sample(NamedTuple):
     image: Any  # a tensor (after the transform) or None when unreadable
-    label: int  # -1 when unlabeled
+    label: Any  # int, -1 when unlabeled; a multi-label manifest: a tuple of class indexes
     index: int
     error: str | None
     warning: str | None = None  # "path: what PIL warned about" for an image decoded with a warning
@@ -36,7 +37,7 @@ class Sample(NamedTuple):
 
 class Batch(NamedTuple):
     images: torch.Tensor | None  # None when every image of the batch was unreadable
-    labels: torch.Tensor
+    labels: torch.Tensor  # (B,); a multi-label manifest: (B, L) class indexes padded with -1
     index: torch.Tensor
     bad: tuple[str, ...]  # "path: reason" for each unreadable image dropped from this batch
     warned: tuple[str, ...] = ()  # "path: warning" for each image PIL warned about (kept in the batch)
@@ -73,12 +74,17 @@ class ImageDataset(torch.utils.data.Dataset):
     ):
         self.draft = tuple(draft) if draft is not None else None
         self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
-        single = self.manifest.label_column == LABEL  # a multi-label manifest's sets: not read here
-        cols = ["path", *self.manifest.address_columns] + ([LABEL] if single else [])
+        single, multi = self.manifest.label_column == LABEL, self.manifest.multi_label
+        cols = ["path", *self.manifest.address_columns] + ([self.manifest.label_column] if single or multi else [])
         self.start = rows[0] if rows else 0  # rows=(start, stop): only that range, read by row group
         table = self.manifest.read_range(*rows, cols) if rows else self.manifest.read(cols)
         self._where = AddressColumns(table, str(self.manifest.folder))
-        if single:
+        self.label_sets = None  # (offsets, values) of a multi-label manifest: row i's are values[o[i]:o[i+1]]
+        if multi:
+            offsets, values, _ = labelsets.flat(table.column(LABELS))
+            self.label_sets = (offsets, values.astype(np.int32))
+            self.labels = np.full(table.num_rows, -1, dtype=np.int64)
+        elif single:
             self.labels = table.column(LABEL).combine_chunks().fill_null(-1).to_numpy().astype(np.int64)
         else:
             self.labels = np.full(table.num_rows, -1, dtype=np.int64)
@@ -94,7 +100,11 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         i = int(i)
-        label = int(self.labels[i])
+        if self.label_sets is None:
+            label = int(self.labels[i])
+        else:
+            o, v = self.label_sets
+            label = tuple(int(c) for c in v[o[i] : o[i + 1]])
         where = self._where.address(i)
         notes: list[str] = []
         try:
@@ -121,11 +131,21 @@ def collate_skip_bad(samples: Sequence[Sample]) -> Batch:
         images = torch.stack([s.image for s in good], out=out)
     return Batch(
         images,
-        torch.tensor([s.label for s in good], dtype=torch.long),
+        label_tensor([s.label for s in good]),
         torch.tensor([s.index for s in good], dtype=torch.long),
         bad,
         tuple(s.warning for s in good if s.warning is not None),
     )
+
+
+def label_tensor(labels: list) -> torch.Tensor:
+    """(B,) class indexes; label sets (tuples): (B, L) padded with -1, L >= 1."""
+    if not labels or not isinstance(labels[0], tuple):
+        return torch.tensor(labels, dtype=torch.long)
+    out = torch.full((len(labels), max(1, max(len(s) for s in labels))), -1, dtype=torch.long)
+    for i, s in enumerate(labels):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
 
 
 class BadImageLog:

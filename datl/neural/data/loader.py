@@ -27,13 +27,15 @@ def make_loader(
     shuffle: bool,
     pin_memory: bool = False,
     persistent: bool = False,
+    pool=None,
 ) -> DataLoader:
     """This rank's loader; the caller sets ``loader.sampler.epoch`` and ``.start`` (rows to skip, for resume).
 
     ``persistent`` keeps the workers between epochs: for loaders cycled through many short
-    epochs (a few labeled target images), which would otherwise start new workers each time."""
+    epochs (a few labeled target images), which would otherwise start new workers each time.
+    ``pool``: the rows to draw from (None: all)."""
     ds = SeededAugment(ImageDataset(manifest, transform=transform, mode=mode), seed)
-    sampler = ShardedEpochSampler(len(ds), rank, world, seed, shuffle)
+    sampler = ShardedEpochSampler(len(ds), rank, world, seed, shuffle, pool=pool)
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -46,9 +48,9 @@ def make_loader(
     )
 
 
-def train_loader(manifest: Manifest, model_cfg, cfg, d, seed: int, persistent: bool = False) -> DataLoader:
+def train_loader(manifest: Manifest, model_cfg, cfg, d, seed: int, persistent: bool = False, pool=None) -> DataLoader:
     """The augmented training loader of a run: the model's size, channels and normalisation,
-    the run's batch size, workers and flip, this rank's shard."""
+    the run's batch size, workers and flip, this rank's shard (of ``pool``'s rows, if given)."""
     transform = build_transform(
         tuple(model_cfg.image_size), model_cfg.in_chans, model_cfg.mean, model_cfg.std, train=True, hflip=cfg.hflip
     )
@@ -64,6 +66,7 @@ def train_loader(manifest: Manifest, model_cfg, cfg, d, seed: int, persistent: b
         shuffle=True,
         pin_memory=d.cuda,
         persistent=persistent,
+        pool=pool,
     )
 
 

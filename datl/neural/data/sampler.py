@@ -42,7 +42,21 @@ class ShardedEpochSampler(Sampler):
     With-replacement manifests repeat rows: that is the intended distribution, not a bug.
     """
 
-    def __init__(self, n: int, rank: int, world: int, seed: int, shuffle: bool, epoch: int = 0, start: int = 0):
+    def __init__(
+        self,
+        n: int,
+        rank: int,
+        world: int,
+        seed: int,
+        shuffle: bool,
+        epoch: int = 0,
+        start: int = 0,
+        pool: np.ndarray | None = None,
+    ):
+        """``pool``: the dataset indexes to draw from (the others, e.g. a held-out slice, never
+        come out); None: all ``n``."""
+        self.pool = None if pool is None else np.asarray(pool, dtype=np.int64)
+        n = n if self.pool is None else len(self.pool)
         self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world, seed, shuffle
         self.epoch, self.start = epoch, start
 
@@ -57,7 +71,8 @@ class ShardedEpochSampler(Sampler):
         total = self.per_rank() * self.world
         if total > self.n:
             order = np.concatenate([order, order[: total - self.n]])
-        return order[self.rank :: self.world]
+        mine = order[self.rank :: self.world]
+        return mine if self.pool is None else self.pool[mine]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for i in self.indices()[self.start :]:

@@ -34,6 +34,7 @@ def run_model(
     desc: str = "",
     rows: tuple[int, int] | None = None,
     on_batch=None,
+    index: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, BadImageLog]:
     """(row indices, float32 outputs, unreadable-image log) for every readable row; full on rank 0.
 
@@ -42,6 +43,7 @@ def run_model(
     rows: (start, stop): only that range, all of it in this process (no sharding, no gather):
     the unit of work of a caller that shards chunks across ranks itself.
     on_batch(n): called with the number of rows each batch covered (a caller's progress bar).
+    index: only these rows (sorted row numbers; e.g. pretrain's held-out slice), sharded as usual.
     """
     cfg = lm.config
     tf = build_transform(tuple(cfg.image_size), cfg.in_chans, cfg.mean, cfg.std, train=False)
@@ -51,7 +53,8 @@ def run_model(
     ds = ImageDataset(manifest, transform=tf, mode=image_mode(cfg.in_chans), rows=rows, draft=(side, side))
     if rows is not None:
         d = dist.Dist(0, 1, d.local_rank, d.device)
-    mine = Subset(ds, range(d.rank, len(ds), d.world))
+    chosen = range(len(ds)) if index is None else [int(i) for i in index]
+    mine = Subset(ds, chosen[d.rank :: d.world])
     place_model(lm.model, d.device).eval()
     fn = {"logits": lm.logits, "features": lm.features, "features+logits": lm.features_and_logits}[what]
     idx, outs, bad = [], [], BadImageLog()

@@ -48,6 +48,7 @@ def fit(
     groups: list[dict],
     hook: LossHook | None = None,
     schedule: Schedule | None = None,
+    pool=None,
 ) -> Path:
     """Train; ``hook`` (if given) returns each step's whole loss; ``schedule(total)`` gives
     the learning-rate factor per step (default: warm-up then cosine). A user error during
@@ -57,7 +58,11 @@ def fit(
     BatchNorm cannot train on one image: with a BatchNorm model a batch of one image (the
     epoch's last, when rows per process mod --batch-size is 1, or a batch whose other images
     were unreadable) is dropped, its step taken with a zero loss so every rank stays in step;
-    ``--batch-size 1``, or fewer than two images per process, is refused before any work."""
+    ``--batch-size 1``, or fewer than two images per process, is refused before any work.
+
+    ``pool``: the manifest rows to train on (None: all; pretrain holds a slice out of a
+    multi-label manifest to score mAP on). A multi-label manifest's batches carry label sets
+    and train the sigmoid loss of :func:`multi_label_loss`."""
     check_batchnorm(model, manifest, cfg, d, hook)
     out = Path(cfg.out)
     fresh = d.main and not cfg.resume and not out.exists()
@@ -65,7 +70,7 @@ def fit(
         prepare_out(out, cfg.resume)
     dist.barrier(d)
     try:
-        return _train(model, model_cfg, manifest, cfg, d, groups, hook, schedule, out)
+        return _train(model, model_cfg, manifest, cfg, d, groups, hook, schedule, out, pool)
     except UserError:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
@@ -82,6 +87,7 @@ def _train(
     hook: LossHook | None,
     schedule: Schedule | None,
     out: Path,
+    pool=None,
 ) -> Path:
     place_model(model, d.device)
     net = (
@@ -90,7 +96,7 @@ def _train(
         else model
     )
     opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    loader = train_loader(manifest, model_cfg, cfg, d, cfg.seed)
+    loader = train_loader(manifest, model_cfg, cfg, d, cfg.seed, pool=pool)
     sampler = loader.sampler
     steps_per_epoch = max(math.ceil(sampler.per_rank() / cfg.batch_size), 1)
     total = cfg.steps or max(int(math.ceil(cfg.epochs * steps_per_epoch)), 1)
@@ -212,7 +218,29 @@ def train_step(
         if hook is not None:
             return hook(net, x, y, progress)
         logits = net(x)
+        if y.dim() == 2:  # label sets: a multi-label manifest
+            return multi_label_loss(logits.float(), y)
         return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+
+
+def multi_hot(sets: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, L) class indexes padded with -1 -> (B, k) float targets, 1 where the image has the label."""
+    target = torch.zeros(sets.shape[0], k + 1, device=sets.device)
+    target.scatter_(1, torch.where(sets >= 0, sets, k), 1.0)
+    return target[:, :k]
+
+
+def multi_label_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """Sigmoid binary cross-entropy, what JFT and OpenImages classifiers train with: each label
+    an independent yes/no, summed over the K labels and averaged over the batch,
+
+        L = -(1/B) sum_i sum_k [ t_ik log s(z_ik) + (1 - t_ik) log(1 - s(z_ik)) ].
+
+    Summed, not averaged, over labels, so a label's gradient does not shrink as K grows (with
+    the mean over B*K, 18,000 labels would divide the learning rate by 18,000). Label
+    smoothing is for the softmax loss only."""
+    target = multi_hot(sets, logits.shape[1])
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / max(logits.shape[0], 1)
 
 
 class MetricsLog:
