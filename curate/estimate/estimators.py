@@ -23,6 +23,19 @@ which need calibrated posteriors and are consistent under label shift, the defau
 T = 1 (no flattening: at T = 2 EM's exact answer on a known shift is pulled halfway to
 uniform); a T given explicitly applies to the final estimate, P_t ∝ P_t^(1/T), the same
 flattening as if log P_t were the logits.
+
+A multi-label source classifier (sigmoid outputs, one yes/no a label; :func:`estimate_multi_label`):
+
+- ``mean``, the paper's rule for label sets: P_t(y) = sum_i s(z_iy / T) / sum_i sum_k s(z_ik / T),
+  the per-label mean sigmoid at temperature T, normalised to a distribution over label
+  occurrences (what weights and samples of a multi-label source are counted in).
+- ``em``: Saerens' EM on each label's binary prior, the labels treated as independent:
+  with pi_s(y) the share of source images carrying y, repeat
+  q_iy = s_iy r_y / (s_iy r_y + (1 - s_iy)(1 - pi_y)/(1 - pi_s(y))), r_y = pi_y / pi_s(y);
+  pi_y = mean_i q_iy; then P_t(y) = pi_y / sum_k pi_k. Independence is a naive baseline:
+  Moreo, Francisco & Sebastiani 2023 ("Multi-label quantification") show that methods using
+  the labels' dependencies do better; none of those is built here.
+- ``bbse`` and ``em-bcts`` are for softmax classifiers and are refused for a sigmoid one.
 """
 
 from __future__ import annotations
@@ -149,6 +162,54 @@ def fit_bcts(logits: np.ndarray, labels: np.ndarray, iters: int = 200) -> tuple[
 
 def apply_bcts(logits: np.ndarray, t: float, b: np.ndarray) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / t + b)
+
+
+MULTI_LABEL_METHODS = ("mean", "em")
+
+
+def sigmoid(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64) / temperature))
+
+
+def run_binary_em(
+    probs: np.ndarray, pi_source: np.ndarray, max_iter: int = 1000, tol: float = 1e-9
+) -> tuple[np.ndarray, EMResult]:
+    """Saerens' EM on every label's binary prior at once (labels independent). ``probs``:
+    (n, k) sigmoid posteriors under ``pi_source`` (the share of source images carrying each
+    label). Returns the target's per-label image shares, and the run's facts."""
+    ps = np.clip(np.asarray(pi_source, dtype=np.float64), 1e-12, 1 - 1e-12)
+    pi, change = ps.copy(), float("inf")
+    for i in range(1, max_iter + 1):
+        yes = probs * (pi / ps)
+        no = (1 - probs) * ((1 - pi) / (1 - ps))
+        new = (yes / np.clip(yes + no, 1e-300, None)).mean(axis=0)
+        change = float(np.abs(new - pi).sum())
+        pi = new
+        if change < tol:
+            return pi, EMResult(to_distribution(pi), i, True, change)
+    return pi, EMResult(to_distribution(pi), max_iter, False, change)
+
+
+def estimate_multi_label(
+    method: str, target_logits: np.ndarray, pi_source: np.ndarray | None, temperature: float
+) -> tuple[np.ndarray, dict]:
+    """P_t(y) over label occurrences from a sigmoid classifier's logits (module docstring)."""
+    if method not in MULTI_LABEL_METHODS:
+        raise UserError(
+            f"--method {method}",
+            "is for a softmax classifier, and this model is multi-label (sigmoid outputs)",
+            f"pass --method {' or '.join(MULTI_LABEL_METHODS)}",
+        )
+    if method == "mean":
+        return to_distribution(sigmoid(target_logits, temperature).sum(axis=0)), {}
+    if pi_source is None:
+        raise UserError(
+            "--method em",
+            "needs the source's per-label image shares",
+            "pass --source SOURCE.parquet, or a checkpoint that recorded its class prior",
+        )
+    pi, r = run_binary_em(sigmoid(target_logits), pi_source)
+    return smooth(r.p, temperature), {**em_facts(r), "label_image_shares": [round(float(v), 6) for v in pi]}
 
 
 def estimate(

@@ -16,7 +16,14 @@ from datl.core.files import input_hashes, refuse_clobber
 from datl.core.options import DEVICES, opt, validate
 from datl.manifests import ManifestMeta, open_manifest, write_table
 
-from .estimators import METHODS, NEEDS_CALIBRATION, default_temperature, estimate
+from .estimators import (
+    METHODS,
+    MULTI_LABEL_METHODS,
+    NEEDS_CALIBRATION,
+    default_temperature,
+    estimate,
+    estimate_multi_label,
+)
 from .predictions import read_predictions, write_predictions
 
 logger = logging.getLogger(__name__)
@@ -100,7 +107,8 @@ class Logits:
     target: np.ndarray
     calibration: np.ndarray | None = None
     calibration_labels: np.ndarray | None = None
-    class_prior: list[float] | None = None  # the checkpoint's training prior
+    class_prior: list[float] | None = None  # the checkpoint's training prior (multi-label: image shares)
+    multi_label: bool = False  # a sigmoid classifier: per-label logits
 
 
 def run(cfg: EstimateConfig) -> Path:
@@ -116,7 +124,26 @@ def run(cfg: EstimateConfig) -> Path:
 
 def read_predictions_file(path: str) -> Logits:
     classes, parts, params = read_predictions(path)
-    return Logits(classes, parts["target"][0], *parts["calibration"], class_prior=params.get("class_prior"))
+    return Logits(
+        classes,
+        parts["target"][0],
+        *parts["calibration"],
+        class_prior=params.get("class_prior"),
+        multi_label=bool(params.get("multi_label")),
+    )
+
+
+def check_label_kind(m, multi_model: bool, flag: str) -> None:
+    """A softmax model with a multi-label manifest, or a sigmoid one with a single-label
+    manifest, is refused: the estimate would count the wrong thing."""
+    if m.has_labels and m.multi_label != multi_model:
+        model = "multi-label (sigmoid)" if multi_model else "single-label (softmax)"
+        kind = "multi-label" if m.multi_label else "single-label"
+        raise UserError(
+            m.path,
+            f"is a {kind} manifest, and the model is {model}",
+            f"pass a {flag} manifest of the kind the model was trained on, or a model trained on this one",
+        )
 
 
 def model_logits(cfg: EstimateConfig, d) -> Logits:
@@ -128,7 +155,17 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
     if tm.num_rows == 0:
         raise UserError(cfg.target, "is empty", "pass a target manifest with images")
     lm = load_model(cfg.model, cfg.weights)
-    classes = lm.config.classes
+    classes, multi = lm.config.classes, lm.config.multi_label
+    if multi and cfg.method not in MULTI_LABEL_METHODS:  # before the model runs
+        estimate_multi_label(cfg.method, np.zeros((0, len(classes))), None, cfg.t)
+    if cfg.source:
+        check_label_kind(open_manifest(cfg.source), multi, "--source")
+    if multi and cfg.calibration:
+        raise UserError(
+            "--calibration",
+            "is used by bbse and em-bcts, which a multi-label (sigmoid) model does not have",
+            "drop --calibration (mean and em need none)",
+        )
     rows, target, bad = run_model(lm, tm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
     if d.main and len(rows) == 0:
         raise UserError(
@@ -136,10 +173,11 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
         )
     if d.main:
         bad.report(str(cfg.target))
-    out = Logits(classes, target, class_prior=lm.config.class_prior)
+    out = Logits(classes, target, class_prior=lm.config.class_prior, multi_label=multi)
     parts = {"target": (tm.read(["id"]).column("id").take(pa.array(rows)).to_pylist(), target, [None] * len(rows))}
     if cfg.calibration:
         cm = open_manifest(cfg.calibration)
+        check_label_kind(cm, multi, "--calibration")
         cm.require_classes(classes, "the model", MODEL_CLASSES)
         crow, out.calibration, cbad = run_model(lm, cm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
         if d.main:
@@ -153,7 +191,10 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
         )
     if cfg.save_predictions and d.main:
         write_predictions(
-            cfg.save_predictions, classes, parts, {"model": cfg.model, "class_prior": lm.config.class_prior}
+            cfg.save_predictions,
+            classes,
+            parts,
+            {"model": cfg.model, "class_prior": lm.config.class_prior, "multi_label": multi},
         )
     return out
 
@@ -165,11 +206,13 @@ def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
     if not cfg.source:
         return checkpoint
     sm = open_manifest(cfg.source)
-    sm.require_classes(logits.classes, "the model", MODEL_CLASSES)
-    counts, _ = sm.label_counts()
+    check_label_kind(sm, logits.multi_label, "--source")
+    sm.require_classes(logits.classes, "the model", MODEL_CLASSES, multi=logits.multi_label)
+    counts, n_unlabeled = sm.label_counts()
     if not counts.sum():
         raise UserError(cfg.source, "has no labeled rows to count P_s(y) from", "pass the labeled source manifest")
-    counted = counts / counts.sum()
+    # multi-label: each label's share of the labeled images (per-label binary priors), as the checkpoint records
+    counted = counts / (sm.num_rows - n_unlabeled) if logits.multi_label else counts / counts.sum()
     use_source = checkpoint is None or cfg.source_prior == "source"
     if checkpoint is not None and (gap := float(np.abs(counted - checkpoint).sum())) > 1e-3:
         used, other = (
@@ -194,9 +237,12 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
                 f"gives non-finite logits for {n:,} {name} image(s) (a diverged model?)",
                 "retrain the model (e.g. a lower --lr), or pass another",
             )
-    p, facts = estimate(
-        cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration, logits.calibration_labels
-    )
+    if logits.multi_label:
+        p, facts = estimate_multi_label(cfg.method, logits.target, source_prior(cfg, logits), cfg.t)
+    else:
+        p, facts = estimate(
+            cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration, logits.calibration_labels
+        )
     if not (np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
         raise RunFailed(
             cfg.model,
@@ -216,6 +262,7 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
         "temperature_default": cfg.temperature is None,
         "model": cfg.model,
         "n_target": len(logits.target),
+        "multi_label": logits.multi_label,
         **facts,
     }
     write_table(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,32 @@ def test_pretrain_a_sigmoid_classifier_and_finetune_from_it(quadrants, tmp_path)
               "--out", str(tmp_path / "ft"), "--batch-size", "32", "--workers", "0", "-q")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert not read_config(tmp_path / "ft").multi_label
+
+    # curate estimate reads the sigmoid model: a target of images that all show the top-left quadrant
+    target = quadrants.parent / "target.parquet"
+    keep = [i for i, s in enumerate(t.column("labels").to_pylist()) if m.classes.index("top-left") in s]
+    write_manifest(target, t.drop_columns(["labels"]).take(keep), ManifestMeta())
+    tl = m.classes.index("top-left")
+    for method in ("em", "mean"):
+        prior = tmp_path / f"prior-{method}.parquet"
+        res = cli("curate", "estimate", "--model", str(run), "--target", str(target), "--method", method,
+                  "--out", str(prior), "--workers", "0", "-q")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        got = pq.read_table(prior)
+        p = got.column("p_target").to_numpy()
+        meta = json.loads(got.schema.metadata[b"datl"])
+        assert meta["params"]["multi_label"] and abs(p.sum() - 1) < 1e-9
+        assert p[tl] > cfg.class_prior[tl] / sum(cfg.class_prior)  # more top-left than in the source
+        if method == "em":  # every target image carries top-left
+            assert meta["params"]["label_image_shares"][tl] > 0.9
+    # a softmax method for a sigmoid model, and a softmax model with a multi-label --source: one line
+    res = cli("curate", "estimate", "--model", str(run), "--target", str(target), "--method", "bbse",
+              "--calibration", str(quadrants), "--out", str(tmp_path / "x.parquet"), "-q")  # fmt: skip
+    assert_user_error(res, "--method bbse", "is for a softmax classifier", "multi-label (sigmoid outputs)")
+    res = cli("curate", "estimate", "--model", str(tmp_path / "ft"), "--target", str(target), "--method", "em",
+              "--source", str(quadrants), "--out", str(tmp_path / "x.parquet"), "-q")  # fmt: skip
+    assert_user_error(res, "m.parquet", "is a multi-label manifest, and the model is single-label (softmax)")
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_a_training_manifest_with_an_empty_label_set_is_refused(tmp_path):
