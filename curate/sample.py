@@ -66,6 +66,15 @@ class SampleConfig:
         help="With: class counts ~ Multinomial(N, P_t), the paper's. Without: N distinct rows ('elastic').",
     )
     exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: never draw these ids.")
+    classes: str | None = opt(
+        None,
+        help="Draw only among images carrying these classes (the paper's label-subset baseline): a FILE of "
+        "class names, one a line, or GLOB patterns matched against the names, comma separated ('bird/*').",
+    )
+    hierarchy: str | None = opt(
+        None,
+        help="JSON {parent: [children, ...]}: a name given to --classes stands for its whole subtree.",
+    )
     seed: int = opt(0, bounds="[0, inf)")
 
     def check(self) -> None:
@@ -124,6 +133,12 @@ def run(cfg: SampleConfig) -> Path:
             f"weight with the prior of a model trained on {cfg.source}'s classes",
         )
     n = cfg.draws(sm.num_rows)
+    allowed = None
+    if cfg.classes is not None:
+        allowed = select_classes(cfg.classes, cfg.hierarchy, classes)
+        logger.info(f"--classes: drawing among images carrying {int(allowed.sum()):,} of {len(classes):,} classes")
+    elif cfg.hierarchy is not None:
+        raise UserError("--hierarchy", "is given without --classes", "name the classes (or subtrees) with --classes")
     plan, batches, schema = run_sample(
         sm,
         classes,
@@ -135,6 +150,7 @@ def run(cfg: SampleConfig) -> Path:
         str(Path(cfg.out).resolve().parent),
         clip=cfg.size == "all",
         uniform=cfg.uniform,
+        allowed=allowed,
     )
     meta = ManifestMeta(
         classes=classes,
@@ -145,8 +161,17 @@ def run(cfg: SampleConfig) -> Path:
             "seed": cfg.seed,
             "exclude": cfg.exclude,
             "uniform": cfg.uniform,
+            "classes": cfg.classes,
+            "hierarchy": cfg.hierarchy,
+            "n_classes_allowed": None if allowed is None else int(allowed.sum()),
         },
-        inputs=input_hashes(source=cfg.source, weights=cfg.weights, exclude=cfg.exclude),
+        inputs=input_hashes(
+            source=cfg.source,
+            weights=cfg.weights,
+            exclude=cfg.exclude,
+            classes=cfg.classes if cfg.classes and Path(cfg.classes).is_file() else None,
+            hierarchy=cfg.hierarchy,
+        ),
     )
     write_manifest(cfg.out, batches, meta, schema=schema)
     n_unique = int((np.diff(plan.rows) != 0).sum()) + 1 if len(plan.rows) else 0  # rows are sorted
@@ -182,8 +207,77 @@ class Plan:
     draw_label: np.ndarray | None = None  # multi-label: the label that drew each row (-1: none)
 
 
-def read_labels(source: Manifest, exclude: pa.Array | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(labels int32 with -1 for null, keep mask, excluded count) in one streamed pass."""
+def select_classes(spec: str, hierarchy: str | None, classes: list[str]) -> np.ndarray:
+    """``--classes``: which of ``classes`` may be drawn (a bool a class). ``spec`` is a file of
+    names (one a line; blank lines and '#' comments skipped) or comma-separated glob patterns;
+    with ``hierarchy``, a name stands for itself and every descendant. A name that is neither
+    a class nor a parent, or a pattern that matches nothing, is refused."""
+    import fnmatch
+    import json
+
+    tree: dict[str, list[str]] = {}
+    if hierarchy is not None:
+        try:
+            tree = json.loads(Path(hierarchy).read_text())
+        except FileNotFoundError:
+            raise UserError(hierarchy, "does not exist", "pass a JSON file {parent: [children, ...]}") from None
+        except ValueError as e:
+            raise UserError(
+                hierarchy, f"is not valid JSON ({e})", "pass a JSON file {parent: [children, ...]}"
+            ) from None
+        if not isinstance(tree, dict) or not all(
+            isinstance(v, list) and all(isinstance(c, str) for c in v) for v in tree.values()
+        ):
+            raise UserError(
+                hierarchy, "is not an object of name -> list of child names", 'write {"bird": ["owl", ...]}'
+            )
+    index = {c: i for i, c in enumerate(classes)}
+    allowed = np.zeros(len(classes), dtype=bool)
+
+    def take(name: str, where: str) -> None:
+        seen, todo, hit = set(), [name], False
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n in index:
+                allowed[index[n]] = hit = True
+            todo.extend(tree.get(n, []))
+        if not hit:
+            raise UserError(
+                where,
+                f"names '{name}', which is neither one of the source's classes nor a parent of any",
+                "check the spelling (`datl manifest show` lists the classes), or pass --hierarchy",
+            )
+
+    path = Path(spec)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            name = line.split("#", 1)[0].strip()
+            if name:
+                take(name, spec)
+    else:
+        for pattern in (p.strip() for p in spec.split(",") if p.strip()):
+            names = [pattern] if pattern in index or pattern in tree else fnmatch.filter(classes, pattern)
+            if not names:
+                raise UserError(
+                    "--classes",
+                    f"'{pattern}' is not a file and matches none of the {len(classes):,} class names",
+                    "pass a file of class names, or a pattern such as 'bird/*'",
+                )
+            for name in names:
+                take(name, "--classes")
+    if not allowed.any():
+        raise UserError("--classes", f"'{spec}' selects no class", "name at least one class of the source")
+    return allowed
+
+
+def read_labels(
+    source: Manifest, exclude: pa.Array | None, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels int32 with -1 for null, keep mask, excluded count) in one streamed pass;
+    ``allowed`` (a bool a class): rows of other classes are not kept."""
     cols = ["label"] + (["id"] if exclude is not None else [])
     n = source.num_rows
     labels = np.empty(n, dtype=np.int32)
@@ -197,6 +291,8 @@ def read_labels(source: Manifest, exclude: pa.Array | None) -> tuple[np.ndarray,
         pos += m
     keep &= labels >= 0
     excluded = 0 if exclude is None else int(n - keep.sum() - (labels < 0).sum())
+    if allowed is not None:
+        keep &= allowed[np.maximum(labels, 0)]
     return labels, keep, excluded
 
 
@@ -331,11 +427,13 @@ def run_sample(
     out_folder: str | None = None,
     clip: bool = False,
     uniform: bool = False,
+    allowed: np.ndarray | None = None,
 ) -> tuple[Plan, Iterator[pa.RecordBatch], pa.Schema]:
     """Choose the rows (pass 1) and return the stream that copies them out (pass 2).
 
     clip: draw every eligible row (``--size all``, without replacement only); uniform: the
-    baseline (a multi-label source then draws images, not labels)."""
+    baseline (a multi-label source then draws images, not labels); allowed (a bool a class,
+    ``--classes``): only images carrying one of these are drawn, and only these labels draw."""
     if size <= 0:
         raise UserError("--size", f"{size} is not positive", "pass the number of images to draw, e.g. --size 100000")
     k = len(classes)
@@ -347,9 +445,11 @@ def run_sample(
     rng = np.random.default_rng(seed)
     schema = output_schema(source)
     if source.multi_label:
-        plan, row_weight = plan_multi_label(source, exclude, p_target, weight, size, replacement, rng, clip, uniform)
+        plan, row_weight = plan_multi_label(
+            source, exclude, p_target, weight, size, replacement, rng, clip, uniform, allowed
+        )
         return plan, take_rows(source, plan, row_weight, schema, out_folder), schema
-    labels, keep, excluded = read_labels(source, exclude)
+    labels, keep, excluded = read_labels(source, exclude, allowed)
     if replacement:
         plan = plan_with_replacement(labels, keep, p_target, size, rng)
     else:
@@ -372,8 +472,9 @@ class Occurrences:
     excluded: int
 
 
-def read_occurrences(source: Manifest, exclude: pa.Array | None) -> Occurrences:
-    """The label occurrences in one streamed pass (label sets checked as they are read)."""
+def read_occurrences(source: Manifest, exclude: pa.Array | None, allowed: np.ndarray | None = None) -> Occurrences:
+    """The label occurrences in one streamed pass; with ``allowed`` only those of allowed
+    labels, and only images carrying one are kept."""
     n = source.num_rows
     row_type = np.int32 if n < 2**31 else np.int64
     cols = [source.label_column] + (["id"] if exclude is not None else [])
@@ -382,7 +483,12 @@ def read_occurrences(source: Manifest, exclude: pa.Array | None) -> Occurrences:
     for b in source.iter_batches(cols, batch_size=BATCH):
         offsets, values, _ = labelsets.flat(b.column(0))
         lengths = np.diff(offsets)
-        rows.append(np.repeat(np.arange(pos, pos + b.num_rows, dtype=row_type), lengths))
+        at = np.repeat(np.arange(pos, pos + b.num_rows, dtype=row_type), lengths)
+        if allowed is not None:
+            mine = allowed[values]
+            at, values = at[mine], values[mine]
+            lengths = np.bincount(at - pos, minlength=b.num_rows)
+        rows.append(at)
         labels.append(values.astype(np.int32))
         keep[pos : pos + b.num_rows] = lengths > 0
         if exclude is not None:
@@ -408,10 +514,11 @@ def plan_multi_label(
     rng: np.random.Generator,
     clip: bool,
     uniform: bool,
+    allowed: np.ndarray | None = None,
 ) -> tuple[Plan, np.ndarray]:
     """The plan for a multi-label source (the module docstring's rules) and each planned
-    row's weight w(x) = sum of its labels' weights (1 with ``uniform``)."""
-    occ = read_occurrences(source, exclude)
+    row's weight w(x) = sum of its (allowed) labels' weights (1 with ``uniform``)."""
+    occ = read_occurrences(source, exclude, allowed)
     k, n = len(p_target), source.num_rows
     if uniform:
         w_img = occ.keep.astype(np.float32)

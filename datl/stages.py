@@ -94,7 +94,13 @@ KINDS: dict[str, Kind] = {
     "sample": Kind(
         command=("curate", "sample"),
         cli="datl.curate.cli:sample",
-        inputs={"source": "--source", "weights": "--weights", "exclude": "--exclude"},
+        inputs={
+            "source": "--source",
+            "weights": "--weights",
+            "exclude": "--exclude",
+            "classes": "--classes",  # a file of names (a glob goes in params)
+            "hierarchy": "--hierarchy",
+        },
         required=("source",),
         outputs=("sample.parquet",),
         out_file="sample.parquet",

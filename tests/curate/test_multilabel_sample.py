@@ -141,3 +141,53 @@ def test_cli_weight_and_sample_a_multi_label_source(tmp_path):
         assert s.multi_label and s.num_rows == 150 and "draw_label" in s.columns
         assert not {int(i[1:]) % 3 for i in s.read(["id"]).column(0).to_pylist()} & {0}
         assert cli("datl", "manifest", "validate", "--no-files", str(out)).returncode == 0
+
+
+def test_the_label_subset_baseline_draws_only_the_named_classes(tmp_path):
+    """--classes (names, globs, a file, subtrees of --hierarchy) on single- and multi-label sources."""
+    import json
+
+    import pytest
+
+    from datl.core.errors import UserError
+    from datl.curate.sample import select_classes
+
+    names = ["bird/owl", "bird/hawk", "cat", "dog"]
+    assert select_classes("bird/*", None, names).tolist() == [True, True, False, False]
+    assert select_classes("cat, dog", None, names).tolist() == [False, False, True, True]
+    tree = tmp_path / "tree.json"
+    tree.write_text(json.dumps({"animal": ["bird", "mammal"], "bird": ["bird/owl", "bird/hawk"], "mammal": ["dog"]}))
+    assert select_classes("bird", str(tree), names).tolist() == [True, True, False, False]
+    assert select_classes("mammal,cat", str(tree), names).tolist() == [False, False, True, True]
+    listed = tmp_path / "wanted.txt"
+    listed.write_text("# the baseline's classes\nanimal\n\ncat\n")
+    assert select_classes(str(listed), str(tree), names).all()
+    with pytest.raises(UserError, match="'cow', which is neither"):
+        listed.write_text("cow\n")
+        select_classes(str(listed), None, names)
+    with pytest.raises(UserError, match="matches none"):
+        select_classes("fish/*", None, names)
+
+    k = 4
+    src = multi_source(tmp_path, random_sets(2000, k, 3), k=k)
+    allowed = np.array([False, True, False, True])
+    for replacement in (True, False):
+        _, t = _sample(src, uniform_weights(src), size=300, uniform=True, replacement=replacement, allowed=allowed)
+        assert all(set(s) & {1, 3} for s in t.column("labels").to_pylist())
+    wt = compute_weights(src, src.classes, np.array([0.4, 0.1, 0.4, 0.1])).table
+    _, t = _sample(src, wt, size=3000, allowed=allowed)
+    dl = t.column("draw_label").to_numpy()
+    assert set(dl.tolist()) == {1, 3} and abs((dl == 1).mean() - 0.5) < 0.05  # P_t renormalised over {1, 3}
+
+    sets = [[i % 3] for i in range(300)]
+    single = pa.table({"id": [f"s{i}" for i in range(300)], "path": ["x.png"] * 300,
+                       "label": pa.array([s[0] for s in sets], pa.int32())})  # fmt: skip
+    write_manifest(tmp_path / "single.parquet", single, ManifestMeta(classes=["a", "b", "c"]))
+    out = tmp_path / "sub.parquet"
+    res = cli("curate", "sample", "--source", str(tmp_path / "single.parquet"), "--uniform", "--classes", "a,c",
+              "--size", "200", "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert set(pq.read_table(out).column("label").to_pylist()) == {0, 2}
+    res = cli("curate", "sample", "--source", str(tmp_path / "single.parquet"), "--uniform", "--classes", "z*",
+              "--size", "200", "--out", str(tmp_path / "x.parquet"))  # fmt: skip
+    assert res.returncode == 2 and "matches none" in res.stderr and not (tmp_path / "x.parquet").exists()
