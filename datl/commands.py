@@ -151,8 +151,13 @@ def manifest_validate(path: Path, files: bool, listing: Path | None, quiet: bool
     is_flag=True,
     help="Also write the source as WebDataset tar shards (OUT/shards/) and their manifest OUT/source_shards.parquet.",
 )
+@click.option(
+    "--multi-label",
+    is_flag=True,
+    help="A multi-label source: canvases of 2-3 of the pool's images overlaid, labelled with their classes.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def demo_data(out: Path, seed: int, fraction: float, force: bool, shards: bool, quiet: bool) -> None:
+def demo_data(out: Path, seed: int, fraction: float, force: bool, shards: bool, multi_label: bool, quiet: bool) -> None:
     """Build the bundled, offline demo: a labeled source pool and a target domain.
 
     Source (82 classes): real MNIST digits, Animal-MNIST silhouettes and glyphs
@@ -166,7 +171,7 @@ def demo_data(out: Path, seed: int, fraction: float, force: bool, shards: bool, 
     """
     from datl.demo import MANIFESTS, build_demo
 
-    built = build_demo(out, seed=seed, fraction=fraction, progress=not quiet, force=force)
+    built = build_demo(out, seed=seed, fraction=fraction, progress=not quiet, force=force, multi_label=multi_label)
     state = "built" if built else "up to date"
     if shards and (built or not (out / "source_shards.parquet").exists()):
         from datl.manifests.build import build_manifest
@@ -179,3 +184,6 @@ def demo_data(out: Path, seed: int, fraction: float, force: bool, shards: bool, 
     paths = [out / f"{n}.parquet" for n in MANIFESTS]
     click.echo(summary_table(paths))
     click.echo(f"source families: {family_line(Manifest(paths[0]))}")
+    if multi_label:
+        counts, _, sizes = Manifest(paths[0]).label_set_counts()
+        click.echo(f"multi-label source: {int(counts.sum()):,} labels on {int(sizes.sum()):,} canvases")

@@ -26,6 +26,14 @@ classifier trains, so that em-bcts can calibrate that classifier on images it ne
 
 Every image is a 28x28 grey PNG, white on black like MNIST.
 
+``--multi-label`` (:func:`compose_canvases`): the source is instead CANVASES canvases, each
+2 or 3 of the pool's images overlaid (pixel-wise maximum, each shifted by up to SHIFT pixels),
+labelled with the set of their classes (a ``labels`` column; 2.4 labels a canvas). A canvas
+draws its images from one family (MNIST, animals or glyphs) with chance SAME_FAMILY, else
+from the whole pool, so labels co-occur within families as tags do in real catalogues. The
+target is the same as in the single-label demo: a curation for it has to find the canvases
+with digits on them.
+
 One module, a little over 300 lines, because its three source readers, the target and the
 manifest writing are one concern: the demo's contents, in one place to audit.
 """
@@ -68,6 +76,9 @@ MANIFESTS = (
     "target_test",
 )
 DEMO_FORMAT = 2  # bump when the images or splits a seed gives change
+CANVASES = 12_000  # --multi-label: canvases at --fraction 1
+SHIFT = 5  # --multi-label: each image on a canvas is shifted by up to this many pixels each way
+SAME_FAMILY = 0.7  # --multi-label: the chance that a canvas draws all its images from one family
 _DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -269,11 +280,44 @@ def source_classes() -> list[str]:
     return [f"mnist/{d}" for d in range(10)] + [f"animal/{a}" for a in ANIMALS] + [f"glyph/{c}" for c in GLYPHS]
 
 
-def _params(seed: int, fraction: float) -> dict:
-    return {"seed": seed, "fraction": fraction, "demo_format": DEMO_FORMAT}
+def _params(seed: int, fraction: float, multi_label: bool = False) -> dict:
+    p = {"seed": seed, "fraction": fraction, "demo_format": DEMO_FORMAT}
+    return {**p, "multi_label": True} if multi_label else p
 
 
-def is_built(out: Path, seed: int, fraction: float) -> bool:
+def compose_canvases(
+    items: list[tuple[str, Item]], fraction: float, rng: np.random.Generator
+) -> list[tuple[str, str, list[int], list[str], np.ndarray]]:
+    """--multi-label: (id, family or 'mixed', label set, ids of the images on it, image) of
+    every canvas (the module docstring's rule). Deterministic for a seed."""
+    families = sorted({fam for fam, _ in items})
+    by_family = {f: np.array([i for i, (fam, _) in enumerate(items) if fam == f]) for f in families}
+    sizes = np.array([len(by_family[f]) for f in families], dtype=float)
+    n = max(10, int(round(CANVASES * fraction)))
+    out = []
+    for c in range(n):
+        k = int(rng.integers(2, 4))
+        if rng.random() < SAME_FAMILY:
+            fam = families[int(rng.choice(len(families), p=sizes / sizes.sum()))]
+            pool = by_family[fam]
+        else:
+            fam, pool = "mixed", np.arange(len(items))
+        picked = rng.choice(pool, size=k, replace=False)
+        canvas = np.zeros((SIZE, SIZE), dtype=np.uint8)
+        for j in picked:
+            dy, dx = rng.integers(-SHIFT, SHIFT + 1, size=2)
+            img = np.zeros_like(canvas)
+            src = items[j][1].image
+            img[max(dy, 0) : SIZE + min(dy, 0), max(dx, 0) : SIZE + min(dx, 0)] = src[
+                max(-dy, 0) : SIZE - max(dy, 0), max(-dx, 0) : SIZE - max(dx, 0)
+            ]
+            np.maximum(canvas, img, out=canvas)
+        labels = sorted({items[j][1].label for j in picked})
+        out.append((f"canvas-{c:05d}", fam, labels, [items[j][1].id for j in picked], canvas))
+    return out
+
+
+def is_built(out: Path, seed: int, fraction: float, multi_label: bool = False) -> bool:
     """True when all four manifests exist and were built with these parameters."""
     for name in MANIFESTS:
         p = out / f"{name}.parquet"
@@ -283,7 +327,7 @@ def is_built(out: Path, seed: int, fraction: float) -> bool:
             m = Manifest(p)
         except UserError:
             return False
-        if m.meta is None or m.meta.stage != "demo-data" or m.meta.params != _params(seed, fraction):
+        if m.meta is None or m.meta.stage != "demo-data" or m.meta.params != _params(seed, fraction, multi_label):
             return False
     return True
 
@@ -333,9 +377,15 @@ def check_demo_images(out: Path) -> None:
 
 
 def build_demo(
-    out: str | os.PathLike, seed: int = 0, fraction: float = 1.0, progress: bool = True, force: bool = False
+    out: str | os.PathLike,
+    seed: int = 0,
+    fraction: float = 1.0,
+    progress: bool = True,
+    force: bool = False,
+    multi_label: bool = False,
 ) -> bool:
-    """Build the demo into ``out``; returns False when it was already built with these parameters."""
+    """Build the demo into ``out``; returns False when it was already built with these parameters.
+    ``multi_label``: the source is canvases of 2-3 images with their label sets."""
     out = Path(out)
     if not 0.0 < fraction <= 1.0:
         raise UserError("--fraction", f"{fraction} is outside (0, 1]", "pass a fraction such as 0.1, or 1 for all")
@@ -343,7 +393,7 @@ def build_demo(
         raise UserError("--seed", f"{seed} is negative", "pass a seed of 0 or more")
     if out.exists() and not out.is_dir():
         raise UserError(out, "exists and is a file", "pass a folder for the demo data")
-    if not force and is_built(out, seed, fraction):
+    if not force and is_built(out, seed, fraction, multi_label):
         return False
     check_claimable(out, "demo data")  # before the minutes of rendering below
     check_demo_images(out)
@@ -359,7 +409,12 @@ def build_demo(
     tx, ty = tx[tkeep], ty[tkeep]
     t_ids = [f"digits-{i:04d}" for i in tkeep]
     split = target_splits(ty, rng)
-    calibration = calibration_rows(np.array([it.label for _, it in items]), rng)
+    canvases = compose_canvases(items, fraction, rng) if multi_label else None
+    if canvases is None:
+        calibration = calibration_rows(np.array([it.label for _, it in items]), rng)
+    else:  # CALIBRATION_FRACTION of the canvases, at random
+        n_cal = max(1, round(CALIBRATION_FRACTION * len(canvases)))
+        calibration = np.sort(rng.choice(len(canvases), size=n_cal, replace=False))
     empty = [name for name in ("train", "val", "test") if not (split == name).any()]
     if empty:
         raise UserError(
@@ -373,10 +428,15 @@ def build_demo(
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".images.building"
     remove_owned(staging)  # a build that was interrupted
-    src_rel = [f"source/{fam}/{it.id}.png" for fam, it in items]
+    if canvases is None:
+        src_rel = [f"source/{fam}/{it.id}.png" for fam, it in items]
+        src_images = [it.image for _, it in items]
+    else:
+        src_rel = [f"source/canvas/{c[0]}.png" for c in canvases]
+        src_images = [c[4] for c in canvases]
     tgt_rel = [f"target/{i}.png" for i in t_ids]
     claim_folder(staging, "demo images")
-    _save_pngs(staging, src_rel + tgt_rel, [it.image for _, it in items] + list(tx), progress)
+    _save_pngs(staging, src_rel + tgt_rel, src_images + list(tx), progress)
     write_json(staging / IMAGE_INDEX, sorted(src_rel + tgt_rel))  # what a rebuild may delete
     src_paths = [f"images/{p}" for p in src_rel]
     tgt_paths = [f"images/{p}" for p in tgt_rel]
@@ -386,18 +446,29 @@ def build_demo(
     remove_owned(out / "images")  # check_demo_images found only what a build wrote
     staging.rename(out / "images")
 
-    params = _params(seed, fraction)
-    src = pa.table(
-        {
-            "id": pa.array([it.id for _, it in items], pa.string()),
-            "path": pa.array(src_paths, pa.string()),
-            "label": pa.array([it.label for _, it in items], pa.int32()),
-            "family": pa.array([fam for fam, _ in items], pa.string()),
-        }
-    )
+    params = _params(seed, fraction, multi_label)
+    if canvases is None:
+        src = pa.table(
+            {
+                "id": pa.array([it.id for _, it in items], pa.string()),
+                "path": pa.array(src_paths, pa.string()),
+                "label": pa.array([it.label for _, it in items], pa.int32()),
+                "family": pa.array([fam for fam, _ in items], pa.string()),
+            }
+        )
+    else:
+        src = pa.table(
+            {
+                "id": pa.array([c[0] for c in canvases], pa.string()),
+                "path": pa.array(src_paths, pa.string()),
+                "labels": pa.array([c[2] for c in canvases], pa.list_(pa.int32())),
+                "family": pa.array([c[1] for c in canvases], pa.string()),
+                "parts": pa.array([c[3] for c in canvases], pa.list_(pa.string())),
+            }
+        )
     src_meta = ManifestMeta(classes=classes, stage="demo-data", params=params)
     write_manifest(out / "source.parquet", src, src_meta)
-    held = np.zeros(len(items), bool)
+    held = np.zeros(src.num_rows, bool)
     held[calibration] = True
     write_manifest(out / "source_train.parquet", src.filter(pa.array(~held)), src_meta)
     write_manifest(out / "source_calibration.parquet", src.filter(pa.array(held)), src_meta)

@@ -98,8 +98,7 @@ KINDS: dict[str, Kind] = {
             "source": "--source",
             "weights": "--weights",
             "exclude": "--exclude",
-            "classes": "--classes",  # a file of names (a glob goes in params)
-            "hierarchy": "--hierarchy",
+            "hierarchy": "--hierarchy",  # --classes is a param: a glob, or a file of names
         },
         required=("source",),
         outputs=("sample.parquet",),

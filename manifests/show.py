@@ -85,4 +85,5 @@ def family_line(m: Manifest) -> str:
         fams.setdefault(fam, [0, 0])
         fams[fam][0] += int(c)
         fams[fam][1] += 1
-    return ", ".join(f"{f} {n:,} ({k} classes)" for f, (n, k) in fams.items())
+    line = ", ".join(f"{f} {n:,} ({k} classes)" for f, (n, k) in fams.items())
+    return line + (" (label occurrences: a multi-label source)" if m.multi_label else "")
