@@ -109,6 +109,15 @@ def test_webdataset_cls_with_several_indexes_and_json_label_lists(tmp_path):
     assert res.returncode == 0, res.stderr
     assert sets_of(tmp_path / "again.parquet") == [[0, 2], [1], [2, 1], []]
 
+    # the stages read the sets and the images from the shards: a uniform sample, validated with its files
+    res = cli(
+        "curate", "sample", "--source", str(out), "--uniform", "--size", "6", "--out", str(tmp_path / "s.parquet")
+    )
+    assert res.returncode == 0, res.stderr
+    s = Manifest(tmp_path / "s.parquet")
+    assert s.address_columns == ["offset", "size"] and all(x for x in s.read(["labels"]).column(0).to_pylist())
+    assert cli("datl", "manifest", "validate", str(tmp_path / "s.parquet"), "-q").returncode == 0
+
     # a name classes.txt does not have: one line naming the sample
     _tar(shards / "s-2.tar", {"k4.png": png[0], "k4.json": json.dumps({"labels": ["cow"]}).encode()})
     assert_user_error(
