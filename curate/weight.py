@@ -68,7 +68,7 @@ def run(cfg: WeightConfig) -> Path:
     )
     sm = open_manifest(cfg.source)
     classes, p_target = read_prior(cfg.prior)
-    result = compute_weights(sm, classes, p_target, read_excluded_ids(cfg.exclude))
+    result = compute_weights(sm, classes, p_target, read_excluded_ids(cfg.exclude), read_interval(cfg.prior))
     meta = ManifestMeta(
         classes=sm.classes,
         stage="weight",
@@ -125,6 +125,18 @@ def read_stage_table(path: str | Path, columns: tuple[str, ...], what: str, writ
     if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(meta.classes):
         raise ManifestError(path, "has labels outside its classes", f"rewrite it with `{writer}`")
     return list(meta.classes), t.sort_by("label")
+
+
+def read_interval(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(p_low, p_high) of a prior.parquet that has them (`curate estimate --bootstrap`), by label."""
+    t = pq.read_table(path)
+    if "p_low" not in t.column_names or "p_high" not in t.column_names:
+        return None
+    t = t.sort_by("label")
+    return (
+        t.column("p_low").to_numpy(zero_copy_only=False).astype(np.float64),
+        t.column("p_high").to_numpy(zero_copy_only=False).astype(np.float64),
+    )
 
 
 def read_prior(path: str | Path) -> tuple[list[str], np.ndarray]:
@@ -200,8 +212,15 @@ def expected_shares(source: Manifest, p_target: np.ndarray, n_source: np.ndarray
 
 
 def compute_weights(
-    source: Manifest, prior_classes: list[str], p_target: np.ndarray, exclude: pa.Array | None = None
+    source: Manifest,
+    prior_classes: list[str],
+    p_target: np.ndarray,
+    exclude: pa.Array | None = None,
+    p_interval: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> WeightResult:
+    """The weights table. ``p_interval`` (the prior's p_low, p_high) gives w_low, w_high: the
+    interval's ends through the same renormalisation as P_t, over P_s (which is counted, not
+    estimated)."""
     classes = source.require_labels(multi=True)
     check_same_classes(
         classes,
@@ -220,7 +239,8 @@ def compute_weights(
             "has no images in any class the target prior gives mass to",
             "check that the prior was estimated for this source",
         )
-    p_t = p_t / p_t.sum()
+    scale = 1.0 / p_t.sum()
+    p_t = p_t * scale
     weight = np.divide(p_t, p_source, out=np.zeros_like(p_t), where=p_source > 0)
     cols = {
         "label": pa.array(np.arange(len(classes), dtype=np.int32)),
@@ -230,6 +250,10 @@ def compute_weights(
         "p_target": pa.array(p_t, pa.float64()),
         "weight": pa.array(weight, pa.float64()),
     }
+    if p_interval is not None:
+        for name, end in zip(("w_low", "w_high"), p_interval):
+            end = np.where(unreachable, 0.0, end) * scale
+            cols[name] = pa.array(np.divide(end, p_source, out=np.zeros_like(end), where=p_source > 0), pa.float64())
     if source.multi_label:
         cols["p_expected"] = pa.array(expected_shares(source, p_t, n_source), pa.float64())
     if exclude is not None:
@@ -280,10 +304,17 @@ def plot_weights(table: pa.Table, path: str | Path, top: int = 40, title: str = 
     ax = fig.add_subplot(gs[:, 0])
     order = np.argsort(-w, kind="stable")[: min(top, k)]
     ypos = np.arange(len(order))[::-1]
-    ax.barh(ypos, w[order], color="#3b75af")
+    err = None
+    if "w_low" in table.column_names:  # the prior's 95% interval, carried to the weight
+        lo, hi = table.column("w_low").to_numpy(), table.column("w_high").to_numpy()
+        err = np.vstack([np.maximum(w[order] - lo[order], 0), np.maximum(hi[order] - w[order], 0)])
+    ax.barh(ypos, w[order], color="#3b75af", xerr=err, ecolor="#333333", capsize=2)
     ax.set_yticks(ypos, [f"{names[i]}  (n={n[i]:,})" for i in order], fontsize=8)
     ax.axvline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("importance weight  P_t(y) / P_s(y)   (dashed: 1 = as in the source)")
+    ax.set_xlabel(
+        "importance weight  P_t(y) / P_s(y)   (dashed: 1 = as in the source"
+        + ("; bars: 95% interval of the estimate)" if err is not None else ")")
+    )
     ax.set_title(f"top {len(order)} of {k:,} source classes by weight")
     for y, i in zip(ypos, order):
         ax.text(w[i], y, f" {w[i]:.2f}", va="center", fontsize=7)

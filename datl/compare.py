@@ -16,6 +16,8 @@ from .stats import mean_interval, paired_difference
 ARM_NOTES = {
     "adaptive": "importance-weighted sample, with replacement (Ngiam et al. 2018)",
     "adaptive_bcts": "the same, with P_t(y) from calibrated EM (em-bcts) instead of the mean",
+    "adaptive_auto": "the same, with P_t(y) by the estimator --method auto chose on the calibration split",
+    "label_subset": "uniform among the source images carrying hand-picked classes (the paper's baseline)",
     "adaptive_elastic": "importance-weighted sample, without replacement",
     "uniform": "uniform random sample of the same size",
     "all_source": "the whole source pool (duplicates of target images removed)",
@@ -143,7 +145,32 @@ def table(results: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
     if "selection" in results:
         lines.append(_selection_line(results["selection"]))
+    if base:
+        lines.append(verdict_line(results))
     return "\n".join(lines)
+
+
+def verdict_line(results: dict) -> str:
+    """What the paired 95% intervals establish, in words: the arms above and below the baseline
+    (interval clear of 0) and those the run cannot tell from it; plainly, when the paper's
+    arm (``adaptive``) is not shown above it."""
+    base = results["baseline"]
+    above, below, unclear = [], [], []
+    for arm, r in results["arms"].items():
+        v = r.get("vs_baseline")
+        if not v or v.get("ci95") is None:
+            continue
+        lo, hi = v["ci95"]
+        (above if lo > 0 else below if hi < 0 else unclear).append(arm)
+    n = min((r["vs_baseline"]["n_pairs"] for r in results["arms"].values() if r.get("vs_baseline")), default=0)
+    parts = [f"above {base}: {', '.join(above) or 'none'}", f"below: {', '.join(below) or 'none'}"]
+    if unclear:
+        parts.append(f"not told apart from {base}: {', '.join(unclear)}")
+    line = f"at 95% over {n} paired seeds, {'; '.join(parts)}"
+    adaptive = [a for a in results["arms"] if base_arm(a)[0] == "adaptive"]
+    if adaptive and not set(adaptive) & set(above):
+        line += f". This run does not establish that the adaptive sample beats {base}"
+    return line
 
 
 def sweep_plot(results: dict, path: Path) -> Path | None:
@@ -220,6 +247,8 @@ def markdown(pipe: Pipeline, results: dict, folder: Path, plot: Path | None) -> 
         )
     if "selection" in results:
         out += ["", _selection_line(results["selection"]) + "."]
+    if results.get("baseline"):
+        out += ["", verdict_line(results) + "."]
     if (folder / "sweep.png").exists():
         out += ["", "## Accuracy against pretraining-set size", "", "![sweep](sweep.png)"]
     if plot is not None:

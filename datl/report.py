@@ -173,6 +173,7 @@ def first_rows_per_class(manifest_path: str, labels: list[int], k: int) -> dict[
 def weights_section(rep: Report, st: Stage) -> dict:
     t = pq.read_table(st.folder / "weights.parquet")
     cols = ["label", "class_name", "n_source", "p_source", "p_target", "weight", "n_excluded"]
+    cols += [c for c in ("w_low", "w_high") if c in t.column_names]  # the prior's 95% interval, as weights
     if "p_expected" in t.column_names:  # a multi-label source: the label shares a sample is expected to reach
         cols.append("p_expected")
     rows = [[r.get(c) for c in cols] for r in t.select([c for c in cols if c in t.column_names]).to_pylist()]

@@ -20,9 +20,15 @@ from .estimators import (
     METHODS,
     MULTI_LABEL_METHODS,
     NEEDS_CALIBRATION,
+    SHIFTS,
+    bootstrap,
+    choose_method,
     default_temperature,
     estimate,
     estimate_multi_label,
+    interval,
+    multi_label_replicate_fn,
+    replicate_fn,
 )
 from .predictions import read_predictions, write_predictions
 
@@ -40,7 +46,8 @@ class EstimateConfig:
     method: str = opt(
         "mean",
         choices=METHODS,
-        help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020.",
+        help="mean: the paper's; em: Saerens 2002; bbse: Lipton 2018; em-bcts: Alexandari 2020; "
+        "pacc: Bella 2010; auto: the lowest L1 on simulated shifts of --calibration.",
     )
     temperature: float | None = opt(
         None,
@@ -66,6 +73,13 @@ class EstimateConfig:
         None, output=True, help="Also write per-image logits here, to re-estimate without the model."
     )
     predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running the model.")
+    bootstrap: int = opt(
+        100,
+        bounds="[0, inf)",
+        help="Replicates of the target (Poisson bootstrap on the cached logits) for the 95% interval "
+        "of each P_t(y): prior.parquet's p_low, p_high; 0: no interval.",
+    )
+    seed: int = opt(0, bounds="[0, inf)", help="Seed of the bootstrap.")
     batch_size: int = opt(256, bounds="[1, inf)")
     workers: int = opt(2, help="DataLoader workers.", bounds="[0, inf)")
     device: str = opt("auto", choices=DEVICES)
@@ -237,32 +251,52 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
                 f"gives non-finite logits for {n:,} {name} image(s) (a diverged model?)",
                 "retrain the model (e.g. a lower --lr), or pass another",
             )
-    if logits.multi_label:
-        p, facts = estimate_multi_label(cfg.method, logits.target, source_prior(cfg, logits), cfg.t)
-    else:
-        p, facts = estimate(
-            cfg.method, logits.target, source_prior(cfg, logits), cfg.t, logits.calibration, logits.calibration_labels
+    p_s = source_prior(cfg, logits)
+    method, t, chosen = cfg.method, cfg.t, {}
+    if method == "auto" and not logits.multi_label:
+        if logits.calibration is None or not len(logits.calibration):
+            raise UserError("--method auto", "needs held-out labeled source images", "pass --calibration")
+        method, scores = choose_method(logits.calibration, logits.calibration_labels, p_s, cfg.seed)
+        t = cfg.temperature if cfg.temperature is not None else default_temperature(method)
+        chosen = {"auto_choice": method, "auto_scores": scores, "auto_shifts": SHIFTS}
+        shown = ", ".join(f"{m} {v:.3f}" for m, v in sorted(scores.items(), key=lambda kv: kv[1]))
+        logger.info(
+            f"--method auto: mean L1 on {SHIFTS} simulated shifts of the calibration split: {shown}; using {method}"
         )
+    if logits.multi_label:
+        p, facts = estimate_multi_label(method, logits.target, p_s, t)
+    else:
+        p, facts = estimate(method, logits.target, p_s, t, logits.calibration, logits.calibration_labels)
+    facts = {**chosen, **facts}
     if not (np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
         raise RunFailed(
             cfg.model,
-            f"{cfg.method} gave a prior that is not a distribution (non-finite, negative or all zero)",
+            f"{method} gave a prior that is not a distribution (non-finite, negative or all zero)",
             "try --method mean, or check the model and the calibration split",
         )
-    table = pa.table(
-        {
-            "label": pa.array(np.arange(len(classes), dtype=np.int32)),
-            "class_name": pa.array(classes, pa.string()),
-            "p_target": pa.array(p, pa.float64()),
-        }
-    )
+    cols = {
+        "label": pa.array(np.arange(len(classes), dtype=np.int32)),
+        "class_name": pa.array(classes, pa.string()),
+        "p_target": pa.array(p, pa.float64()),
+    }
+    if cfg.bootstrap:
+        if logits.multi_label:
+            fn = multi_label_replicate_fn(method, logits.target, p_s, t)
+        else:
+            fn = replicate_fn(method, logits.target, p_s, t, logits.calibration, logits.calibration_labels, p, facts)
+        low, high = interval(bootstrap(fn, len(logits.target), cfg.bootstrap, cfg.seed))
+        cols["p_low"], cols["p_high"] = pa.array(np.minimum(low, p), pa.float64()), pa.array(np.maximum(high, p))
+    table = pa.table(cols)
     params = {
-        "method": cfg.method,
-        "temperature": cfg.t,
+        "method": method,
+        "method_asked": cfg.method,
+        "temperature": t,
         "temperature_default": cfg.temperature is None,
         "model": cfg.model,
         "n_target": len(logits.target),
         "multi_label": logits.multi_label,
+        "bootstrap": cfg.bootstrap,
+        "bootstrap_seed": cfg.seed,
         **facts,
     }
     write_table(
@@ -277,9 +311,15 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
             ),
         ),
     )
-    logger.info(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {cfg.method} (T={cfg.t:g}); top:")
+    what = f" (95% interval over {cfg.bootstrap} bootstrap replicates of the target)" if cfg.bootstrap else ""
+    logger.info(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {method} (T={t:g}){what}; top:")
     for i in np.argsort(-p)[:10]:
-        logger.info(f"  {classes[i]:<24} {p[i]:.4f}")
+        band = (
+            f"  [{table.column('p_low')[i].as_py():.4f}, {table.column('p_high')[i].as_py():.4f}]"
+            if cfg.bootstrap
+            else ""
+        )
+        logger.info(f"  {classes[i]:<24} {p[i]:.4f}{band}")
     if "em_iterations" in facts:
         if facts["em_converged"]:
             logger.info(f"EM converged after {facts['em_iterations']} iterations")

@@ -26,7 +26,7 @@ def test_the_default_pipeline_never_estimates_or_chooses_on_test_images(demo_sma
     kinds = {}
     for stage in pipe.stages.values():
         kinds.setdefault(stage.kind, []).append(stage)
-    assert len(kinds["estimate"]) == 2  # the paper's mean and em-bcts
+    assert len(kinds["estimate"]) == 2  # the paper's mean and auto (the estimator chosen on the calibration split)
     for st in kinds["estimate"]:
         target = _paths(demo_small, st.inputs["target"])
         assert target and target.isdisjoint(test), st.name

@@ -32,3 +32,21 @@ def test_pairing_removes_the_seed_effect():
     arm = {str(i): 0.81 + e + (0.001 if i % 2 else -0.001) for i, e in enumerate(seed_effect)}
     r = paired_difference(arm, base, "b")
     assert 0.0 < r["ci95"][0] < 0.01 < r["ci95"][1] < 0.02 and r["p_value"] < 1e-3
+
+
+def test_the_verdict_line_says_what_the_intervals_establish():
+    from datl.compare import verdict_line
+
+    def arm(lo, hi):
+        return {"vs_baseline": {"ci95": [lo, hi], "n_pairs": 5}}
+
+    results = {
+        "baseline": "uniform",
+        "arms": {"adaptive": arm(-0.021, 0.075), "scratch": arm(-0.16, -0.08), "uniform": {}, "subset": arm(0.1, 0.3)},
+    }
+    line = verdict_line(results)
+    assert "at 95% over 5 paired seeds, above uniform: subset; below: scratch" in line
+    assert "not told apart from uniform: adaptive" in line
+    assert line.endswith("This run does not establish that the adaptive sample beats uniform")
+    results["arms"]["adaptive"] = arm(0.01, 0.05)
+    assert "does not establish" not in verdict_line(results)
