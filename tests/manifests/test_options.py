@@ -57,7 +57,7 @@ def test_finetune_library_and_cli_agree_on_the_learning_rate():
 def test_pipeline_check_sees_exactly_the_config_fields():
     """option_names (what pipeline.yaml may set) = the config's fields minus the inputs and
     the flags the runner sets itself."""
-    assert option_names("sample") == {"uniform", "size", "replacement", "seed"}
+    assert option_names("sample") == {"uniform", "size", "replacement", "seed", "classes"}  # hierarchy: an input
     assert "lr" in option_names("finetune") and "adapt" in option_names("finetune")
     assert negatable("sample") == {"replacement"}
 
