@@ -174,9 +174,16 @@ def weights_section(rep: Report, st: Stage) -> dict:
     t = pq.read_table(st.folder / "weights.parquet")
     cols = ["label", "class_name", "n_source", "p_source", "p_target", "weight", "n_excluded"]
     cols += [c for c in ("w_low", "w_high") if c in t.column_names]  # the prior's 95% interval, as weights
+    reached, reached_in = None, None
     if "p_expected" in t.column_names:  # a multi-label source: the label shares a sample is expected to reach
         cols.append("p_expected")
+        reached_in, reached = reached_shares(rep, st, t.num_rows)
+        if reached is not None:
+            cols.append("p_sample")
     rows = [[r.get(c) for c in cols] for r in t.select([c for c in cols if c in t.column_names]).to_pylist()]
+    if reached is not None:
+        for r in rows:
+            r[-1] = float(reached[int(r[0])])
     plot = st.folder / "weights.png"
     return {
         "stage": st.name,
@@ -185,7 +192,21 @@ def weights_section(rep: Report, st: Stage) -> dict:
         "plot": copy_file(rep, plot, f"{st.name}-weights.png") if plot.exists() else None,
         "prior_stage": stage_of(st.inputs.get("prior", "")),
         "source": st.inputs.get("source"),
+        "sample_stage": reached_in,
     }
+
+
+def reached_shares(rep: Report, st: Stage, k: int) -> tuple[str | None, np.ndarray | None]:
+    """A multi-label source: the label shares the first sample drawn by these weights actually
+    reached (co-occurring labels come along, so they differ from P_t), and that sample's stage."""
+    mine = str(st.folder / "weights.parquet")
+    for s in rep.stages.values():
+        path = s.folder / "sample.parquet"
+        if s.kind == "sample" and s.inputs.get("weights") == mine and path.exists():
+            counts, _ = open_manifest(path).label_counts()
+            if len(counts) == k and counts.sum():
+                return s.name, counts / counts.sum()
+    return None, None
 
 
 def stage_of(path: str) -> str | None:

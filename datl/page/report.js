@@ -82,7 +82,8 @@
     const cols = W.columns;
     const heads = {label: "label", class_name: "class", n_source: "n source", p_source: "P_s", p_target: "P_t",
       weight: "weight", n_excluded: "excluded as duplicates", p_expected: "expected share in a sample",
-      w_low: "weight, 95% low", w_high: "weight, 95% high"};
+      w_low: "weight, 95% low", w_high: "weight, 95% high",
+      p_sample: "share reached in " + (W.sample_stage || "a sample")};
     let sortCol = cols.indexOf("weight"), sortDir = -1, page = 0, rows = W.rows.slice();
     const filter = el("input", {type: "search", class: "class-filter", id: index ? null : "class-filter",
       placeholder: "filter classes by name", "aria-label": "filter classes"});

@@ -98,4 +98,4 @@ def test_a_multi_label_pipeline_runs_end_to_end(tmp_path):
     for arm in ("adaptive", "label_subset", "uniform"):
         assert "label_subset" in res.stdout and arm in res.stdout
     report = (out / "report.html").read_text()
-    assert "p_expected" in report
+    assert "p_expected" in report and '"sample_stage": "sample_adaptive.s0"' in report and "p_sample" in report
