@@ -31,6 +31,12 @@ class FinetuneConfig(TrainConfig):
     backbone_lr_mult: float = opt(
         1.0, help="Backbone learning rate = lr x this (e.g. 0.1 for a gentler fine-tune).", bounds="[0, inf)"
     )
+    head_warmup: float = opt(
+        0.0,
+        help="Fraction of the steps in which only the new head trains (the backbone's learning rate held at 0), "
+        "before the whole network does: linear-probe-then-fine-tune (Kumar et al. 2022).",
+        bounds="[0, 1)",
+    )
     adapt: str = opt(adapt.NONE, choices=adapt.names(), noun="method", help="Domain adaptation toward --unlabeled.")
     unlabeled: str | None = opt(None, help="Unlabeled target manifest (needed by --adapt): a batch of it every step.")
     trade_off: float = opt(1.0, help="Weight of the transfer loss.", bounds="[0, inf)")

@@ -96,11 +96,22 @@ def backbone(cfg: FinetuneConfig, classes: list[str], train) -> tuple[nn.Module,
 
 def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
     """The new head (an AdaptNet's bottleneck and classifier) at --lr, the backbone at
-    --lr x --backbone-lr-mult; weight decay on weights only."""
+    --lr x --backbone-lr-mult, held at 0 for the first --head-warmup fraction of the steps;
+    weight decay on weights only."""
     head = model.head_parameters() if isinstance(model, AdaptNet) else model.get_classifier().parameters()
     head_ids = {id(p) for p in head}
-    mult = {n: 1.0 if id(p) in head_ids else cfg.backbone_lr_mult for n, p in model.named_parameters()}
-    return decay_groups(model, cfg.lr, cfg.weight_decay, lr_mult=mult.__getitem__)
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault((id(p) in head_ids, p.ndim > 1), []).append(p)
+    out = []
+    for (is_head, decay), ps in sorted(groups.items(), key=lambda kv: not kv[0][0]):  # the head's first
+        mult = 1.0 if is_head else cfg.backbone_lr_mult
+        g = {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * mult, "lr_mult": mult}
+        if not is_head and cfg.head_warmup:
+            g["hold"] = cfg.head_warmup
+        out.append(g)
+    return out
 
 
 def adaptation(cfg: FinetuneConfig, model: nn.Module, model_cfg: ModelConfig, classes: list[str], train, d):

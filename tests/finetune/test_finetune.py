@@ -157,3 +157,24 @@ def test_random_init_baseline_and_bad_input(demo_small, tmp_path):
         ),
         "unknown method 'magic'",
     )
+
+
+def test_head_warmup_holds_the_backbone_then_releases_it(grey_run, demo_small, tmp_path):
+    """--head-warmup H: for the first H of the steps only the new head moves (the backbone's
+    weights stay the checkpoint's; BatchNorm statistics may follow the data); after, all do."""
+    from safetensors.torch import load_file
+
+    start = load_file(str(grey_run / "model.safetensors"))
+    common = ["finetune", "-c", str(grey_run), "--train", str(demo_small / "target_train.parquet"),
+              "--test", str(demo_small / "target_test.parquet"), "--steps", "4", *FAST]  # fmt: skip
+    moved = {}
+    for hold in ("0.9", "0.5"):
+        out = tmp_path / f"ft{hold}"
+        res = cli(*common, "--head-warmup", hold, "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        end = load_file(str(out / "model.safetensors"))
+        weights = [k for k in start if k in end and start[k].is_floating_point() and "running" not in k
+                   and not k.startswith(("fc.", "head.", "classifier."))]  # fmt: skip
+        moved[hold] = sum(not torch.equal(start[k], end[k]) for k in weights)
+        assert weights
+    assert moved["0.9"] == 0 and moved["0.5"] > 0

@@ -101,7 +101,7 @@ def _train(
     steps_per_epoch = max(math.ceil(sampler.per_rank() / cfg.batch_size), 1)
     total = cfg.steps or max(int(math.ceil(cfg.epochs * steps_per_epoch)), 1)
     factor = (schedule(total) if schedule else None) or warmup_cosine(total, cfg.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [held(factor, g.get("hold", 0.0), total) for g in groups])
 
     data = data_key(manifest)
     step = load_state(out, model, opt, sched, d, hook, data) if cfg.resume else 0
@@ -243,6 +243,21 @@ def multi_label_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / max(logits.shape[0], 1)
 
 
+def base_lr(opt) -> float:
+    """The run's learning rate now: a group's lr over its multiplier (a group with a multiplier)."""
+    g = next((g for g in opt.param_groups if g.get("lr_mult")), opt.param_groups[0])
+    return g["lr"] / g["lr_mult"] if g.get("lr_mult") else g["lr"]
+
+
+def held(factor: Callable[[int], float], hold: float, total: int) -> Callable[[int], float]:
+    """A group's learning-rate factor: 0 for its first ``hold`` fraction of the steps (finetune's
+    --head-warmup holds the backbone while the new head learns), the schedule after."""
+    if not hold:
+        return factor
+    until = int(round(hold * total))
+    return lambda step: 0.0 if step < until else factor(step)
+
+
 class MetricsLog:
     """metrics.jsonl: one record every --log-every steps (rank 0 writes), with the images/s
     of the window since the last record, summed over ranks."""
@@ -260,7 +275,7 @@ class MetricsLog:
             "step": step,
             "epoch": step / self.steps_per_epoch,
             "loss": float(loss.detach()),
-            "lr": opt.param_groups[0]["lr"] / opt.param_groups[0]["lr_mult"],
+            "lr": base_lr(opt),
             "images_per_s": rate,
             "bad_images": bad.count,
         }
