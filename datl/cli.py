@@ -93,10 +93,14 @@ def run(
         click.echo(f"error: {e}", err=True)
         raise SystemExit(2 if e.rc == 2 else 1) from None
     if pipe.launcher is None or pipe.launcher.node_rank == 0:
-        print_results(pipe)
+        results = print_results(pipe)
         from .report import build
 
         click.echo(f"report: {build(pipe.out, pipeline=str(pipe.path), device=pipe.device)}")
+        if results is not None and results.get("baseline"):
+            from .compare import verdict_line
+
+            click.echo(verdict_line(results))  # the last line: what this run's intervals establish
 
 
 @cli.command("report")
@@ -139,8 +143,8 @@ def report(out: Path, pipeline: str | None, evidence_classes: int, per_class: in
     click.echo(f"wrote {build(out, pipeline, evidence_classes, per_class, pairs, device)}")
 
 
-def print_results(pipe) -> None:
-    """The comparison table, if the pipeline has a compare stage that wrote one."""
+def print_results(pipe) -> dict | None:
+    """The comparison table, if the pipeline has a compare stage that wrote one; its results."""
     import json
 
     from .compare import table
@@ -148,9 +152,12 @@ def print_results(pipe) -> None:
 
     results = pipe.out / "results.json"
     if COMPARE in pipe.stages and results.exists():
+        data = json.loads(results.read_text())
         click.echo("")
-        click.echo(table(json.loads(results.read_text())))
+        click.echo(table(data, verdict=False))
         click.echo(f"\nresults: {results}  report: {pipe.out / 'report.md'}")
+        return data
+    return None
 
 
 cli.add_command(manifest)

@@ -108,7 +108,9 @@ def _versus(r: dict) -> str:
     return f"{100 * v['diff_mean']:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}] p={v['p_value']:.3f}"
 
 
-def table(results: dict) -> str:
+def table(results: dict, verdict: bool = True) -> str:
+    """The result table; ``verdict``: end with :func:`verdict_line` (`datl run` prints it last,
+    after the paths)."""
     base = results.get("baseline")
     rows = [
         (
@@ -145,7 +147,7 @@ def table(results: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
     if "selection" in results:
         lines.append(_selection_line(results["selection"]))
-    if base:
+    if base and verdict:
         lines.append(verdict_line(results))
     return "\n".join(lines)
 
