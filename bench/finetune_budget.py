@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image
 
 BIN = Path(sys.executable).parent
@@ -83,7 +84,7 @@ def probe(ckpt: Path, m: dict[str, Path]) -> tuple[float, float]:
     from datl.neural.engine.inference import run_model
 
     lm = load_model(str(ckpt))
-    d = dist.Dist(0, 1, 0, "cpu")
+    d = dist.Dist(0, 1, 0, torch.device("cpu"))
     feats = {}
     for s in ("train", "val", "test"):
         rows, x, _ = run_model(lm, Manifest(m[s]), d, "features", progress=False)
