@@ -19,6 +19,12 @@ class FinetuneConfig(TrainConfig):
     )
     model: str | None = opt(None, help="timm architecture trained from random init instead of --checkpoint.")
     lr: float = opt(0.01, help="Peak learning rate of the new head.", bounds="(0, inf)")
+    batch_size: int = opt(
+        32,
+        help="Images per step per process. 32, not pretrain's 128: a target of a few hundred labeled images "
+        "gets 4x the steps (chosen on validation: docs/finetune.md).",
+        bounds="[1, inf)",
+    )
     image_size: int | None = opt(None, help="Override the checkpoint's image size.", bounds="[1, 4096]")
     in_chans: int | None = opt(None, help="Input channels with --model (default: from the images).", bounds="[1, inf)")
     test: str = opt(help="Labeled target manifest to evaluate on (same classes).")
