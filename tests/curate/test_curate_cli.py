@@ -124,7 +124,7 @@ def test_weight_and_sample_end_to_end(classifier, demo_small, tmp_path):
     res = cli("curate", "weight", "--source", str(src), "--prior", str(prior), "--out", str(tmp_path / "w.parquet"))
     assert res.returncode == 0, res.stderr
     w = pq.read_table(tmp_path / "w.parquet")
-    assert w.column_names == ["label", "class_name", "n_source", "p_source", "p_target", "weight"]
+    assert w.column_names == ["label", "class_name", "n_source", "p_source", "p_target", "weight", "w_low", "w_high"]
     counts, _ = Manifest(src).label_counts()
     assert w.column("n_source").to_pylist() == counts.tolist()
     ws = w.column("weight").to_numpy()
