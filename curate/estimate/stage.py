@@ -79,7 +79,14 @@ class EstimateConfig:
         help="Replicates of the target (Poisson bootstrap on the cached logits) for the 95% interval "
         "of each P_t(y): prior.parquet's p_low, p_high; 0: no interval.",
     )
-    seed: int = opt(0, bounds="[0, inf)", help="Seed of the bootstrap.")
+    seed: int = opt(0, bounds="[0, inf)", help="Seed of the bootstrap (and of the label-shift check).")
+    shift_check: bool = opt(
+        True,
+        negatable=True,
+        help="With --calibration and a model: test the label-shift assumption P_s(x|y) = P_t(x|y) by how well "
+        "a domain classifier on the model's embeddings tells the target from the calibration split "
+        "reweighted by w(y) (ROC AUC, 95% interval; 0.5 = the assumption holds as far as the model sees).",
+    )
     batch_size: int = opt(256, bounds="[1, inf)")
     workers: int = opt(2, help="DataLoader workers.", bounds="[0, inf)")
     device: str = opt("auto", choices=DEVICES)
@@ -123,6 +130,8 @@ class Logits:
     calibration_labels: np.ndarray | None = None
     class_prior: list[float] | None = None  # the checkpoint's training prior (multi-label: image shares)
     multi_label: bool = False  # a sigmoid classifier: per-label logits
+    target_features: np.ndarray | None = None  # pooled embeddings, for the label-shift check
+    calibration_features: np.ndarray | None = None
 
 
 def run(cfg: EstimateConfig) -> Path:
@@ -180,20 +189,26 @@ def model_logits(cfg: EstimateConfig, d) -> Logits:
             "is used by bbse and em-bcts, which a multi-label (sigmoid) model does not have",
             "drop --calibration (mean and em need none)",
         )
-    rows, target, bad = run_model(lm, tm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
+    check = cfg.shift_check and bool(cfg.calibration) and not multi
+    what = "features+logits" if check else "logits"  # the embeddings come from the same pass
+    rows, target, bad = run_model(lm, tm, d, what, cfg.batch_size, cfg.workers, not cfg.quiet)
+    nf = lm.config.num_features
+    target_features, target = (target[:, :nf], target[:, nf:]) if check else (None, target)
     if d.main and len(rows) == 0:
         raise UserError(
             cfg.target, f"has no readable image ({bad.summary()})", "check it with `datl manifest validate`"
         )
     if d.main:
         bad.report(str(cfg.target))
-    out = Logits(classes, target, class_prior=lm.config.class_prior, multi_label=multi)
+    out = Logits(classes, target, class_prior=lm.config.class_prior, multi_label=multi, target_features=target_features)
     parts = {"target": (tm.read(["id"]).column("id").take(pa.array(rows)).to_pylist(), target, [None] * len(rows))}
     if cfg.calibration:
         cm = open_manifest(cfg.calibration)
         check_label_kind(cm, multi, "--calibration")
         cm.require_classes(classes, "the model", MODEL_CLASSES)
-        crow, out.calibration, cbad = run_model(lm, cm, d, "logits", cfg.batch_size, cfg.workers, not cfg.quiet)
+        crow, out.calibration, cbad = run_model(lm, cm, d, what, cfg.batch_size, cfg.workers, not cfg.quiet)
+        if check:
+            out.calibration_features, out.calibration = out.calibration[:, :nf], out.calibration[:, nf:]
         if d.main:
             cbad.report(str(cfg.calibration))
         t = cm.read(["id", "label"])
@@ -241,6 +256,27 @@ def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
     return counted if use_source else checkpoint
 
 
+def run_shift_check(logits: Logits, p: np.ndarray, seed: int) -> dict:
+    """The label-shift check (shift_check.py) of this estimate: one line always, a warning when
+    the assumption fails as far as the model can see."""
+    from .shift_check import check_label_shift, warning_line
+
+    labels = logits.calibration_labels.astype(np.int64)
+    p_cal = np.bincount(labels, minlength=len(p)) / len(labels)
+    w = np.divide(p, p_cal, out=np.zeros_like(p), where=p_cal > 0)
+    chk = check_label_shift(
+        logits.target_features, logits.calibration_features, labels, w, logits.target.argmax(1), logits.classes, seed
+    )
+    logger.info(
+        f"label-shift check: a domain classifier on the model's embeddings tells the target from the "
+        f"calibration split reweighted by w(y) at ROC AUC {chk.auc:.3f} [{chk.auc_low:.3f}, {chk.auc_high:.3f}] "
+        f"(0.5: not at all; {chk.n_target:,} target, {chk.n_source:,} source images)"
+    )
+    if chk.fails:
+        logger.warning(warning_line(chk))
+    return chk.to_json()
+
+
 def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
     classes = logits.classes
     for name, z in (("target", logits.target), ("calibration", logits.calibration)):
@@ -268,6 +304,8 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
     else:
         p, facts = estimate(method, logits.target, p_s, t, logits.calibration, logits.calibration_labels)
     facts = {**chosen, **facts}
+    if logits.target_features is not None and logits.calibration_features is not None and len(logits.calibration):
+        facts["label_shift_check"] = run_shift_check(logits, p, cfg.seed)
     if not (np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
         raise RunFailed(
             cfg.model,

@@ -263,3 +263,27 @@ def test_bad_input(classifier, demo_small, tmp_path):
         "--size",
     )
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_estimate_checks_the_label_shift_assumption(classifier, demo_small, tmp_path):
+    """With --calibration the estimate says how well the model's embeddings tell the target from
+    the reweighted source: the demo's 8x8 target digits against MNIST and silhouettes are told
+    apart (a warning naming the AUC); --no-shift-check leaves it out."""
+    import json
+
+    run, src = classifier
+    base = ["curate", "estimate", "--model", str(run), "--target", str(demo_small / "target_unlabeled.parquet"),
+            "--calibration", str(src), "--method", "bbse", "--bootstrap", "0", "--workers", "0", "-q"]  # fmt: skip
+    res = cli(*base, "--out", str(tmp_path / "p.parquet"))
+    assert res.returncode == 0, res.stderr
+    params = json.loads(pq.read_schema(tmp_path / "p.parquet").metadata[b"datl"])["params"]
+    chk = params["label_shift_check"]
+    assert 0.5 < chk["auc"] <= 1 and chk["auc_low"] <= chk["auc"] <= chk["auc_high"]
+    assert chk["n_target"] == Manifest(demo_small / "target_unlabeled.parquet").num_rows
+    assert "label-shift check: a domain classifier" in res.stdout + res.stderr
+    if chk["auc_low"] > 0.6:
+        assert "warning: a domain classifier tells the target from the source" in res.stderr
+    res = cli(*base, "--no-shift-check", "--out", str(tmp_path / "q.parquet"))
+    assert res.returncode == 0, res.stderr
+    assert "label_shift_check" not in json.loads(pq.read_schema(tmp_path / "q.parquet").metadata[b"datl"])["params"]
