@@ -291,6 +291,20 @@ def estimators_section(rep: Report, top_k: int = 15) -> dict | None:
     }
 
 
+def shift_checks_section(rep: Report) -> list[dict]:
+    """Each estimate stage's label-shift check (curate/estimate/shift_check.py), when it ran."""
+    out = []
+    for n, s in rep.stages.items():
+        path = s.folder / "prior.parquet"
+        if s.kind != "estimate" or not path.exists():
+            continue
+        raw = (pq.read_schema(path).metadata or {}).get(b"datl")
+        chk = json.loads(raw).get("params", {}).get("label_shift_check") if raw else None
+        if chk:
+            out.append({"stage": n, **chk})
+    return out
+
+
 def duplicates_section(rep: Report, thumbs: Thumbs, n_pairs: int) -> list[dict]:
     out = []
     for n, s in rep.stages.items():
@@ -391,6 +405,7 @@ def build(
         "weights": weights,
         "evidence": evidence,
         "estimators": estimators_section(rep),
+        "shift_checks": shift_checks_section(rep),
         "duplicates": duplicates_section(rep, thumbs, pairs),
         "results": results_section(rep),
         "thumbnails": {"made": thumbs.made, "unreadable": thumbs.unreadable},

@@ -155,6 +155,18 @@
       el("p", {text: "P_t(y) of every estimate stage on the classes any of them ranks high; below, how far apart the whole distributions are (0: identical, 1: disjoint)."}), t, tv));
   }
 
+  // -- the label-shift check ------------------------------------------------------
+  if ((DATA.shift_checks || []).length) {
+    navLink("shift-check", "Label-shift check");
+    const items = DATA.shift_checks.map(c => el("li", {text: "stage " + c.stage + ": ROC AUC " + num(c.auc) + " [" +
+      num(c.auc_low) + ", " + num(c.auc_high) + "] over " + c.n_target + " target and " + c.n_source +
+      " source images" + (c.auc_low > 0.6 ? " (fails: the target's images of a class do not look like the source's)" : "") +
+      (c.differ_most.length ? "; classes that differ most: " + c.differ_most.map(d => d[0] + " " + num(d[1])).join(", ") : "")}));
+    app.append(section("shift-check", "Does P_s(x|y) = P_t(x|y) hold?",
+      el("p", {text: "A domain classifier on the source classifier's embeddings, target against the held-out source reweighted by w(y): 0.5 means it cannot tell them apart, as the paper's weights assume."}),
+      el("ul", {}, ...items)));
+  }
+
   // -- duplicates ---------------------------------------------------------------
   if (DATA.duplicates.length) {
     navLink("duplicates", "Duplicates");

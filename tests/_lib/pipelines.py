@@ -19,7 +19,8 @@ stages:
     params: {{model: test_resnet, steps: {source_steps}, batch_size: 16, workers: 0, save_every: 2}}
   prior: {{run: estimate, inputs: {{model: "@source_model", target: "@data/target_unlabeled.parquet"}},
           params: {{workers: 0}}}}
-  prior_em: {{run: estimate, inputs: {{model: "@source_model", target: "@data/target_unlabeled.parquet"}},
+  prior_em: {{run: estimate, inputs: {{model: "@source_model", target: "@data/target_unlabeled.parquet",
+                                      calibration: "@data/source_calibration.parquet"}},
              params: {{method: em, workers: 0}}}}
   features:
     run: features

@@ -126,6 +126,7 @@ def test_the_report_as_a_person_uses_it(run_out, browser):
     assert sims == sorted(sims)  # all thresholds are 0.9 here: nearest the threshold first
     # estimators side by side, results with the paired interval, timings
     assert "prior_em" in d.find_element("css selector", "#estimators-table").text
+    assert "stage prior_em: ROC AUC" in d.find_element("css selector", "#shift-check").text  # with --calibration
     arms = {
         tr.get_attribute("data-arm"): tr.text for tr in d.find_elements("css selector", "#results-table tr.arm-row")
     }
