@@ -73,11 +73,12 @@ class EstimateConfig:
         None, output=True, help="Also write per-image logits here, to re-estimate without the model."
     )
     predictions: str | None = opt(None, help="Re-estimate from a --save-predictions file instead of running the model.")
-    bootstrap: int = opt(
-        100,
+    bootstrap: int | None = opt(
+        None,
         bounds="[0, inf)",
         help="Replicates of the target (Poisson bootstrap on the cached logits) for the 95% interval "
-        "of each P_t(y): prior.parquet's p_low, p_high; 0: no interval.",
+        "of each P_t(y): prior.parquet's p_low, p_high; 0: no interval [default: 100, fewer (at least 20) "
+        "when the target times the classes is large: a rule of the sizes, never of the clock].",
     )
     seed: int = opt(0, bounds="[0, inf)", help="Seed of the bootstrap (and of the label-shift check).")
     shift_check: bool = opt(
@@ -256,6 +257,19 @@ def source_prior(cfg: EstimateConfig, logits: Logits) -> np.ndarray | None:
     return counted if use_source else checkpoint
 
 
+BOOTSTRAP_BUDGET = 4e9  # element operations the default bootstrap may spend (seconds on a CPU core)
+
+
+def replicates(asked: int | None, method: str, n: int, k: int) -> int:
+    """--bootstrap: as asked, or by default 100 replicates, fewer (at least 20) when n x k x the
+    method's passes would pass BOOTSTRAP_BUDGET (EM-type methods take about 30 passes a
+    replicate). Deterministic: a rule of the sizes, so the same inputs give the same intervals."""
+    if asked is not None:
+        return asked
+    passes = 1 if method in ("mean", "bbse", "pacc") else 30
+    return int(min(100, max(20, BOOTSTRAP_BUDGET // max(n * k * passes, 1))))
+
+
 def run_shift_check(logits: Logits, p: np.ndarray, seed: int) -> dict:
     """The label-shift check (shift_check.py) of this estimate: one line always, a warning when
     the assumption fails as far as the model can see."""
@@ -317,12 +331,13 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
         "class_name": pa.array(classes, pa.string()),
         "p_target": pa.array(p, pa.float64()),
     }
-    if cfg.bootstrap:
+    n_boot = replicates(cfg.bootstrap, method, *logits.target.shape)
+    if n_boot:
         if logits.multi_label:
             fn = multi_label_replicate_fn(method, logits.target, p_s, t)
         else:
             fn = replicate_fn(method, logits.target, p_s, t, logits.calibration, logits.calibration_labels, p, facts)
-        low, high = interval(bootstrap(fn, len(logits.target), cfg.bootstrap, cfg.seed))
+        low, high = interval(bootstrap(fn, len(logits.target), n_boot, cfg.seed))
         cols["p_low"], cols["p_high"] = pa.array(np.minimum(low, p), pa.float64()), pa.array(np.maximum(high, p))
     table = pa.table(cols)
     params = {
@@ -333,7 +348,7 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
         "model": cfg.model,
         "n_target": len(logits.target),
         "multi_label": logits.multi_label,
-        "bootstrap": cfg.bootstrap,
+        "bootstrap": n_boot,
         "bootstrap_seed": cfg.seed,
         **facts,
     }
@@ -349,14 +364,10 @@ def write_prior(cfg: EstimateConfig, logits: Logits) -> None:
             ),
         ),
     )
-    what = f" (95% interval over {cfg.bootstrap} bootstrap replicates of the target)" if cfg.bootstrap else ""
+    what = f" (95% interval over {n_boot} bootstrap replicates of the target)" if n_boot else ""
     logger.info(f"wrote {cfg.out}: P_t(y) over {len(classes):,} source classes by {method} (T={t:g}){what}; top:")
     for i in np.argsort(-p)[:10]:
-        band = (
-            f"  [{table.column('p_low')[i].as_py():.4f}, {table.column('p_high')[i].as_py():.4f}]"
-            if cfg.bootstrap
-            else ""
-        )
+        band = f"  [{table.column('p_low')[i].as_py():.4f}, {table.column('p_high')[i].as_py():.4f}]" if n_boot else ""
         logger.info(f"  {classes[i]:<24} {p[i]:.4f}{band}")
     if "em_iterations" in facts:
         if facts["em_converged"]:

@@ -294,3 +294,11 @@ def test_cli_intervals_and_auto_reach_prior_and_weights(tmp_path):
     res = cli("curate", "estimate", "--predictions", str(preds), "--method", "em", "--bootstrap", "0",
               "--out", str(tmp_path / "p0.parquet"))  # fmt: skip
     assert res.returncode == 0 and "p_low" not in pq.read_table(tmp_path / "p0.parquet").column_names
+
+
+def test_the_default_bootstrap_size_is_a_rule_of_the_sizes():
+    from datl.curate.estimate.stage import replicates
+
+    assert replicates(None, "em-bcts", 1_500, 82) == 100  # the demo
+    assert replicates(None, "mean", 100_000, 1_000) == 40 and replicates(None, "em", 100_000, 1_000) == 20
+    assert replicates(7, "em", 10**7, 10**4) == 7 and replicates(0, "mean", 10, 2) == 0
