@@ -176,3 +176,67 @@ def test_twenty_thousand_classes_render_one_page(tmp_path, browser):
 def test_report_of_a_folder_that_is_not_a_run(tmp_path):
     assert_user_error(cli("datl", "report", str(tmp_path)), str(tmp_path), "no stage folder")
     assert_user_error(cli("datl", "report", str(tmp_path / "nope")), "nope", "not a folder")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_multi_label_run_reports_label_shares_intervals_and_the_shift_check(tmp_path, browser):
+    """The weights table of a multi-label source: the weight's interval, the expected share of a
+    sample and the share the first sample reached; a class's source thumbnails are the images
+    carrying its label; the label-shift check has its section."""
+    from PIL import Image
+
+    from datl.manifests import write_manifest
+
+    out = tmp_path / "run"
+    for name in ("data", "weights", "sample_adaptive.s0", "prior"):
+        (out / name).mkdir(parents=True)
+    sets = [[0, 1], [1], [2], [0, 2], [1, 2], [0]]
+    for i in range(len(sets)):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(out / "data" / f"{i}.png")
+    classes = ["cat", "dog", "owl"]
+    src = pa.table({"id": [str(i) for i in range(6)], "path": [f"{i}.png" for i in range(6)],
+                    "labels": pa.array(sets, pa.list_(pa.int32()))})  # fmt: skip
+    write_manifest(out / "data" / "source.parquet", src, ManifestMeta(classes=classes))
+    weights = pa.table(
+        {
+            "label": pa.array([0, 1, 2], pa.int32()), "class_name": classes, "n_source": [3, 3, 3],
+            "p_source": [1 / 3] * 3, "p_target": [0.6, 0.3, 0.1], "weight": [1.8, 0.9, 0.3],
+            "w_low": [1.5, 0.7, 0.2], "w_high": [2.1, 1.1, 0.4], "p_expected": [0.5, 0.3, 0.2],
+        }
+    )  # fmt: skip
+    write_table(out / "weights" / "weights.parquet", weights, ManifestMeta(classes=classes, stage="weight"))
+    sample = src.take([0, 0, 3, 5])  # a with-replacement sample: row 0 twice
+    write_manifest(out / "sample_adaptive.s0" / "sample.parquet", sample, ManifestMeta(classes=classes))
+    chk = {"auc": 0.83, "auc_low": 0.8, "auc_high": 0.86, "n_target": 60, "n_source": 90, "differ_most": [["owl", 0.9]]}
+    prior = pa.table({"label": pa.array([0, 1, 2], pa.int32()), "class_name": classes, "p_target": [0.6, 0.3, 0.1]})
+    write_table(out / "prior" / "prior.parquet", prior,
+                ManifestMeta(classes=classes, stage="estimate", params={"label_shift_check": chk}))  # fmt: skip
+    stamps = {
+        "weights": {"kind": "weight", "inputs": {"source": {"ref": "@data/source.parquet"}}},
+        "sample_adaptive.s0": {"kind": "sample", "inputs": {"weights": {"ref": "@weights/weights.parquet"}}},
+        "prior": {"kind": "estimate", "inputs": {}},
+    }
+    for name, st in stamps.items():
+        (out / name / "stamp.json").write_text(json.dumps({**st, "params": {}, "seconds": 1.0}))
+    res = cli("datl", "report", str(out))
+    assert res.returncode == 0, res.stderr
+    d = open_page(browser, out / "report.html")
+    head = d.find_element("css selector", "#weights-table").text
+    for col in (
+        "weight, 95% low",
+        "weight, 95% high",
+        "expected share in a sample",
+        "share reached in sample_adaptive.s0",
+    ):
+        assert col in head, (col, head)
+    rows = {r[1]: r for r in visible_rows(d)}
+    # the sample's label occurrences: cat 0,0,3,5 -> 4 of 7; dog 0,0 -> 2; owl 3 -> 1
+    assert (
+        rows["cat"][-1].startswith("0.57") and rows["dog"][-1].startswith("0.28") and rows["owl"][-1].startswith("0.14")
+    )
+    d.find_element("css selector", "tr.class-row").click()  # cat, the top weight: its images carry 'cat'
+    assert len(d.find_elements("css selector", "#evidence img")) >= 3
+    assert "stage prior: ROC AUC 0.83" in d.find_element("css selector", "#shift-check").text
+    assert "owl" in d.find_element("css selector", "#shift-check").text
+    assert errors_and_fetches(d) == ([], [])
