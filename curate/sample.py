@@ -305,23 +305,31 @@ def plan_with_replacement(
     else:
         rows = np.flatnonzero(keep)
         lab = labels[rows]
+    picked, _, sizes, p = draw_by_class(lab, p_target, size, rng, k, "class")
+    picked = np.sort(picked if rows is None else rows[picked])
+    eligible = int(sizes[p > 0].sum())
+    return Plan(picked, eligible, 0)
+
+
+def draw_by_class(
+    lab: np.ndarray, p_target: np.ndarray, size: int, rng: np.random.Generator, k: int, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The paper's draw: counts ~ Multinomial(size, P_t over the classes that have entries in
+    ``lab``), then each draw uniform among its class's entries. Returns (the positions in ``lab``
+    drawn, each draw's class, entries per class, the P_t used)."""
     sizes = np.bincount(lab, minlength=k)
     p = np.where(sizes > 0, p_target, 0.0)
     if p.sum() <= 0:
         raise UserError(
             "--weights",
-            "no class with target mass has any source image left",
+            f"no {what} with target mass has any source image left",
             "check the prior, or exclude fewer images",
         )
     counts = rng.multinomial(size, p / p.sum())
     order = argsort_labels(lab, k)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     cls = np.repeat(np.arange(k), counts)
-    offset = starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)
-    picked = order[offset]
-    picked = np.sort(picked if rows is None else rows[picked])
-    eligible = int(sizes[p > 0].sum())
-    return Plan(picked, eligible, 0)
+    return order[starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)], cls, sizes, p
 
 
 def argsort_labels(lab: np.ndarray, k: int) -> np.ndarray:
@@ -543,19 +551,8 @@ def plan_label_draws(
 ) -> Plan:
     """With replacement, per label: counts ~ Multinomial(N, P_t over labels with images),
     each draw uniform among the occurrences of its label (one per image carrying it)."""
-    sizes = np.bincount(occ.labels, minlength=k)
-    p = np.where(sizes > 0, p_target, 0.0)
-    if p.sum() <= 0:
-        raise UserError(
-            "--weights",
-            "no label with target mass has any source image left",
-            "check the prior, or exclude fewer images",
-        )
-    counts = rng.multinomial(size, p / p.sum())
-    order = argsort_labels(occ.labels, k)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    cls = np.repeat(np.arange(k, dtype=np.int32), counts)
-    picked = order[starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)]
+    picked, cls, _, p = draw_by_class(occ.labels, p_target, size, rng, k, "label")
+    cls = cls.astype(np.int32)
     rows = occ.rows[picked]
     by_row = np.argsort(rows, kind="stable")
     reachable = np.zeros(n, dtype=bool)

@@ -24,8 +24,6 @@ def flat(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.nd
     are ``values[offsets[i]:offsets[i+1]]``. ``has_null_item[i]``: row i's list holds a null."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    if isinstance(col, pa.ChunkedArray):  # an empty chunked array
-        col = pa.array([], pa.list_(pa.int32()))
     if col.null_count:
         col = col.fill_null(pa.scalar([], col.type))
     lengths = np.asarray(col.value_lengths().fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
