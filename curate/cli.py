@@ -47,6 +47,11 @@ def weight(**kw) -> None:
     Columns: label, class_name, n_source, p_source, p_target, weight (+ n_excluded
     with --exclude). Classes with target mass but no source image are dropped and
     P_t renormalised over the rest.
+
+    With --per-image, also image_weights.parquet: one row per source image (id, label,
+    log_odds, ratio, weight), w(x) = w(y) * r(x) with r a domain classifier's density ratio
+    on the feature stores' embeddings, normalised within each class; `curate sample
+    --image-weights` draws by it.
     """
     from .weight import run
 

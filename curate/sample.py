@@ -7,9 +7,15 @@
   its class weight, by Efraimidis-Spirakis keys u_i^(1/w_i), computed as the equivalent
   exponential race: keep the N smallest E_i / w_i with E_i ~ Exp(1).
 
+With per-image weights (``--image-weights``, `curate weight --per-image`): with replacement
+the class counts are drawn as above and each class's draws go to its images in proportion to
+w(x); without replacement the keys use w(x) instead of the class weight. Rows of weight 0 are
+never drawn. The weights file is read alongside the source, its ids checked row by row.
+
 Two streamed passes over the source: labels (and ids for --exclude) to choose rows,
 then every column to copy the chosen rows out. Rows come out in source order;
-``draw`` numbers them 0..N-1, and ``weight`` is the row's class weight.
+``draw`` numbers them 0..N-1, and ``weight`` is the row's class weight (w(x) with
+``--image-weights``).
 
 A multi-label source (a ``labels`` column), the paper's rule applied per label:
 
@@ -65,6 +71,11 @@ class SampleConfig:
         negatable=True,
         help="With: class counts ~ Multinomial(N, P_t), the paper's. Without: N distinct rows ('elastic').",
     )
+    image_weights: str | None = opt(
+        None,
+        help="image_weights.parquet from `curate weight --per-image`: with replacement, each class's draws go to "
+        "its images in proportion to w(x), not uniformly; without, rows by w(x).",
+    )
     exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: never draw these ids.")
     classes: str | None = opt(
         None,
@@ -113,7 +124,15 @@ def run(cfg: SampleConfig) -> Path:
     from .weight import read_excluded_ids, read_weights
 
     cfg.check()
-    refuse_clobber({"--out": cfg.out}, {"--source": cfg.source, "--weights": cfg.weights, "--exclude": cfg.exclude})
+    refuse_clobber(
+        {"--out": cfg.out},
+        {
+            "--source": cfg.source,
+            "--weights": cfg.weights,
+            "--exclude": cfg.exclude,
+            "--image-weights": cfg.image_weights,
+        },
+    )
     if (cfg.weights is None) == (not cfg.uniform):
         raise UserError(
             "--weights",
@@ -132,6 +151,17 @@ def run(cfg: SampleConfig) -> Path:
             cfg.weights,
             f"weight with the prior of a model trained on {cfg.source}'s classes",
         )
+    row_weights = None
+    if cfg.image_weights is not None:
+        from .image_weights import read_image_weights
+
+        if cfg.uniform or sm.multi_label:
+            raise UserError(
+                "--image-weights",
+                "works with --weights on a single-label source" + (", not with --uniform" if cfg.uniform else ""),
+                "drop --image-weights, or pass the weights.parquet of the same `curate weight --per-image`",
+            )
+        row_weights = read_image_weights(cfg.image_weights, sm)
     n = cfg.draws(sm.num_rows)
     allowed = None
     if cfg.classes is not None:
@@ -151,6 +181,7 @@ def run(cfg: SampleConfig) -> Path:
         clip=cfg.size == "all",
         uniform=cfg.uniform,
         allowed=allowed,
+        row_weights=row_weights,
     )
     meta = ManifestMeta(
         classes=classes,
@@ -160,6 +191,7 @@ def run(cfg: SampleConfig) -> Path:
             "replacement": cfg.replacement,
             "seed": cfg.seed,
             "exclude": cfg.exclude,
+            "image_weights": cfg.image_weights,
             "uniform": cfg.uniform,
             "classes": cfg.classes,
             "hierarchy": cfg.hierarchy,
@@ -168,6 +200,7 @@ def run(cfg: SampleConfig) -> Path:
         inputs=input_hashes(
             source=cfg.source,
             weights=cfg.weights,
+            image_weights=cfg.image_weights,
             exclude=cfg.exclude,
             classes=cfg.classes if cfg.classes and Path(cfg.classes).is_file() else None,
             hierarchy=cfg.hierarchy,
@@ -297,26 +330,43 @@ def read_labels(
 
 
 def plan_with_replacement(
-    labels: np.ndarray, keep: np.ndarray, p_target: np.ndarray, size: int, rng: np.random.Generator
+    labels: np.ndarray,
+    keep: np.ndarray,
+    p_target: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    within: np.ndarray | None = None,
 ) -> Plan:
+    """``within``: per-image weights (one a source row); a class's draws then go to its rows in
+    proportion to them, and rows of weight 0 are not drawn."""
     k = len(p_target)
+    if within is not None:
+        keep = keep & (within > 0)
     if keep.all():
         rows, lab = None, labels
     else:
         rows = np.flatnonzero(keep)
         lab = labels[rows]
-    picked, _, sizes, p = draw_by_class(lab, p_target, size, rng, k, "class")
+    inner = None if within is None else (within if rows is None else within[rows])
+    picked, _, sizes, p = draw_by_class(lab, p_target, size, rng, k, "class", inner)
     picked = np.sort(picked if rows is None else rows[picked])
     eligible = int(sizes[p > 0].sum())
     return Plan(picked, eligible, 0)
 
 
 def draw_by_class(
-    lab: np.ndarray, p_target: np.ndarray, size: int, rng: np.random.Generator, k: int, what: str
+    lab: np.ndarray,
+    p_target: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    k: int,
+    what: str,
+    within: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The paper's draw: counts ~ Multinomial(size, P_t over the classes that have entries in
-    ``lab``), then each draw uniform among its class's entries. Returns (the positions in ``lab``
-    drawn, each draw's class, entries per class, the P_t used)."""
+    ``lab``), then each draw uniform among its class's entries, or with ``within`` (a weight > 0
+    an entry) in proportion to the weights. Returns (the positions in ``lab`` drawn, each draw's
+    class, entries per class, the P_t used)."""
     sizes = np.bincount(lab, minlength=k)
     p = np.where(sizes > 0, p_target, 0.0)
     if p.sum() <= 0:
@@ -329,7 +379,15 @@ def draw_by_class(
     order = argsort_labels(lab, k)
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     cls = np.repeat(np.arange(k), counts)
-    return order[starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)], cls, sizes, p
+    if within is None:
+        return order[starts[cls] + (rng.random(size) * sizes[cls]).astype(np.int64)], cls, sizes, p
+    cum = np.cumsum(within[order], dtype=np.float64)  # a class's entries are one run of it
+    ends = starts + sizes
+    base = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    total = np.where(sizes > 0, cum[np.maximum(ends - 1, 0)], 0.0) - base
+    at = np.searchsorted(cum, base[cls] + rng.random(size) * total[cls], side="right")
+    at = np.clip(at, starts[cls], ends[cls] - 1)  # rounding at a run's ends
+    return order[at], cls, sizes, p
 
 
 def argsort_labels(lab: np.ndarray, k: int) -> np.ndarray:
@@ -436,12 +494,14 @@ def run_sample(
     clip: bool = False,
     uniform: bool = False,
     allowed: np.ndarray | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> tuple[Plan, Iterator[pa.RecordBatch], pa.Schema]:
     """Choose the rows (pass 1) and return the stream that copies them out (pass 2).
 
     clip: draw every eligible row (``--size all``, without replacement only); uniform: the
     baseline (a multi-label source then draws images, not labels); allowed (a bool a class,
-    ``--classes``): only images carrying one of these are drawn, and only these labels draw."""
+    ``--classes``): only images carrying one of these are drawn, and only these labels draw;
+    row_weights (one a source row, ``--image-weights``): per-image weights w(x)."""
     if size <= 0:
         raise UserError("--size", f"{size} is not positive", "pass the number of images to draw, e.g. --size 100000")
     k = len(classes)
@@ -459,11 +519,15 @@ def run_sample(
         return plan, take_rows(source, plan, row_weight, schema, out_folder), schema
     labels, keep, excluded = read_labels(source, exclude, allowed)
     if replacement:
-        plan = plan_with_replacement(labels, keep, p_target, size, rng)
+        plan = plan_with_replacement(labels, keep, p_target, size, rng, row_weights)
+    elif row_weights is not None:
+        plan = plan_rows_without_replacement(
+            row_weights.astype(np.float32), keep, None if clip else size, rng, source.path
+        )
     else:
         plan = plan_without_replacement(labels, keep, weight, None if clip else size, rng, source.path)
     plan.excluded = excluded
-    row_weight = weight[labels[plan.rows]]
+    row_weight = weight[labels[plan.rows]] if row_weights is None else row_weights[plan.rows]
     del labels, keep
     return plan, take_rows(source, plan, row_weight, schema, out_folder), schema
 

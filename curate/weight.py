@@ -27,7 +27,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from datl.core.errors import UserError
-from datl.core.files import atomic_output, input_hashes, png_metadata, refuse_clobber, refuse_foreign_default
+from datl.core.files import (
+    atomic_output,
+    file_sha256,
+    input_hashes,
+    png_metadata,
+    refuse_clobber,
+    refuse_foreign_default,
+)
 from datl.core.options import opt, validate
 from datl.manifests import (
     Manifest,
@@ -52,9 +59,47 @@ class WeightConfig:
     plot: str | None = opt(None, output=True, help="PNG of the weights to write (default: next to --out).")
     no_plot: bool = opt(False, help="Skip the plot.")
     exclude: str | None = opt(None, help="duplicates.parquet from `curate dedup`: count excluded images per class.")
+    per_image: bool = opt(
+        False,
+        help="Also weigh each image: w(x) = w(y) * r(x), r a domain classifier's density ratio within the class "
+        "(for targets whose images of a class look unlike the source's); needs --features and --target-features.",
+    )
+    features: str | None = opt(None, help="Feature store of --source with embeddings (`curate features --model`).")
+    target_features: str | None = opt(
+        None, help="Feature store of the unlabeled target (`curate features --source TARGET`, the same --model)."
+    )
+    image_weights: str | None = opt(
+        None, output=True, help="Per-image weights to write (default: image_weights.parquet next to --out)."
+    )
+    temper: float = opt(
+        0.5, bounds="(0, inf)", help="r(x) = exp(temper * log-odds): below 1 flattens the ratio (chosen on validation)."
+    )
+    clip: float = opt(10.0, bounds="[1, inf)", help="r(x) is clipped to [1/clip, clip] before it is normalised.")
+    seed: int = opt(0, bounds="[0, inf)", help="Seed of the images the domain classifier is fitted on.")
+    quiet: bool = opt(False, short="-q", help="No progress bars.")
 
     def check(self) -> None:
         validate(self)
+        if self.per_image and (self.features is None or self.target_features is None):
+            missing = "--features" if self.features is None else "--target-features"
+            raise UserError("--per-image", f"needs {missing}", "pass the source's and the target's feature stores")
+        if not self.per_image:
+            given = [
+                f
+                for f, v in (
+                    ("--features", self.features),
+                    ("--target-features", self.target_features),
+                    ("--image-weights", self.image_weights),
+                )
+                if v is not None
+            ]
+            if given:
+                raise UserError(given[0], "is given without --per-image", "add --per-image, or drop it")
+
+    def image_weights_path(self) -> str | None:
+        if not self.per_image:
+            return None
+        return self.image_weights or str(Path(self.out).with_name("image_weights.parquet"))
 
 
 def run(cfg: WeightConfig) -> Path:
@@ -63,11 +108,26 @@ def run(cfg: WeightConfig) -> Path:
     plot = None if cfg.no_plot else (cfg.plot or str(Path(cfg.out).with_suffix(".png")))
     if plot is not None and cfg.plot is None:  # a default path the user did not name
         refuse_foreign_default(plot, "--plot")
+    images = cfg.image_weights_path()
+    if images is not None and cfg.image_weights is None:
+        refuse_foreign_output(images, "--image-weights")
     refuse_clobber(
-        {"--out": cfg.out, "--plot": plot}, {"--source": cfg.source, "--prior": cfg.prior, "--exclude": cfg.exclude}
+        {"--out": cfg.out, "--plot": plot, "--image-weights": images},
+        {"--source": cfg.source, "--prior": cfg.prior, "--exclude": cfg.exclude},
     )
     sm = open_manifest(cfg.source)
     classes, p_target = read_prior(cfg.prior)
+    stores = None
+    if cfg.per_image:
+        from .image_weights import open_stores
+
+        if sm.multi_label:
+            raise UserError(
+                cfg.source,
+                "is a multi-label source; per-image weights are for single-label sources so far",
+                "drop --per-image (label weights work on multi-label sources)",
+            )
+        stores = open_stores(cfg.features, cfg.target_features, sm, file_sha256(cfg.source))
     result = compute_weights(sm, classes, p_target, read_excluded_ids(cfg.exclude), read_interval(cfg.prior))
     meta = ManifestMeta(
         classes=sm.classes,
@@ -77,6 +137,8 @@ def run(cfg: WeightConfig) -> Path:
     )
     t = result.table
     with atomic_output(cfg.out) as tmp:  # the table and its plot land together, or neither does
+        if stores is not None:
+            meta.params["per_image"] = write_image_weights(cfg, sm, stores, t, images, meta)
         write_table(tmp, t, meta)
         if plot is not None:
             plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
@@ -96,6 +158,41 @@ def run(cfg: WeightConfig) -> Path:
     if plot is not None:
         logger.info(f"plot: {plot}")
     return Path(cfg.out)
+
+
+def write_image_weights(
+    cfg: WeightConfig, sm: Manifest, stores, table: pa.Table, path: str, meta: ManifestMeta
+) -> dict:
+    """image_weights.parquet (image_weights.py), atomically; what it found, for weights.parquet's params."""
+    from dataclasses import asdict
+
+    from .image_weights import STAGE, compute_image_weights
+
+    w = np.zeros(len(sm.classes))
+    w[table.column("label").to_numpy()] = table.column("weight").to_numpy()
+    img_meta = ManifestMeta(
+        classes=sm.classes,
+        stage=STAGE,
+        params={"temper": cfg.temper, "clip": cfg.clip, "seed": cfg.seed, "model": stores[0].binding.model},
+        inputs={**meta.inputs, **input_hashes(features=Path(cfg.features) / "store.json")},
+    )
+    with atomic_output(path) as tmp:
+        found = compute_image_weights(sm, *stores, w, tmp, img_meta, cfg.temper, cfg.clip, cfg.seed, not cfg.quiet)
+    logger.info(found.line())
+    return {**asdict(found), "file": Path(path).name}
+
+
+def refuse_foreign_output(path: str, flag: str) -> None:
+    """A default output path that holds a file datl's per-image weights did not write is refused."""
+    p = Path(path)
+    if not p.exists():
+        return
+    try:
+        meta = ManifestMeta.from_schema(pq.read_schema(p), p)
+    except (OSError, pa.ArrowException, ManifestError):
+        meta = None
+    if meta is None or meta.stage != "weight-image":
+        raise UserError(p, "exists and is not per-image weights datl wrote", f"pass {flag} PATH, or move that file")
 
 
 @dataclass

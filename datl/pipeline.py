@@ -393,7 +393,8 @@ def _link(pipe: Pipeline) -> None:
                     f"name one of the stages ({known}), or a per-seed one as NAME.s{{seed}}",
                 )
             else:
-                outs = KINDS[pipe.stages[dep].kind].outputs if pipe.stages[dep].kind in KINDS else ()
+                d = pipe.stages[dep]
+                outs = KINDS[d.kind].outputs_for(d.params) if d.kind in KINDS else ()
                 file = ref_file(ref)
                 if file is not None and file not in outs:
                     raise _err(

@@ -93,7 +93,7 @@ def read_stamp(folder: Path) -> dict | None:
 
 
 def outputs_of(stage: Stage) -> tuple[str, ...]:
-    return KINDS[stage.kind].outputs if stage.kind in KINDS else ("results.json", "report.md")
+    return KINDS[stage.kind].outputs_for(stage.params) if stage.kind in KINDS else ("results.json", "report.md")
 
 
 def input_hash(pipe: Pipeline, ref: str) -> str:

@@ -29,6 +29,11 @@ class Kind:
     torch: bool = False  # runs a model: gets --device, and torchrun under --launcher torchrun
     extra: tuple[str, ...] = ()  # fixed flags; {dir} is the stage folder, {cache} OUT/cache
     resumes: bool = False  # an unfinished run continues with --resume from its saved state
+    flag_outputs: tuple[tuple[str, str], ...] = ()  # (param, file): the file is an output when the param is true
+
+    def outputs_for(self, params: dict[str, Any]) -> tuple[str, ...]:
+        """The files a stage of this kind with ``params`` writes."""
+        return self.outputs + tuple(f for p, f in self.flag_outputs if params.get(p))
 
 
 KINDS: dict[str, Kind] = {
@@ -85,11 +90,18 @@ KINDS: dict[str, Kind] = {
     "weight": Kind(
         command=("curate", "weight"),
         cli="datl.curate.cli:weight",
-        inputs={"source": "--source", "prior": "--prior", "exclude": "--exclude"},
+        inputs={
+            "source": "--source",
+            "prior": "--prior",
+            "exclude": "--exclude",
+            "features": "--features",
+            "target_features": "--target-features",
+        },
         required=("source", "prior"),
         outputs=("weights.parquet", "weights.png"),
         out_file="weights.parquet",
-        extra=("--plot", "{dir}/weights.png"),
+        extra=("--plot", "{dir}/weights.png", "--quiet"),
+        flag_outputs=(("per_image", "image_weights.parquet"),),  # written next to --out
     ),
     "sample": Kind(
         command=("curate", "sample"),
@@ -97,6 +109,7 @@ KINDS: dict[str, Kind] = {
         inputs={
             "source": "--source",
             "weights": "--weights",
+            "image_weights": "--image-weights",
             "exclude": "--exclude",
             "hierarchy": "--hierarchy",  # --classes is a param: a glob, or a file of names
         },
