@@ -169,19 +169,20 @@ def ratios(s: np.ndarray, temper: float, clip: float) -> np.ndarray:
     return np.exp(np.clip(temper * s, -bound, bound))
 
 
-def compute_image_weights(
-    source: Manifest,
-    src: FeatureStore,
-    tgt: FeatureStore,
-    class_weight: np.ndarray,
-    out: Path,
-    meta: ManifestMeta,
-    temper: float,
-    clip: float,
-    seed: int,
-    progress: bool = True,
-) -> ImageWeights:
-    """Fit the classifier, stream the two passes, write ``out`` (a path the caller made atomic)."""
+@dataclass
+class DomainClassifier:
+    coef: np.ndarray  # on unit-length embeddings
+    intercept: float
+    auc: float  # in-sample weighted ROC AUC
+    fit_source: int
+    fit_target: int
+
+
+def fit(
+    source: Manifest, src: FeatureStore, tgt: FeatureStore, class_weight: np.ndarray, seed: int
+) -> DomainClassifier:
+    """The module docstring's classifier, from samples of both stores; refused (exit 2) when
+    either side is too small to fit it. Nothing is written."""
     rng = np.random.default_rng([seed, 0x1A6E])
     t_rows, t_vecs = gather(tgt, sample_rows(tgt.binding.rows, TARGET_ROWS, rng))
     if len(t_rows) < MIN_TARGET:
@@ -192,11 +193,9 @@ def compute_image_weights(
             "pass a larger target, or use the class weights alone (drop --per-image)",
         )
     s_rows = sample_rows(src.binding.rows, FIT_ROWS, rng)
-    lab = source_labels(source, s_rows)
-    s_rows = s_rows[lab >= 0]
+    s_rows = s_rows[source_labels(source, s_rows) >= 0]
     e_rows, s_vecs = gather(src, s_rows)
-    e_lab = source_labels(source, e_rows)
-    w_fit = class_weight[e_lab]
+    w_fit = class_weight[source_labels(source, e_rows)]
     if len(e_rows) < MIN_TARGET or w_fit.sum() <= 0:
         raise UserError(
             src.folder,
@@ -204,8 +203,22 @@ def compute_image_weights(
             "check the prior and the store (`curate features --model`)",
         )
     coef, intercept, auc = fit_domain_classifier(t_vecs, s_vecs, w_fit, seed)
-    del t_vecs, s_vecs
+    return DomainClassifier(coef, intercept, auc, len(e_rows), len(t_rows))
 
+
+def compute_image_weights(
+    source: Manifest,
+    src: FeatureStore,
+    clf: DomainClassifier,
+    class_weight: np.ndarray,
+    out: Path,
+    meta: ManifestMeta,
+    temper: float,
+    clip: float,
+    progress: bool = True,
+) -> ImageWeights:
+    """Stream the two passes and write ``out`` (a path the caller made atomic)."""
+    coef, intercept = clf.coef, clf.intercept
     k = len(class_weight)
     sums, counts = np.zeros(k), np.zeros(k)
     chunks = range(src.binding.chunks)
@@ -265,9 +278,9 @@ def compute_image_weights(
         weighted=weighted,
         ess=sw * sw / sw2 if sw2 > 0 else 0.0,
         ess_class=cw * cw / cw2 if cw2 > 0 else 0.0,
-        auc=auc,
-        fit_source=len(e_rows),
-        fit_target=len(t_rows),
+        auc=clf.auc,
+        fit_source=clf.fit_source,
+        fit_target=clf.fit_target,
         temper=temper,
         clip=clip,
     )

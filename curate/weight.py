@@ -136,9 +136,14 @@ def run(cfg: WeightConfig) -> Path:
         inputs=input_hashes(source=cfg.source, prior=cfg.prior, exclude=cfg.exclude),
     )
     t = result.table
+    clf = None
+    if stores is not None:  # fitted before anything is written: a target too small is refused first
+        from .image_weights import fit
+
+        clf = fit(sm, *stores, class_weights(t, len(sm.classes)), cfg.seed)
     with atomic_output(cfg.out) as tmp:  # the table and its plot land together, or neither does
-        if stores is not None:
-            meta.params["per_image"] = write_image_weights(cfg, sm, stores, t, images, meta)
+        if clf is not None:
+            meta.params["per_image"] = write_image_weights(cfg, sm, stores[0], clf, t, images, meta)
         write_table(tmp, t, meta)
         if plot is not None:
             plot_weights(t, plot, title=f"{Path(cfg.source).name}: importance weights from {Path(cfg.prior).name}")
@@ -160,24 +165,30 @@ def run(cfg: WeightConfig) -> Path:
     return Path(cfg.out)
 
 
+def class_weights(table: pa.Table, k: int) -> np.ndarray:
+    """w(y) by label from a weights table."""
+    w = np.zeros(k)
+    w[table.column("label").to_numpy()] = table.column("weight").to_numpy()
+    return w
+
+
 def write_image_weights(
-    cfg: WeightConfig, sm: Manifest, stores, table: pa.Table, path: str, meta: ManifestMeta
+    cfg: WeightConfig, sm: Manifest, store, clf, table: pa.Table, path: str, meta: ManifestMeta
 ) -> dict:
     """image_weights.parquet (image_weights.py), atomically; what it found, for weights.parquet's params."""
     from dataclasses import asdict
 
     from .image_weights import STAGE, compute_image_weights
 
-    w = np.zeros(len(sm.classes))
-    w[table.column("label").to_numpy()] = table.column("weight").to_numpy()
     img_meta = ManifestMeta(
         classes=sm.classes,
         stage=STAGE,
-        params={"temper": cfg.temper, "clip": cfg.clip, "seed": cfg.seed, "model": stores[0].binding.model},
+        params={"temper": cfg.temper, "clip": cfg.clip, "seed": cfg.seed, "model": store.binding.model},
         inputs={**meta.inputs, **input_hashes(features=Path(cfg.features) / "store.json")},
     )
+    w = class_weights(table, len(sm.classes))
     with atomic_output(path) as tmp:
-        found = compute_image_weights(sm, *stores, w, tmp, img_meta, cfg.temper, cfg.clip, cfg.seed, not cfg.quiet)
+        found = compute_image_weights(sm, store, clf, w, tmp, img_meta, cfg.temper, cfg.clip, not cfg.quiet)
     logger.info(found.line())
     return {**asdict(found), "file": Path(path).name}
 

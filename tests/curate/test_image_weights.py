@@ -60,6 +60,7 @@ def world(tmp_path_factory, random_model):
         pa.table({"label": pa.array([0, 1, 2], pa.int32()), "class_name": CLASSES, "p_target": P_T}),
         ManifestMeta(classes=CLASSES, stage="estimate"),
     )
+    (root / "model.txt").write_text(str(random_model))
     for name, manifest in (("sstore", src), ("tstore", tgt)):
         res = cli(
             "curate", "features", "--source", str(manifest), "--out", str(root / name),
@@ -67,6 +68,11 @@ def world(tmp_path_factory, random_model):
         )  # fmt: skip
         assert res.returncode == 0, res.stderr
     return root, src, prior, np.array(inv)
+
+
+def random_model_of(root: Path) -> Path:
+    """The model the world's stores were built with (recorded by the fixture)."""
+    return Path((root / "model.txt").read_text())
 
 
 def weigh(root: Path, src: Path, prior: Path, out: str, *extra: str):
@@ -140,6 +146,16 @@ def test_bad_per_image_inputs_are_refused_in_one_line(world, tmp_path):
     assert res.returncode == 0, res.stderr
     plain = ("--per-image", "--features", str(tmp_path / "plain"), "--target-features", str(root / "tstore"))
     assert_user_error(weigh(root, src, prior, "x4", *plain), "plain", "no model embeddings")
+    # a target too small to fit the domain classifier
+    few = tiny_manifest(tmp_path / "few" / "few.parquet", write_set(tmp_path / "few", [0] * 8, [False] * 8, 5), None)
+    res = cli(
+        "curate", "features", "--source", str(few), "--out", str(tmp_path / "fstore"),
+        "--model", str(random_model_of(root)), "--workers", "0", "-q",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    small = ("--per-image", "--features", str(root / "sstore"), "--target-features", str(tmp_path / "fstore"))
+    assert_user_error(weigh(root, src, prior, "x5", *small), "fstore", "too few to fit")
+    assert not (root / "x5").exists()
     # sample: per-image weights of another source
     other = tiny_manifest(
         tmp_path / "other.parquet", ["x.png"] * 240, [0] * 240, CLASSES, ids=[f"q{i}" for i in range(240)]
