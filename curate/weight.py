@@ -72,7 +72,9 @@ class WeightConfig:
         None, output=True, help="Per-image weights to write (default: image_weights.parquet next to --out)."
     )
     temper: float = opt(
-        0.5, bounds="(0, inf)", help="r(x) = exp(temper * log-odds): below 1 flattens the ratio (chosen on validation)."
+        0.25,
+        bounds="(0, inf)",
+        help="r(x) = exp(temper * log-odds): below 1 flattens the ratio (chosen on validation).",
     )
     clip: float = opt(10.0, bounds="[1, inf)", help="r(x) is clipped to [1/clip, clip] before it is normalised.")
     seed: int = opt(0, bounds="[0, inf)", help="Seed of the images the domain classifier is fitted on.")

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from datl.core.errors import UserError
 from datl.core.files import atomic_output
-from datl.manifests import open_manifest
+from datl.manifests import ManifestMeta, open_manifest
 
 logger = logging.getLogger(__name__)
 OUTPUTS = {"weight": ("weights.parquet",), "estimate": ("prior.parquet",), "dedup": ("duplicates.parquet",)}
@@ -185,7 +185,9 @@ def weights_section(rep: Report, st: Stage) -> dict:
         for r in rows:
             r[-1] = float(reached[int(r[0])])
     plot = st.folder / "weights.png"
+    meta = ManifestMeta.from_schema(t.schema, st.folder / "weights.parquet")
     return {
+        "per_image": (meta.params.get("per_image") if meta else None),  # curate weight --per-image: what it found
         "stage": st.name,
         "columns": cols,
         "rows": rows,

@@ -133,7 +133,13 @@
     apply();
     const left = el("div", {class: "col"}, el("div", {class: "controls"}, filter, prev, next, info), table);
     const right = el("div", {class: "col grow"}, panel);
-    return el("div", {class: "weights", "data-stage": W.stage}, el("h3", {text: "Stage " + W.stage}),
+    const P = W.per_image, int = v => Math.round(v).toLocaleString("en");
+    const perImage = P ? el("p", {class: "per-image", text: "Per-image weights (" + P.file + "): effective sample size " +
+      int(P.ess) + " of " + int(P.rows) + " source images, against " + int(P.ess_class) +
+      " for the class weights alone; domain classifier fitted on " + int(P.fit_target) + " target and " +
+      int(P.fit_source) + " source images, in-sample ROC AUC " + num(P.auc, 3) + "; temper " + P.temper +
+      ", clip " + P.clip + "."}) : null;
+    return el("div", {class: "weights", "data-stage": W.stage}, el("h3", {text: "Stage " + W.stage}), perImage,
       el("div", {class: "two"}, left, right), W.plot ? el("img", {src: W.plot, class: "plot", alt: "weights plot"}) : null);
   }
   if (DATA.weights.length) {

@@ -1,7 +1,7 @@
 """The default pipeline's protocol, checked from what its stages are given (not from a flag):
-P_t(y) is estimated without a test image, dedup sees every target image, every choice is made
-on a validation split disjoint from test, and the source classifier never trains on the
-calibration split."""
+P_t(y), and the per-image weights' domain classifier, are estimated without a test image;
+dedup sees every target image; every choice is made on a validation split disjoint from test;
+the source classifier never trains on the calibration split."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def test_the_default_pipeline_never_estimates_or_chooses_on_test_images(demo_sma
         if "calibration" in st.inputs:  # calibrated on source images the classifier never trained on
             (trainer,) = [s for s in kinds["pretrain"] if s.name == ref_stage(st.inputs["model"])]
             assert _paths(demo_small, st.inputs["calibration"]).isdisjoint(_paths(demo_small, trainer.inputs["train"]))
+    per_image = [st for st in kinds["weight"] if "target_features" in st.inputs]
+    assert per_image  # the per-image weights' domain classifier, too, sees no test image
+    for st in per_image:
+        store = pipe.stages[ref_stage(st.inputs["target_features"])]
+        target = _paths(demo_small, store.inputs["source"])
+        assert target and target.isdisjoint(test), st.name
     for st in kinds["dedup"]:
         assert test <= _paths(demo_small, st.inputs["target"]) == everything, st.name
     for st in kinds["finetune"]:
