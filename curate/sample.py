@@ -10,7 +10,8 @@
 With per-image weights (``--image-weights``, `curate weight --per-image`): with replacement
 the class counts are drawn as above and each class's draws go to its images in proportion to
 w(x); without replacement the keys use w(x) instead of the class weight. Rows of weight 0 are
-never drawn. The weights file is read alongside the source, its ids checked row by row.
+never drawn. The weights file is read alongside the source, its ids checked row by row; the
+plan then holds one float64 weight a source row beside its label (12 bytes a row in all).
 
 Two streamed passes over the source: labels (and ids for --exclude) to choose rows,
 then every column to copy the chosen rows out. Rows come out in source order;

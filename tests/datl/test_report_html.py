@@ -183,7 +183,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path):
 def test_a_multi_label_run_reports_label_shares_intervals_and_the_shift_check(tmp_path, browser):
     """The weights table of a multi-label source: the weight's interval, the expected share of a
     sample and the share the first sample reached; a class's source thumbnails are the images
-    carrying its label; the label-shift check has its section."""
+    carrying its label; the label-shift check has its section; what per-image weights found is stated."""
     from PIL import Image
 
     from datl.manifests import write_manifest
@@ -205,7 +205,10 @@ def test_a_multi_label_run_reports_label_shares_intervals_and_the_shift_check(tm
             "w_low": [1.5, 0.7, 0.2], "w_high": [2.1, 1.1, 0.4], "p_expected": [0.5, 0.3, 0.2],
         }
     )  # fmt: skip
-    write_table(out / "weights" / "weights.parquet", weights, ManifestMeta(classes=classes, stage="weight"))
+    found = {"rows": 6, "weighted": 6, "ess": 3.4, "ess_class": 4.5, "auc": 0.91, "fit_source": 6, "fit_target": 30,
+             "temper": 0.25, "clip": 10.0, "file": "image_weights.parquet"}  # fmt: skip
+    write_table(out / "weights" / "weights.parquet", weights,
+                ManifestMeta(classes=classes, stage="weight", params={"per_image": found}))  # fmt: skip
     sample = src.take([0, 0, 3, 5])  # a with-replacement sample: row 0 twice
     write_manifest(out / "sample_adaptive.s0" / "sample.parquet", sample, ManifestMeta(classes=classes))
     chk = {"auc": 0.83, "auc_low": 0.8, "auc_high": 0.86, "n_target": 60, "n_source": 90, "differ_most": [["owl", 0.9]]}
@@ -238,5 +241,7 @@ def test_a_multi_label_run_reports_label_shares_intervals_and_the_shift_check(tm
     d.find_element("css selector", "tr.class-row").click()  # cat, the top weight: its images carry 'cat'
     assert len(d.find_elements("css selector", "#evidence img")) >= 3
     assert "stage prior: ROC AUC 0.83" in d.find_element("css selector", "#shift-check").text
+    per_image = d.find_element("css selector", ".per-image").text  # curate weight --per-image's findings
+    assert "effective sample size 3 of 6" in per_image and "against 5 for the class weights alone" in per_image
     assert "owl" in d.find_element("css selector", "#shift-check").text
     assert errors_and_fetches(d) == ([], [])
