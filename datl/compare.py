@@ -154,8 +154,9 @@ def table(results: dict, verdict: bool = True) -> str:
 
 def verdict_line(results: dict) -> str:
     """What the paired 95% intervals establish, in words: the arms above and below the baseline
-    (interval clear of 0) and those the run cannot tell from it; plainly, when the paper's
-    arm (``adaptive``) is not shown above it."""
+    (interval clear of 0) and those the run cannot tell from it; where the run chose an arm on
+    validation (``select``), whether that arm is above it; plainly, when the paper's arm
+    (``adaptive``) is not shown above it."""
     base = results["baseline"]
     above, below, unclear = [], [], []
     for arm, r in results["arms"].items():
@@ -169,9 +170,14 @@ def verdict_line(results: dict) -> str:
     if unclear:
         parts.append(f"not told apart from {base}: {', '.join(unclear)}")
     line = f"at 95% over {n} paired seeds, {'; '.join(parts)}"
+    chosen = (results.get("selection") or {}).get("chosen")
+    if chosen in above:  # chosen on validation, so its test interval is the method's evidence
+        line += f". The arm chosen on validation, {chosen}, is above {base}"
+    elif chosen is not None and chosen != base:
+        line += f". The arm chosen on validation, {chosen}, is not shown above {base}"
     adaptive = [a for a in results["arms"] if base_arm(a)[0] == "adaptive"]
     if adaptive and not set(adaptive) & set(above):
-        line += f". This run does not establish that the adaptive sample beats {base}"
+        line += f". This run does not establish that the adaptive sample (the paper's class weights) beats {base}"
     return line
 
 

@@ -47,6 +47,12 @@ def test_the_verdict_line_says_what_the_intervals_establish():
     line = verdict_line(results)
     assert "at 95% over 5 paired seeds, above uniform: subset; below: scratch" in line
     assert "not told apart from uniform: adaptive" in line
-    assert line.endswith("This run does not establish that the adaptive sample beats uniform")
+    assert line.endswith(
+        "This run does not establish that the adaptive sample (the paper's class weights) beats uniform"
+    )
     results["arms"]["adaptive"] = arm(0.01, 0.05)
     assert "does not establish" not in verdict_line(results)
+    results["selection"] = {"chosen": "subset"}  # chosen on validation: its test interval is the evidence
+    assert verdict_line(results).endswith("The arm chosen on validation, subset, is above uniform")
+    results["arms"]["subset"] = arm(-0.01, 0.05)
+    assert verdict_line(results).endswith("The arm chosen on validation, subset, is not shown above uniform")
