@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 FIT_ROWS = 20_000  # source images the domain classifier is fitted on (a uniform sample)
 TARGET_ROWS = 50_000  # target images it is fitted on, at most (a uniform sample)
 MIN_TARGET = 20  # fewer embedded target images than this cannot fit the classifier
-STAGE = "weight-image"
 COLUMNS = ("id", "label", "log_odds", "ratio", "weight")
 
 
@@ -308,54 +307,3 @@ def source_labels(source: Manifest, rows: np.ndarray) -> np.ndarray:
         out[pos : pos + len(v)] = v
         pos += len(v)
     return out
-
-
-def read_image_weights(path: str | Path, source: Manifest) -> np.ndarray:
-    """w(x) for every row of ``source`` from an image_weights.parquet, checked row by row
-    against the source's ids (a file for another source is refused with exit 2)."""
-    path = Path(path)
-    writer = "curate weight --per-image"
-    if not path.exists():
-        raise UserError(path, "does not exist", f"write it with `{writer}`")
-    try:
-        f = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise UserError(
-            path, f"is not a readable Parquet file ({str(e).splitlines()[0]})", f"write it with `{writer}`"
-        ) from None
-    meta = ManifestMeta.from_schema(f.schema_arrow, path)
-    if meta is None or meta.stage != STAGE or not {"id", "weight"} <= set(f.schema_arrow.names):
-        raise UserError(path, "is not an image_weights.parquet (per-image weights)", f"write it with `{writer}`")
-    if f.metadata.num_rows != source.num_rows:
-        raise UserError(
-            path,
-            f"holds {f.metadata.num_rows:,} rows and {source.path} {source.num_rows:,}: weights of another source",
-            f"write them for this source with `{writer}`",
-        )
-    w = np.empty(source.num_rows, np.float64)
-    mine = source.iter_batches(["id"], batch_size=65_536)
-    pos, buf = 0, None
-    for b in f.iter_batches(batch_size=65_536, columns=["id", "weight"]):
-        ids = b.column(0)
-        got = []
-        while sum(len(g) for g in got) < len(ids):
-            if buf is None or len(buf) == 0:
-                buf = next(mine).column(0)
-            take = min(len(ids) - sum(len(g) for g in got), len(buf))
-            got.append(buf.slice(0, take))
-            buf = buf.slice(take)
-        theirs = pa.concat_arrays(got) if len(got) > 1 else got[0]
-        if not ids.equals(theirs):
-            raise UserError(
-                path,
-                f"lists other ids than {source.path} near row {pos:,}: weights of another source",
-                f"write them for this source with `{writer}`",
-            )
-        v = b.column(1).to_numpy(zero_copy_only=False)
-        if not np.isfinite(v).all() or (v < 0).any():
-            raise UserError(
-                path, f"has a weight that is not a finite number >= 0 near row {pos:,}", f"rewrite it with `{writer}`"
-            )
-        w[pos : pos + len(v)] = v
-        pos += len(v)
-    return w

@@ -154,7 +154,7 @@ def run(cfg: SampleConfig) -> Path:
         )
     row_weights = None
     if cfg.image_weights is not None:
-        from .image_weights import read_image_weights
+        from .weight import read_image_weights
 
         if cfg.uniform or sm.multi_label:
             raise UserError(

@@ -49,6 +49,7 @@ from datl.manifests import (
 logger = logging.getLogger(__name__)
 
 PRIOR_COLUMNS = ("label", "class_name", "p_target")
+IMAGE_STAGE = "weight-image"  # the stage name in image_weights.parquet's metadata
 
 
 @dataclass(kw_only=True)
@@ -180,11 +181,11 @@ def write_image_weights(
     """image_weights.parquet (image_weights.py), atomically; what it found, for weights.parquet's params."""
     from dataclasses import asdict
 
-    from .image_weights import STAGE, compute_image_weights
+    from .image_weights import compute_image_weights
 
     img_meta = ManifestMeta(
         classes=sm.classes,
-        stage=STAGE,
+        stage=IMAGE_STAGE,
         params={"temper": cfg.temper, "clip": cfg.clip, "seed": cfg.seed, "model": store.binding.model},
         inputs={**meta.inputs, **input_hashes(features=Path(cfg.features) / "store.json")},
     )
@@ -204,7 +205,7 @@ def refuse_foreign_output(path: str, flag: str) -> None:
         meta = ManifestMeta.from_schema(pq.read_schema(p), p)
     except (OSError, pa.ArrowException, ManifestError):
         meta = None
-    if meta is None or meta.stage != "weight-image":
+    if meta is None or meta.stage != IMAGE_STAGE:
         raise UserError(p, "exists and is not per-image weights datl wrote", f"pass {flag} PATH, or move that file")
 
 
@@ -214,17 +215,23 @@ class WeightResult:
     dropped: list[str] = field(default_factory=list)  # p_target > 0 but no source images
 
 
-def read_stage_table(path: str | Path, columns: tuple[str, ...], what: str, writer: str) -> tuple[list[str], pa.Table]:
-    """(classes, table) of a stage output with ``columns`` and class metadata, or a one-line error."""
+def open_parquet(path: str | Path, writer: str) -> pq.ParquetFile:
+    """A stage output's Parquet file, or a one-line error naming the command that writes it."""
     path = Path(path)
     if not path.exists():
         raise UserError(path, "does not exist", f"write it with `{writer}`")
     try:
-        t = pq.read_table(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
         raise UserError(
             path, f"is not a readable Parquet file ({str(e).splitlines()[0]})", f"write it with `{writer}`"
         ) from None
+
+
+def read_stage_table(path: str | Path, columns: tuple[str, ...], what: str, writer: str) -> tuple[list[str], pa.Table]:
+    """(classes, table) of a stage output with ``columns`` and class metadata, or a one-line error."""
+    path = Path(path)
+    t = open_parquet(path, writer).read()
     meta = ManifestMeta.from_schema(t.schema, path)
     missing = [c for c in columns if c not in t.column_names]
     if missing or meta is None or not meta.classes:
@@ -392,6 +399,49 @@ def read_weights(path: str | Path) -> tuple[list[str], pa.Table]:
                 "recompute it with `curate weight` from a prior estimated for this source",
             )
     return classes, t
+
+
+def read_image_weights(path: str | Path, source: Manifest) -> np.ndarray:
+    """w(x) for every row of ``source`` from an image_weights.parquet, checked row by row
+    against the source's ids (a file for another source is refused with exit 2)."""
+    path, writer = Path(path), "curate weight --per-image"
+    f = open_parquet(path, writer)
+    meta = ManifestMeta.from_schema(f.schema_arrow, path)
+    if meta is None or meta.stage != IMAGE_STAGE or not {"id", "weight"} <= set(f.schema_arrow.names):
+        raise UserError(path, "is not an image_weights.parquet (per-image weights)", f"write it with `{writer}`")
+    if f.metadata.num_rows != source.num_rows:
+        raise UserError(
+            path,
+            f"holds {f.metadata.num_rows:,} rows and {source.path} {source.num_rows:,}: weights of another source",
+            f"write them for this source with `{writer}`",
+        )
+    w = np.empty(source.num_rows, np.float64)
+    mine = source.iter_batches(["id"], batch_size=65_536)
+    pos, buf = 0, None
+    for b in f.iter_batches(batch_size=65_536, columns=["id", "weight"]):
+        ids = b.column(0)
+        got = []
+        while sum(len(g) for g in got) < len(ids):
+            if buf is None or len(buf) == 0:
+                buf = next(mine).column(0)
+            take = min(len(ids) - sum(len(g) for g in got), len(buf))
+            got.append(buf.slice(0, take))
+            buf = buf.slice(take)
+        theirs = pa.concat_arrays(got) if len(got) > 1 else got[0]
+        if not ids.equals(theirs):
+            raise UserError(
+                path,
+                f"lists other ids than {source.path} near row {pos:,}: weights of another source",
+                f"write them for this source with `{writer}`",
+            )
+        v = b.column(1).to_numpy(zero_copy_only=False)
+        if not np.isfinite(v).all() or (v < 0).any():
+            raise UserError(
+                path, f"has a weight that is not a finite number >= 0 near row {pos:,}", f"rewrite it with `{writer}`"
+            )
+        w[pos : pos + len(v)] = v
+        pos += len(v)
+    return w
 
 
 # -- the plot ---------------------------------------------------------------------------
