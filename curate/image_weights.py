@@ -50,14 +50,13 @@ from datl.core.progress import bar
 from datl.manifests import Manifest, ManifestMeta
 from datl.manifests.schema import META_KEY
 
-from .features.store import FeatureStore, _numpy
+from .features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
 FIT_ROWS = 20_000  # source images the domain classifier is fitted on (a uniform sample)
 TARGET_ROWS = 50_000  # target images it is fitted on, at most (a uniform sample)
 MIN_TARGET = 20  # fewer embedded target images than this cannot fit the classifier
-COLUMNS = ("id", "label", "log_odds", "ratio", "weight")
 
 
 @dataclass
@@ -93,31 +92,19 @@ def open_stores(features: str, target_features: str, source: Manifest, source_sh
             "build it with `curate features --source TARGET --model MODEL`, the model of --features",
         )
     tgt.check(tgt.binding.source_sha256, tgt.binding.model, True, tgt.binding.image_size)
-    try:
-        src.check(source_sha256, tgt.binding.model, True, tgt.binding.image_size)
-    except UserError as e:
-        if "another model" in e.problem:
-            raise UserError(
-                features,
-                "holds embeddings of another model than --target-features (their fingerprints differ)",
-                "build both stores with the same `curate features --model`",
-            ) from None
-        raise
+    if src.binding.model != "none" and (src.binding.model, src.binding.image_size) != (
+        tgt.binding.model,
+        tgt.binding.image_size,
+    ):
+        raise UserError(
+            features,
+            "holds embeddings of another model than --target-features (their fingerprints differ)",
+            "build both stores with the same `curate features --model`",
+        )
+    src.check(source_sha256, tgt.binding.model, True, tgt.binding.image_size)
     if src.binding.rows != source.num_rows:
         raise UserError(features, f"has {src.binding.rows:,} rows, {source.path} {source.num_rows:,}", "rebuild it")
     return src, tgt
-
-
-def part_embeddings(store: FeatureStore, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows relative to the chunk's start, float32 vectors) of the embedded images of part c."""
-    path = store.part_path(c)
-    try:
-        t = pq.ParquetFile(path).read(columns=["embedded", "embedding"])
-    except (OSError, pa.ArrowException) as e:
-        raise UserError(path, f"cannot be read ({e})", "run `curate features` again to rewrite it") from None
-    rows = np.flatnonzero(t.column("embedded").to_numpy())
-    vecs = _numpy(t.column("embedding"), np.float16, store.binding.embedding_dim)[rows]
-    return rows, vecs.astype(np.float32)
 
 
 def sample_rows(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +117,7 @@ def gather(store: FeatureStore, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     size, keep, vecs = store.binding.chunk_size, [], []
     for c in np.unique(rows // size):
         lo, _ = store.binding.chunk(int(c))
-        er, ev = part_embeddings(store, int(c))
+        er, ev = store.read_embeddings(int(c))
         want = rows[(rows >= lo) & (rows < lo + size)] - lo
         hit = np.isin(er, want)
         keep.append(er[hit] + lo)
@@ -192,9 +179,10 @@ def fit(
             "pass a larger target, or use the class weights alone (drop --per-image)",
         )
     s_rows = sample_rows(src.binding.rows, FIT_ROWS, rng)
-    s_rows = s_rows[source_labels(source, s_rows) >= 0]
+    s_lab = source_labels(source, s_rows)
+    s_rows, s_lab = s_rows[s_lab >= 0], s_lab[s_lab >= 0]
     e_rows, s_vecs = gather(src, s_rows)
-    w_fit = class_weight[source_labels(source, e_rows)]
+    w_fit = class_weight[s_lab[np.searchsorted(s_rows, e_rows)]]  # the embedded ones among them
     if len(e_rows) < MIN_TARGET or w_fit.sum() <= 0:
         raise UserError(
             src.folder,
@@ -221,7 +209,7 @@ def compute_image_weights(
     k = len(class_weight)
     sums, counts = np.zeros(k), np.zeros(k)
     chunks = range(src.binding.chunks)
-    for _c, labels, rows, s in _scored(source, src, coef, intercept, chunks, progress, "per-image weights 1/2"):
+    for _c, _ids, labels, rows, s in _scored(source, src, coef, intercept, chunks, progress, "per-image weights 1/2"):
         r = ratios(s, temper, clip)
         ok = labels[rows] >= 0
         sums += np.bincount(labels[rows][ok], weights=r[ok], minlength=k)
@@ -241,7 +229,8 @@ def compute_image_weights(
     sw = sw2 = cw = cw2 = 0.0
     weighted = 0
     with pq.ParquetWriter(out, schema) as writer:
-        for c, labels, rows, s in _scored(source, src, coef, intercept, chunks, progress, "per-image weights 2/2"):
+        scored = _scored(source, src, coef, intercept, chunks, progress, "per-image weights 2/2", with_ids=True)
+        for c, ids, labels, rows, s in scored:
             lo, hi = src.binding.chunk(c)
             n = hi - lo
             log_odds = np.full(n, np.nan, np.float32)
@@ -249,11 +238,10 @@ def compute_image_weights(
             ratio = np.zeros(n, np.float32)
             ok = labels[rows] >= 0
             ratio[rows[ok]] = ratios(s[ok], temper, clip) / mean_r[labels[rows][ok]]
-            w = np.where(labels >= 0, class_weight[np.maximum(labels, 0)], 0.0) * ratio
             wc = np.where(labels >= 0, class_weight[np.maximum(labels, 0)], 0.0)
+            w = wc * ratio
             sw, sw2, cw, cw2 = sw + w.sum(), sw2 + (w * w).sum(), cw + wc.sum(), cw2 + (wc * wc).sum()
             weighted += int((w > 0).sum())
-            ids = source.read_range(lo, hi, ["id"]).column("id")
             writer.write_table(
                 pa.table(
                     [
@@ -285,16 +273,27 @@ def compute_image_weights(
     )
 
 
-def _scored(source: Manifest, store: FeatureStore, coef, intercept, chunks: range, progress: bool, desc: str):
-    """Per chunk: (chunk, labels of its rows (-1: none), embedded rows, their log-odds s(x))."""
+def _scored(
+    source: Manifest,
+    store: FeatureStore,
+    coef,
+    intercept,
+    chunks: range,
+    progress: bool,
+    desc: str,
+    with_ids: bool = False,
+):
+    """Per chunk: (chunk, its ids (None unless ``with_ids``), labels of its rows (-1: none),
+    embedded rows, their log-odds s(x)); one read of the manifest and of the store a chunk."""
     with bar(total=store.binding.rows, desc=desc, unit="img", enabled=progress) as pb:
         for c in chunks:
             lo, hi = store.binding.chunk(c)
-            labels = source.read_range(lo, hi, ["label"]).column("label").fill_null(-1).to_numpy()
-            rows, vecs = part_embeddings(store, c)
+            t = source.read_range(lo, hi, ["label", "id"] if with_ids else ["label"])
+            labels = t.column("label").fill_null(-1).to_numpy()
+            rows, vecs = store.read_embeddings(c)
             norms = np.clip(np.linalg.norm(vecs, axis=1), 1e-12, None)
             s = (vecs @ coef) / norms + intercept
-            yield c, labels.astype(np.int64), rows, s.astype(np.float32)
+            yield c, t.column("id") if with_ids else None, labels.astype(np.int64), rows, s.astype(np.float32)
             pb.update(hi - lo)
 
 

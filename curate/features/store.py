@@ -269,6 +269,19 @@ class FeatureStore:
             emb = Embeddings(rows, _numpy(t.column("embedding"), np.float16, self.binding.embedding_dim)[rows])
         return Described(start, stop, content, emb)
 
+    def read_embeddings(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows relative to the chunk's start, float32 vectors) of the embedded images of part
+        ``c``: those two columns only (per-image weights read every part twice)."""
+        path = self.part_path(c)
+        try:
+            t = pq.ParquetFile(path).read(columns=["embedded", "embedding"])
+        except (OSError, pa.ArrowException) as e:
+            raise UserError(
+                path, f"cannot be read ({e})", "run `curate features` again to rewrite the missing part"
+            ) from None
+        rows = np.flatnonzero(t.column("embedded").to_numpy())
+        return rows, _numpy(t.column("embedding"), np.float16, self.binding.embedding_dim)[rows].astype(np.float32)
+
 
 def _vectors(x: np.ndarray) -> pa.FixedSizeBinaryArray:
     """Each row of ``x`` as one fixed-size binary value: its little-endian bytes. Not a
